@@ -1,0 +1,1 @@
+"""Exact balance history of Binance USD-M futures accounts."""
