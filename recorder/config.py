@@ -1,0 +1,165 @@
+"""Settings for every command, and the only reader of os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from recorder.errors import ConfigError
+
+LIVE_BASE_URL = "https://fapi.binance.com"
+TESTNET_BASE_URL = "https://demo-fapi.binance.com"
+DEFAULT_DATABASE_URL = "sqlite:///recorder.db"
+DEFAULT_INTERVAL_SECONDS = 60.0
+DEFAULT_RECV_WINDOW_MS = 5000
+# Binance's connectors reject recvWindow above 60000 ms (binance-api.md section 2).
+MAX_RECV_WINDOW_MS = 60000
+BALANCE_ENDPOINTS = {"v2": "/fapi/v2/balance", "v3": "/fapi/v3/balance"}
+
+# Environment variable -> Settings field. CLI options use the same field names.
+ENVIRONMENT = {
+    "BINANCE_API_KEY": "api_key",
+    "BINANCE_API_SECRET": "api_secret",
+    "BINANCE_BASE_URL": "base_url",
+    "RECORDER_DATABASE_URL": "database_url",
+    "RECORDER_INTERVAL": "interval",
+    "RECORDER_ACCOUNT": "account",
+    "RECORDER_BALANCE_ENDPOINT": "endpoint",
+    "RECORDER_RECV_WINDOW": "recv_window",
+    "RECORDER_TIMEOUT": "timeout",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs; the secret never shows in repr or logs."""
+
+    api_key: str = field(default="", repr=False)
+    api_secret: str = field(default="", repr=False)
+    base_url: str = LIVE_BASE_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    interval: float = DEFAULT_INTERVAL_SECONDS
+    account: str = "default"
+    endpoint: str = "v2"
+    recv_window: int = DEFAULT_RECV_WINDOW_MS
+    timeout: float = 10.0
+
+    @property
+    def balance_path(self) -> str:
+        """The balance endpoint path the client polls."""
+        return BALANCE_ENDPOINTS[self.endpoint]
+
+    def require_credentials(self) -> None:
+        """Fail before any request when the key or secret is missing."""
+        missing = [name for name, value in (("BINANCE_API_KEY", self.api_key), ("BINANCE_API_SECRET", self.api_secret)) if not value]
+        if missing:
+            raise ConfigError(
+                f"missing {' and '.join(missing)}: set the environment variable or pass "
+                + " / ".join("--" + n.lower().replace("binance_", "").replace("_", "-") for n in missing)
+            )
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build Settings from the environment, then CLI overrides (None means not given)."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    for variable, name in ENVIRONMENT.items():
+        value = environ.get(variable)
+        if value not in (None, ""):
+            raw[name] = value
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            raw[name] = value
+    return _validated(raw)
+
+
+def _validated(raw: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = {}
+    for name in ("api_key", "api_secret"):
+        if name in raw:
+            values[name] = str(raw[name]).strip()
+    if "base_url" in raw:
+        values["base_url"] = validate_base_url(str(raw["base_url"]))
+    if "database_url" in raw:
+        values["database_url"] = normalize_database_url(str(raw["database_url"]))
+    if "interval" in raw:
+        values["interval"] = _number(raw["interval"], "RECORDER_INTERVAL (--interval)", float, minimum=0.2)
+    if "account" in raw:
+        account = str(raw["account"]).strip()
+        if not account or len(account) > 64:
+            raise ConfigError("RECORDER_ACCOUNT (--account) must be 1 to 64 characters")
+        values["account"] = account
+    if "endpoint" in raw:
+        endpoint = str(raw["endpoint"]).strip().lower()
+        if endpoint not in BALANCE_ENDPOINTS:
+            raise ConfigError(f"RECORDER_BALANCE_ENDPOINT (--endpoint) must be v2 or v3, not {endpoint!r}")
+        values["endpoint"] = endpoint
+    if "recv_window" in raw:
+        recv_window = _number(raw["recv_window"], "RECORDER_RECV_WINDOW (--recv-window)", int, minimum=1)
+        if recv_window > MAX_RECV_WINDOW_MS:
+            raise ConfigError(f"RECORDER_RECV_WINDOW (--recv-window) must be at most {MAX_RECV_WINDOW_MS} ms")
+        values["recv_window"] = recv_window
+    if "timeout" in raw:
+        values["timeout"] = _number(raw["timeout"], "RECORDER_TIMEOUT (--timeout)", float, minimum=0.1)
+    return Settings(**values)
+
+
+def _number(value: Any, label: str, kind: type, *, minimum: float) -> Any:
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{label} must be a number, not {value!r}") from None
+    if number != number or number < minimum:  # NaN fails the first test
+        raise ConfigError(f"{label} must be at least {minimum}, not {value!r}")
+    return number
+
+
+def validate_base_url(url: str) -> str:
+    """Accept an http(s) URL with a host and no path, query or credentials; strip the trailing slash."""
+    url = url.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(f"BINANCE_BASE_URL (--base-url) is not a valid URL: {url!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"BINANCE_BASE_URL (--base-url) must be an http(s) URL like {LIVE_BASE_URL}, not {url!r}")
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"BINANCE_BASE_URL (--base-url) must be scheme and host only, like {LIVE_BASE_URL}")
+    return url
+
+
+def is_loopback(hostname: str) -> bool:
+    """True for names that can only reach this machine (the simulator, a local proxy)."""
+    return hostname in ("localhost", "::1") or hostname.startswith("127.")
+
+
+def normalize_database_url(url: str) -> str:
+    """Pick the psycopg 3 driver for plain postgresql:// URLs, since psycopg2 is not a dependency."""
+    url = url.strip()
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if not (url.startswith("sqlite") or url.startswith("postgresql+psycopg://")):
+        raise ConfigError(
+            "RECORDER_DATABASE_URL (--database-url) must be sqlite:///PATH or postgresql://USER@HOST/DB"
+        )
+    return url
+
+
+def environment_of(base_url: str) -> str:
+    """Classify where data comes from, so demo or testnet rows never mix into a live account."""
+    host = urlsplit(base_url).hostname or ""
+    if host == urlsplit(LIVE_BASE_URL).hostname:
+        return "live"
+    if host in ("demo-fapi.binance.com", "testnet.binancefuture.com"):
+        return "testnet"
+    if is_loopback(host):
+        return "local"
+    return "custom"

@@ -1,0 +1,71 @@
+"""Every error recorder raises on purpose, grouped by what the caller does next.
+
+```
+RecorderError                  everything we raise on purpose
+├── ConfigError                missing or invalid settings: fix config, restart
+├── ExchangeError              .http_status / .code: HTTP status and Binance error code
+│   ├── ExchangeUnavailable    timeout, network, 5xx, HTML error page: skip this tick
+│   │   └── RateLimited        429/418/403 WAF/-1003: no request before .retry_after seconds
+│   ├── ClockSkew              -1021: resync the server clock, retry once
+│   ├── AuthError              bad key, signature or permission: stop and alert
+│   └── BadPayload             response not in the shape we parse; nothing is stored
+└── StorageError               database unavailable or refused the write
+```
+
+Messages are one line, name what was wrong, and never carry a secret, a signature or a
+signed URL: they end up in logs, in the poll log table and on the terminal.
+"""
+
+from __future__ import annotations
+
+
+class RecorderError(Exception):
+    """Base of every error raised on purpose; the CLI prints it as one line."""
+
+
+class ConfigError(RecorderError):
+    """Settings are missing or invalid: the user fixes the configuration and restarts."""
+
+
+class ExchangeError(RecorderError):
+    """The exchange call failed; this tick is recorded as failed and the next one goes on."""
+
+    def __init__(self, message: str, *, http_status: int | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.code = code
+
+
+class ExchangeUnavailable(ExchangeError):
+    """Network failure, timeout, 5xx or an HTML error page: skip this tick, try the next."""
+
+
+class RateLimited(ExchangeUnavailable):
+    """Binance asked us to slow down: send nothing to it before `retry_after` seconds pass."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        http_status: int | None = None,
+        code: int | None = None,
+    ) -> None:
+        super().__init__(message, http_status=http_status, code=code)
+        self.retry_after = retry_after
+
+
+class ClockSkew(ExchangeError):
+    """Binance rejected our timestamp (-1021): resync the clock and retry once."""
+
+
+class AuthError(ExchangeError):
+    """Key, signature or permissions were rejected: stop hammering and tell the user what to fix."""
+
+
+class BadPayload(ExchangeError):
+    """The response is not in the shape Binance documents; nothing from it is stored."""
+
+
+class StorageError(RecorderError):
+    """The database is unreachable or refused the write."""
