@@ -1,0 +1,66 @@
+"""The `recorder` command: parse, one library call, render.
+
+Every RecorderError becomes one line on stderr and exit code 1; usage errors (bad option
+values, malformed times) exit 2 through click. Logging is configured here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from recorder.errors import RecorderError
+
+log = logging.getLogger("recorder")
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Verbosity of the log on stderr.",
+)
+def cli(log_level: str) -> None:
+    """Record the exact balance history of Binance USD-M futures accounts into SQL."""
+    configure_logging(log_level.upper())
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr, one line per event; HTTP libraries stay at WARNING."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    # urllib3 logs every request URL at DEBUG, and a signed URL carries the signature.
+    for noisy in ("urllib3", "requests", "apscheduler", "alembic", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(prog_name="recorder", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except RecorderError as exc:
+        click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+
+
+# Command modules register themselves on `cli`; imported last to avoid a cycle.
+from recorder.cli import recording  # noqa: E402,F401
+from recorder.cli import querying  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Read commands: history (and, later, balances, diff, changes, gaps)."""

@@ -1,0 +1,1 @@
+"""Write commands: migrate, poll, run, demo, simulate."""
