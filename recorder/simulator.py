@@ -549,9 +549,11 @@ class ExchangeSimulator:
             self.stop()
 
     def __enter__(self) -> ExchangeSimulator:
+        """Start serving."""
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
+        """Stop serving."""
         self.stop()
 
     def _track(self, conn: socket.socket) -> None:

@@ -331,7 +331,7 @@ def test_stall_fault_times_out_without_blocking_others(sim: ExchangeSimulator) -
     with requests.Session() as session:
         assert session.get(f"{sim.base_url}/fapi/v1/ping", timeout=5).status_code == 200
         assert signed_get(session, sim).status_code == 200
-    assert time.monotonic() - started < 0.4
+    assert time.monotonic() - started < 1.0  # well inside the 1.5 s stall
     thread.join()
     assert len(errors) == 1 and isinstance(errors[0], requests.Timeout)
 
@@ -449,8 +449,13 @@ def test_serve_until_stops_on_event() -> None:
     thread = threading.Thread(target=sim.serve_until, args=(stop,))
     thread.start()
     deadline = time.monotonic() + 5
-    while sim._base_url is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while True:
+        try:
+            sim.base_url
+            break
+        except RuntimeError:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
     assert requests.get(f"{sim.base_url}/fapi/v1/ping", timeout=5).json() == {}
     stop.set()
     thread.join(timeout=5)
