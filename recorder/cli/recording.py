@@ -1,1 +1,170 @@
 """Write commands: migrate, poll, run, demo, simulate."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+import threading
+from typing import Any
+
+import click
+
+from recorder.cli import cli
+from recorder.cli.options import database_options
+from recorder.config import TESTNET_BASE_URL, Settings, load_settings
+from recorder.db import make_engine, make_sessions
+from recorder.exchange import BinanceFuturesClient
+from recorder.schema import upgrade_to_head
+from recorder.service import Recorder, run
+
+log = logging.getLogger(__name__)
+
+
+def exchange_options(function: Any) -> Any:
+    """Credentials, endpoint and timing options shared by poll and run."""
+    for option in reversed(
+        [
+            click.option("--api-key", help="Binance API key [env BINANCE_API_KEY]; a read-only key is enough."),
+            click.option(
+                "--api-secret",
+                help="Binance API secret [env BINANCE_API_SECRET]. Prefer the environment variable: "
+                "a command line is visible to other users of this machine.",
+            ),
+            click.option(
+                "--base-url",
+                help="Exchange REST base URL [env BINANCE_BASE_URL; default https://fapi.binance.com].",
+            ),
+            click.option("--testnet", is_flag=True, help=f"Use Binance's demo/testnet exchange ({TESTNET_BASE_URL})."),
+            click.option(
+                "--endpoint",
+                type=click.Choice(["v2", "v3"]),
+                help="Balance endpoint: v2 (/fapi/v2/balance, weight 10) or v3 (/fapi/v3/balance, weight 5) "
+                "[env RECORDER_BALANCE_ENDPOINT; default v2].",
+            ),
+            click.option(
+                "--recv-window",
+                type=int,
+                help="recvWindow in ms, at most 60000 [env RECORDER_RECV_WINDOW; default 5000].",
+            ),
+            click.option(
+                "--timeout", type=float, help="HTTP read timeout in seconds [env RECORDER_TIMEOUT; default 10]."
+            ),
+        ]
+    ):
+        function = option(function)
+    return database_options(function)
+
+
+def _settings(values: dict[str, Any]) -> Settings:
+    overrides = {name: value for name, value in values.items() if name != "testnet"}
+    if values.get("testnet"):
+        if overrides.get("base_url"):
+            raise click.UsageError("--testnet and --base-url are mutually exclusive")
+        overrides["base_url"] = TESTNET_BASE_URL
+    return load_settings(overrides)
+
+
+def _recorder(settings: Settings) -> Recorder:
+    client = BinanceFuturesClient.from_settings(settings)
+    engine = make_engine(settings.database_url)
+    upgrade_to_head(engine)
+    return Recorder(client=client, sessions=make_sessions(engine, write=True), account=settings.account)
+
+
+@cli.command()
+@database_options
+def migrate(**values: Any) -> None:
+    """Upgrade the database schema to the newest version (poll and run also do this)."""
+    settings = load_settings(values)
+    engine = make_engine(settings.database_url)
+    try:
+        changed = upgrade_to_head(engine)
+    finally:
+        engine.dispose()
+    click.echo("database upgraded to the newest schema" if changed else "database schema is up to date")
+
+
+@cli.command()
+@exchange_options
+def poll(**values: Any) -> None:
+    """Poll the balances once now; exit 0 on success, 1 with a one-line error on failure."""
+    recorder = _recorder(_settings(values))
+    try:
+        recorder.poll_once()
+    finally:
+        recorder.client.close()
+
+
+@cli.command("run")
+@exchange_options
+@click.option(
+    "--interval",
+    type=float,
+    help="Seconds between polls [env RECORDER_INTERVAL; default 60]. The first poll runs at start.",
+)
+def run_command(**values: Any) -> None:
+    """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""
+    settings = _settings(values)
+    recorder = _recorder(settings)
+    result = run(recorder, settings.interval)
+    _exit_after_run(result.exit_code, result.abandoned_poll)
+
+
+@cli.command()
+@click.option(
+    "--database-url",
+    default="sqlite:///recorder-demo.db",
+    show_default=True,
+    help="Where the demo writes; kept apart from your real recorder.db.",
+)
+@click.option("--seconds", type=float, default=20.0, show_default=True, help="How long to record.")
+@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between polls.")
+def demo(database_url: str, seconds: float, interval: float) -> None:
+    """Record a simulated account over real HTTP into a demo database; no Binance keys needed."""
+    from recorder.demo import run_demo
+
+    sys.exit(run_demo(database_url=database_url, seconds=seconds, interval=interval))
+
+
+@cli.command()
+@click.option("--port", type=int, default=8765, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--api-key", default="demo-key", show_default=True, help="The API key the simulator accepts.")
+@click.option(
+    "--api-secret",
+    default=None,
+    help="The secret it verifies signatures with [default: a random one, printed at start].",
+)
+@click.option("--clock-offset-ms", type=int, default=0, show_default=True, help="Server clock minus local clock.")
+def simulate(port: int, api_key: str, api_secret: str | None, clock_offset_ms: int) -> None:
+    """Serve the built-in Binance-compatible exchange on 127.0.0.1 until Ctrl-C (for trying clients)."""
+    from recorder.simulator import ExchangeSimulator
+
+    generated = api_secret is None
+    secret = api_secret or secrets.token_hex(32)
+    simulator = ExchangeSimulator(port=port, clock_offset_ms=clock_offset_ms, auto_move=True)
+    simulator.add_account(api_key=api_key, api_secret=secret, account_alias="SimDemo")
+    stop = threading.Event()
+    simulator.start()
+    click.echo(f"simulated exchange at {simulator.base_url} (SIMULATED DATA, not Binance)")
+    # A generated secret is shown once so the user can point a client at the simulator;
+    # it guards nothing but this throwaway local server.
+    if generated:
+        click.echo(f"BINANCE_API_KEY={api_key} BINANCE_API_SECRET={secret} BINANCE_BASE_URL={simulator.base_url}")
+    try:
+        simulator.serve_until(stop)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        simulator.stop()
+
+
+def _exit_after_run(exit_code: int, abandoned_poll: bool) -> None:
+    if abandoned_poll:
+        # A worker thread is still blocked in an HTTP read; the interpreter would join it at
+        # exit and overrun the shutdown deadline. Its transaction never began, so nothing is lost.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(exit_code)
+    sys.exit(exit_code)
