@@ -112,3 +112,30 @@ class FixedClock:
 def clock() -> FixedClock:
     """A fixed clock at 2026-01-01T00:00:00Z."""
     return FixedClock()
+
+
+SIM_KEY = "test-api-key-0123456789"
+SIM_SECRET = "test-api-secret-do-not-leak-4b1d"
+
+
+@pytest.fixture
+def simulator() -> Iterator["ExchangeSimulator"]:
+    """A started strict exchange simulator with one account (key SIM_KEY, secret SIM_SECRET)."""
+    from recorder.simulator import ExchangeSimulator
+
+    with ExchangeSimulator() as exchange:
+        exchange.add_account(api_key=SIM_KEY, api_secret=SIM_SECRET, account_alias="SgsR")
+        yield exchange
+
+
+@pytest.fixture
+def cli_env(simulator, db_url: str) -> dict[str, str]:
+    """Environment for running the `recorder` CLI against the simulator and this test's database."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "RECORDER_"))}
+    env.update(
+        BINANCE_API_KEY=SIM_KEY,
+        BINANCE_API_SECRET=SIM_SECRET,
+        BINANCE_BASE_URL=simulator.base_url,
+        RECORDER_DATABASE_URL=db_url,
+    )
+    return env

@@ -1,0 +1,193 @@
+"""The `recorder` CLI as a subprocess, against the strict simulator, into real databases."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from recorder.db import make_engine, make_sessions
+from recorder.models import Balance, Poll
+from tests.conftest import SIM_KEY
+
+RECORDER = [sys.executable, "-m", "recorder"]
+
+EXACT_ROWS = [
+    {
+        "asset": "USDT",
+        "balance": "98765432109.12345678",
+        "crossWalletBalance": "98765432100.00000000",
+        "crossUnPnl": "-12.50000000",
+        "availableBalance": "0.00000001",
+        "maxWithdrawAmount": "98765432000.00000000",
+        "marginAvailable": True,
+        "updateTime": 1764000000123,
+    },
+    {
+        "asset": "BNB",
+        "balance": "0.00000001",
+        "crossWalletBalance": "0.00000001",
+        "crossUnPnl": "0.00000000",
+        "availableBalance": "0.00000001",
+        "maxWithdrawAmount": "0.00000001",
+        "marginAvailable": False,
+        "updateTime": 0,
+    },
+]
+
+
+def recorder(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RECORDER, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def stored(db_url: str) -> tuple[list[Balance], list[Poll]]:
+    engine = make_engine(db_url)
+    try:
+        with make_sessions(engine)() as session:
+            balances = session.scalars(select(Balance).order_by(Balance.id)).all()
+            polls = session.scalars(select(Poll).order_by(Poll.id)).all()
+            return list(balances), list(polls)
+    finally:
+        engine.dispose()
+
+
+def test_poll_stores_exactly_what_was_served(simulator, cli_env, db_url):
+    simulator.set_balances(SIM_KEY, EXACT_ROWS)
+    result = recorder("poll", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert "poll ok account=default assets=2 changed=2" in result.stderr
+    balances, polls = stored(db_url)
+    served = {row["asset"]: row for row in simulator.served[-1].rows}
+    assert len(balances) == 2
+    for balance in balances:
+        wire = served[balance.asset]
+        assert format(balance.balance, "f") == wire["balance"]
+        assert format(balance.cross_wallet_balance, "f") == wire["crossWalletBalance"]
+        assert format(balance.cross_un_pnl, "f") == wire["crossUnPnl"]
+        assert format(balance.available_balance, "f") == wire["availableBalance"]
+        assert format(balance.max_withdraw_amount, "f") == wire["maxWithdrawAmount"]
+        assert balance.margin_available is wire["marginAvailable"]
+        assert round(balance.update_time.timestamp() * 1000) == wire["updateTime"]
+    (poll,) = polls
+    assert (poll.outcome, poll.asset_count, poll.changed_count, poll.endpoint) == ("ok", 2, 2, "/fapi/v2/balance")
+    assert poll.used_weight == 11  # /fapi/v1/time (1) + /fapi/v2/balance (10)
+
+
+def test_poll_twice_unchanged_adds_only_a_poll_row(simulator, cli_env, db_url):
+    simulator.set_balances(SIM_KEY, EXACT_ROWS)
+    assert recorder("poll", env=cli_env).returncode == 0
+    assert recorder("poll", env=cli_env).returncode == 0
+    balances, polls = stored(db_url)
+    assert (len(balances), len(polls)) == (2, 2)
+    assert polls[1].changed_count == 0
+
+
+def test_poll_v3_endpoint_is_a_setting(simulator, cli_env, db_url):
+    simulator.set_balances(SIM_KEY, EXACT_ROWS)
+    result = recorder("poll", "--endpoint", "v3", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    paths = [record.path for record in simulator.requests_log]
+    assert paths == ["/fapi/v1/time", "/fapi/v3/balance"]
+    _, (poll,) = stored(db_url)
+    assert poll.endpoint == "/fapi/v3/balance"
+
+
+def test_poll_with_wrong_secret_fails_naming_authentication(simulator, cli_env, db_url):
+    env = {**cli_env, "BINANCE_API_SECRET": "wrong-secret-canary-77"}
+    result = recorder("poll", env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: AuthError: /fapi/v2/balance: HTTP 400 code -1022")
+    assert "Traceback" not in result.stderr
+    assert "wrong-secret-canary-77" not in result.stdout + result.stderr
+    balances, polls = stored(db_url)
+    assert balances == []
+    assert [(p.outcome, p.error_class, p.error_code) for p in polls] == [("failed", "AuthError", -1022)]
+
+
+@pytest.mark.parametrize("offset_ms", [3000, -3000])
+def test_poll_works_with_server_clock_three_seconds_off(simulator, cli_env, db_url, offset_ms):
+    simulator.clock_offset_ms = offset_ms
+    simulator.set_balances(SIM_KEY, EXACT_ROWS)
+    result = recorder("poll", env=cli_env)
+    assert result.returncode == 0, result.stderr
+    assert len(stored(db_url)[0]) == 2
+
+
+def test_poll_without_credentials_fails_before_any_request(simulator, cli_env, db_url):
+    env = {k: v for k, v in cli_env.items() if k != "BINANCE_API_SECRET"}
+    result = recorder("poll", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: ConfigError: missing BINANCE_API_SECRET: set the environment variable or pass --api-secret"
+    )
+    assert simulator.requests_log == []
+
+
+def test_run_records_every_second_and_stops_cleanly_on_sigterm(simulator, cli_env, db_url):
+    process = subprocess.Popen(
+        [*RECORDER, "run", "--interval", "1"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(10)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert took < 5
+    _, polls = stored(db_url)
+    assert len(polls) >= 8
+    assert all(poll.outcome == "ok" for poll in polls)
+    assert "received SIGTERM" in stderr
+
+
+def test_run_keeps_going_after_a_failed_poll(simulator, cli_env, db_url):
+    simulator.set_balances(SIM_KEY, EXACT_ROWS)
+    simulator.inject("http-502", times=2)
+    process = subprocess.Popen(
+        [*RECORDER, "run", "--interval", "0.5"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        time.sleep(3)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    balances, polls = stored(db_url)
+    outcomes = [poll.outcome for poll in polls]
+    assert outcomes[:2] == ["failed", "failed"] and "ok" in outcomes[2:]
+    assert polls[0].http_status == 502 and polls[0].error_class == "ExchangeUnavailable"
+    assert len(balances) == 2
+
+
+def test_migrate_then_alembic_agree_on_head(db_url, tmp_path):
+    env = {**os.environ, "RECORDER_DATABASE_URL": db_url}
+    root = Path(__file__).resolve().parents[2]
+    result = recorder("migrate", env=env)
+    assert result.returncode == 0 and "upgraded" in result.stdout
+    assert recorder("migrate", env=env).stdout.strip() == "database schema is up to date"
+    check = subprocess.run(
+        [sys.executable, "-m", "alembic", "check"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    assert "No new upgrade operations detected" in check.stdout + check.stderr
+
+
+def test_every_command_has_help():
+    from recorder.cli import cli
+
+    for name, command in cli.commands.items():
+        assert command.help, f"{name} has no help"
+        result = subprocess.run([*RECORDER, name, "--help"], capture_output=True, text=True)
+        assert result.returncode == 0 and "Usage: recorder " + name in result.stdout
