@@ -1,0 +1,126 @@
+"""The read commands run as the installed `recorder` console script against real databases."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from recorder.db import make_engine, make_sessions
+from recorder.errors import ExchangeUnavailable
+from recorder.records import AssetBalance, FetchedBalances
+from recorder.schema import upgrade_to_head
+from recorder.store import ensure_account, record_failure, record_poll
+
+RECORDER = str(Path(sys.executable).with_name("recorder"))
+LOCAL = "http://127.0.0.1:9"
+T0 = datetime(2026, 1, 1, 23, 58, tzinfo=timezone.utc)
+UPDATE = datetime(2026, 1, 1, 23, 0, 0, 123000, tzinfo=timezone.utc)
+
+
+def asset(name: str, amount: str) -> AssetBalance:
+    value = Decimal(amount)
+    return AssetBalance(name, value, value, Decimal("0.00000000"), value, value, True, UPDATE)
+
+
+def minute(n: int) -> datetime:
+    return T0 + timedelta(minutes=n)
+
+
+# 23:58 USDT 10 / 23:59 unchanged / 00:00 USDT 12.5 + BTC appears / 00:01-00:04 failed /
+# 00:05 USDT 0.00000001, BTC gone.
+SCRIPT = [
+    (0, (asset("USDT", "10.00000000"),)),
+    (1, (asset("USDT", "10.00000000"),)),
+    (2, (asset("USDT", "12.50000000"), asset("BTC", "0.00100000"))),
+    (3, ExchangeUnavailable("HTTP 503", http_status=503)),
+    (4, ExchangeUnavailable("HTTP 503", http_status=503)),
+    (5, ExchangeUnavailable("timeout")),
+    (6, ExchangeUnavailable("HTTP 502", http_status=502)),
+    (7, (asset("USDT", "0.00000001"),)),
+]
+
+
+@pytest.fixture
+def database(db_url: str) -> str:
+    """A database holding SCRIPT for account 'main'."""
+    engine = make_engine(db_url)
+    upgrade_to_head(engine)
+    sessions = make_sessions(engine, write=True)
+    for n, outcome in SCRIPT:
+        when = minute(n)
+        with sessions.begin() as session:
+            account = ensure_account(session, "main", LOCAL, when)
+            uid = f"u{n}"
+            if isinstance(outcome, Exception):
+                record_failure(session, account, outcome, uid=uid, endpoint="/fapi/v2/balance", started_at=when, finished_at=when)
+            else:
+                fetched = FetchedBalances("SgsR", outcome, "/fapi/v2/balance", 5)
+                record_poll(session, account, fetched, uid=uid, started_at=when, finished_at=when)
+    engine.dispose()
+    return db_url
+
+
+def run(database: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [RECORDER, *args, "--database-url", database, "--account", "main"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "RECORDER_INTERVAL": "60"},
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+    return result
+
+
+def test_history_json_is_exact_and_utc(database):
+    documents = json.loads(run(database, "history", "--format", "json").stdout)
+    assert [(d["observed_at"], d["asset"], d["present"], d["balance"]) for d in documents] == [
+        ("2026-01-01T23:58:00.000000Z", "USDT", True, "10.00000000"),
+        ("2026-01-02T00:00:00.000000Z", "BTC", True, "0.00100000"),
+        ("2026-01-02T00:00:00.000000Z", "USDT", True, "12.50000000"),
+        ("2026-01-02T00:05:00.000000Z", "BTC", False, None),
+        ("2026-01-02T00:05:00.000000Z", "USDT", True, "0.00000001"),
+    ]
+    assert documents[0]["update_time"] == "2026-01-01T23:00:00.123Z"
+    assert documents[0]["account"] == "main"
+    assert documents[0]["margin_available"] is True
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_history_filters_and_tz_csv(database):
+    out = run(database, "history", "--asset", "usdt", "--since", "2026-01-02", "--until", "2026-01-02T00:05:00.000001",
+              "--format", "csv", "--tz", "Asia/Tokyo").stdout
+    assert out.splitlines()[1:] == [
+        "main,USDT,2026-01-02T09:00:00.000000+09:00,true,12.50000000,12.50000000,0.00000000,12.50000000,12.50000000,true,"
+        "2026-01-02T08:00:00.123+09:00",
+        "main,USDT,2026-01-02T09:05:00.000000+09:00,true,0.00000001,0.00000001,0.00000000,0.00000001,0.00000001,true,"
+        "2026-01-02T08:00:00.123+09:00",
+    ]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_unknown_asset_account_time_and_database_fail_in_one_line(database, tmp_path):
+    asset_error = run(database, "history", "--asset", "DOGE", check=False)
+    assert asset_error.returncode == 2
+    assert "no asset DOGE in account 'main'; recorded assets: BTC, USDT" in asset_error.stderr
+    account_error = subprocess.run([RECORDER, "history", "--database-url", database, "--account", "nope"],
+                                   capture_output=True, text=True, timeout=60)
+    assert account_error.returncode == 1
+    assert account_error.stderr.strip() == "error: ConfigError: no account 'nope' in the database; recorded accounts: main"
+    time_error = run(database, "history", "--since", "last tuesday", check=False)
+    assert time_error.returncode == 2
+    assert "'last tuesday' is not a time" in time_error.stderr
+    missing = subprocess.run([RECORDER, "history", "--database-url", f"sqlite:///{tmp_path / 'none.db'}"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1
+    assert "no database at" in missing.stderr
+    for result in (asset_error, account_error, time_error, missing):
+        assert "Traceback" not in result.stderr

@@ -1,0 +1,107 @@
+"""Rendering: exact decimals, UTC JSON times, zone-shifted tables and CSV."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from recorder import reports
+from recorder.queries import AssetState
+
+OBSERVED = datetime(2026, 1, 1, 23, 30, 0, 3000, tzinfo=timezone.utc)
+UPDATE = datetime(2026, 1, 1, 23, 29, 59, 123000, tzinfo=timezone.utc)
+
+
+def state(asset="USDT", balance="0.00000001", present=True) -> AssetState:
+    value = Decimal(balance) if present else None
+    return AssetState(
+        asset=asset,
+        observed_at=OBSERVED,
+        present=present,
+        balance=value,
+        cross_wallet_balance=value,
+        cross_un_pnl=Decimal("-12.50000000") if present else None,
+        available_balance=value,
+        max_withdraw_amount=value,
+        margin_available=True if present else None,
+        update_time=UPDATE if present else None,
+    )
+
+
+def render(write, *args, **kwargs) -> str:
+    stream = io.StringIO()
+    write(*args, stream, **kwargs)
+    return stream.getvalue()
+
+
+def test_format_time_uses_z_for_utc_and_offsets_elsewhere():
+    assert reports.format_time(OBSERVED) == "2026-01-01T23:30:00.003000Z"
+    assert reports.format_time(UPDATE, timespec="milliseconds") == "2026-01-01T23:29:59.123Z"
+    assert reports.format_time(OBSERVED, ZoneInfo("Asia/Tokyo")) == "2026-01-02T08:30:00.003000+09:00"
+
+
+def test_history_json_has_exact_decimal_strings_utc_times_and_bools():
+    text = render(reports.write_history, [state(), state("BNB", present=False)], "main", "json")
+    documents = json.loads(text)
+    assert documents == [
+        {
+            "account": "main",
+            "asset": "USDT",
+            "observed_at": "2026-01-01T23:30:00.003000Z",
+            "present": True,
+            "balance": "0.00000001",
+            "cross_wallet_balance": "0.00000001",
+            "cross_un_pnl": "-12.50000000",
+            "available_balance": "0.00000001",
+            "max_withdraw_amount": "0.00000001",
+            "margin_available": True,
+            "update_time": "2026-01-01T23:29:59.123Z",
+        },
+        {
+            "account": "main",
+            "asset": "BNB",
+            "observed_at": "2026-01-01T23:30:00.003000Z",
+            "present": False,
+            "balance": None,
+            "cross_wallet_balance": None,
+            "cross_un_pnl": None,
+            "available_balance": None,
+            "max_withdraw_amount": None,
+            "margin_available": None,
+            "update_time": None,
+        },
+    ]
+    assert "E-" not in text
+
+
+def test_history_json_stays_utc_even_with_a_display_zone():
+    text = render(reports.write_history, [state()], "main", "json", tz=ZoneInfo("Asia/Tokyo"))
+    assert json.loads(text)[0]["observed_at"] == "2026-01-01T23:30:00.003000Z"
+
+
+def test_history_csv_shifts_times_into_the_zone_and_leaves_missing_cells_empty():
+    text = render(reports.write_history, [state("USDT", "98765432109.12345678"), state("BNB", present=False)], "main", "csv", tz=ZoneInfo("Asia/Tokyo"))
+    lines = text.splitlines()
+    assert lines[0] == (
+        "account,asset,observed_at,present,balance,cross_wallet_balance,cross_un_pnl,"
+        "available_balance,max_withdraw_amount,margin_available,update_time"
+    )
+    assert lines[1] == (
+        "main,USDT,2026-01-02T08:30:00.003000+09:00,true,98765432109.12345678,98765432109.12345678,"
+        "-12.50000000,98765432109.12345678,98765432109.12345678,true,2026-01-02T08:29:59.123+09:00"
+    )
+    assert lines[2] == "main,BNB,2026-01-02T08:30:00.003000+09:00,false,,,,,,,"
+
+
+def test_history_table_aligns_numbers_right():
+    text = render(reports.write_history, [state("USDT", "100.00000000"), state("BTC", "0.00100000")], "main", "table")
+    lines = text.splitlines()
+    assert lines[0].split() == ["account", "asset", "observed_at", "present", "balance", "cross_wallet_balance",
+                                "cross_un_pnl", "available_balance", "max_withdraw_amount", "margin_available", "update_time"]
+    column = lines[0].index("balance")
+    end = column + len("100.00000000")
+    assert lines[2][column:end] == "100.00000000"
+    assert lines[3][column:end] == "  0.00100000"
