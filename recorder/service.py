@@ -62,7 +62,9 @@ class Recorder:
             self._record_failure(error, uid, started_at, began)
             raise
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot store the poll: {_database_problem(exc)}") from None
+            error = StorageError(f"cannot store the poll: {_database_problem(exc)}")
+            log.error("poll failed account=%s error=StorageError ms=%d: %s", self.account, _elapsed_ms(began), error)
+            raise error from None
         log.info(
             "poll ok account=%s assets=%d changed=%d weight=%s ms=%d",
             self.account,
