@@ -30,7 +30,15 @@ ENVIRONMENT = {
     "RECORDER_BALANCE_ENDPOINT": "endpoint",
     "RECORDER_RECV_WINDOW": "recv_window",
     "RECORDER_TIMEOUT": "timeout",
+    "BINANCE_API_SECRET_FILE": "api_secret_file",
+    "BINANCE_PRIVATE_KEY_PATH": "private_key_path",
+    "BINANCE_PRIVATE_KEY_PASSPHRASE": "private_key_passphrase",
+    "RECORDER_SPOOL_DIR": "spool_dir",
+    "RECORDER_WEIGHT_LIMIT": "weight_limit",
 }
+DEFAULT_SPOOL_DIR = ".recorder-spool"
+# Binance's REQUEST_WEIGHT limit per IP per minute (exchangeInfo rateLimits).
+DEFAULT_WEIGHT_LIMIT = 2400
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,11 @@ class Settings:
     endpoint: str = "v2"
     recv_window: int = DEFAULT_RECV_WINDOW_MS
     timeout: float = 10.0
+    api_secret_file: str | None = None
+    private_key_path: str | None = None
+    private_key_passphrase: str | None = field(default=None, repr=False)
+    spool_dir: str = DEFAULT_SPOOL_DIR
+    weight_limit: int = DEFAULT_WEIGHT_LIMIT
 
     @property
     def balance_path(self) -> str:
@@ -53,8 +66,9 @@ class Settings:
         return BALANCE_ENDPOINTS[self.endpoint]
 
     def require_credentials(self) -> None:
-        """Fail before any request when the key or secret is missing."""
-        missing = [name for name, value in (("BINANCE_API_KEY", self.api_key), ("BINANCE_API_SECRET", self.api_secret)) if not value]
+        """Fail before any request when the key or the secret (or private key) is missing."""
+        has_secret = bool(self.api_secret or self.private_key_path)
+        missing = [name for name, value in (("BINANCE_API_KEY", self.api_key), ("BINANCE_API_SECRET", has_secret)) if not value]
         if missing:
             raise ConfigError(
                 f"missing {' and '.join(missing)}: set the environment variable or pass "
@@ -107,6 +121,23 @@ def _validated(raw: dict[str, Any]) -> Settings:
         values["recv_window"] = recv_window
     if "timeout" in raw:
         values["timeout"] = _number(raw["timeout"], "RECORDER_TIMEOUT (--timeout)", float, minimum=0.1)
+    if "api_secret_file" in raw:
+        if values.get("api_secret"):
+            raise ConfigError("set BINANCE_API_SECRET or BINANCE_API_SECRET_FILE, not both")
+        from recorder.signing import read_private_file
+
+        values["api_secret"] = read_private_file(str(raw["api_secret_file"]), "the secret file").decode().strip()
+        values["api_secret_file"] = str(raw["api_secret_file"])
+    if "private_key_path" in raw:
+        if values.get("api_secret"):
+            raise ConfigError("set an API secret or BINANCE_PRIVATE_KEY_PATH, not both")
+        values["private_key_path"] = str(raw["private_key_path"])
+    if "private_key_passphrase" in raw:
+        values["private_key_passphrase"] = str(raw["private_key_passphrase"])
+    if "spool_dir" in raw:
+        values["spool_dir"] = str(raw["spool_dir"])
+    if "weight_limit" in raw:
+        values["weight_limit"] = _number(raw["weight_limit"], "RECORDER_WEIGHT_LIMIT (--weight-limit)", int, minimum=20)
     return Settings(**values)
 
 

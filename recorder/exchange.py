@@ -7,10 +7,9 @@ Binance's rules come from ../shared/binance-api.md (general-info, error-code pag
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
+import random
 import re
 import time
 from collections.abc import Callable
@@ -31,6 +30,9 @@ from recorder.errors import (
     RateLimited,
 )
 from recorder.records import AssetBalance, FetchedBalances
+from recorder.signing import Signer, hmac_signer, key_signer, read_private_file, sign_hmac
+
+__all__ = ["BinanceFuturesClient", "parse_balances", "sign_hmac"]
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,17 @@ _DECIMAL_FIELDS = {
 }
 
 
-def sign_hmac(secret: str, payload: str) -> str:
-    """Hex HMAC-SHA256 of the exact query string, as Binance's general-info specifies."""
-    return hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+# IP weight of each request (binance-api.md section 1: v2 balance went 5 -> 10 in 2024).
+REQUEST_WEIGHT = {SERVER_TIME_PATH: 1, "/fapi/v2/balance": 10, "/fapi/v3/balance": 5}
+# Stop sending before this share of the per-minute limit is used, so a 429 never happens.
+WEIGHT_SAFETY = 0.9
+# Bounded retries inside one poll, for failures where a second read is safe (a GET changes nothing).
+RETRY_ATTEMPTS = 3
+RETRY_BUDGET_SECONDS = 5.0
+RETRY_BASE_SECONDS = 0.25
+# After an authentication failure, wait this long, doubling per failure up to an hour.
+AUTH_BACKOFF_SECONDS = 60.0
+AUTH_BACKOFF_MAX_SECONDS = 3600.0
 
 
 class BinanceFuturesClient:
@@ -81,20 +91,29 @@ class BinanceFuturesClient:
         *,
         base_url: str,
         api_key: str,
-        api_secret: str,
+        api_secret: str | None = None,
+        signer: Signer | None = None,
         balance_path: str = "/fapi/v2/balance",
         recv_window: int = 5000,
         timeout: float = 10.0,
+        weight_limit: int = 2400,
+        retry_attempts: int = RETRY_ATTEMPTS,
         session: requests.Session | None = None,
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if signer is None:
+            if not api_secret:
+                raise ValueError("BinanceFuturesClient needs api_secret or signer")
+            signer = hmac_signer(api_secret)
         self.base_url = base_url.rstrip("/")
         self.balance_path = balance_path
         self.recv_window = recv_window
         self.timeout = timeout
-        self._api_key = api_key
-        self._api_secret = api_secret
+        self.weight_limit = weight_limit
+        self.retry_attempts = max(1, retry_attempts)
+        self._sign = signer
         self._session = session or requests.Session()
         self._session.headers["X-MBX-APIKEY"] = api_key
         # A proxy environment variable must not silently reroute signed requests
@@ -103,21 +122,32 @@ class BinanceFuturesClient:
             self._session.trust_env = False
         self._wall_clock = wall_clock
         self._monotonic = monotonic
+        self._sleep = sleep
         self._offset_ms: int | None = None
+        # No request before this monotonic time; the error to raise meanwhile says why.
         self._blocked_until: float = 0.0
+        self._blocked_error: type[ExchangeError] = RateLimited
+        self._auth_failures = 0
         self.last_used_weight: int | None = None
+        self._weight_minute: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BinanceFuturesClient:
         """Build a client from validated settings (credentials must be present)."""
         settings.require_credentials()
+        if settings.private_key_path:
+            pem = read_private_file(settings.private_key_path, "the private key file")
+            signer = key_signer(pem, settings.private_key_passphrase)
+        else:
+            signer = hmac_signer(settings.api_secret)
         return cls(
             base_url=settings.base_url,
             api_key=settings.api_key,
-            api_secret=settings.api_secret,
+            signer=signer,
             balance_path=settings.balance_path,
             recv_window=settings.recv_window,
             timeout=settings.timeout,
+            weight_limit=settings.weight_limit,
         )
 
     def __repr__(self) -> str:
@@ -146,7 +176,31 @@ class BinanceFuturesClient:
         return self._offset_ms
 
     def fetch_balances(self) -> FetchedBalances:
-        """GET the balance endpoint, signed; return every asset, validated, or raise."""
+        """GET the balance endpoint, signed; return every asset, validated, or raise.
+
+        A read changes nothing on the exchange, so a transient failure (network, 5xx,
+        malformed body) is retried inside this call: at most RETRY_ATTEMPTS requests
+        within RETRY_BUDGET_SECONDS, with jittered exponential backoff. Rate limits and
+        authentication failures are never retried here.
+        """
+        began = self._monotonic()
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                return self._fetch_balances_once()
+            except (RateLimited, AuthError):
+                raise
+            except (ExchangeUnavailable, BadPayload) as error:
+                delay = RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                spent = self._monotonic() - began
+                if attempt == self.retry_attempts or spent + delay > RETRY_BUDGET_SECONDS:
+                    if attempt > 1:
+                        error.args = (f"{error} (after {attempt} attempts)",)
+                    raise
+                log.info("%s: %s; retry %d in %.2fs", self.balance_path, type(error).__name__, attempt, delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _fetch_balances_once(self) -> FetchedBalances:
         if self._offset_ms is None:
             self.sync_clock()
         try:
@@ -156,6 +210,7 @@ class BinanceFuturesClient:
             log.warning("Binance rejected our timestamp (-1021): resyncing the clock and retrying once")
             self.sync_clock()
             response = self._signed_get(self.balance_path)
+        self._auth_failures = 0
         if _looks_like_html(response):
             # A 200 HTML page comes from a proxy or CDN in front of Binance, not from the API.
             raise ExchangeUnavailable(
@@ -168,7 +223,7 @@ class BinanceFuturesClient:
         timestamp = round(self._wall_clock() * 1000) + (self._offset_ms or 0)
         query = urlencode({"recvWindow": self.recv_window, "timestamp": timestamp})
         # signature must be the last parameter, computed over exactly the bytes sent before it.
-        signed = f"{query}&signature={sign_hmac(self._api_secret, query)}"
+        signed = f"{query}&signature={self._sign(query)}"
         response = self._get(f"{path}?{signed}", path)
         return response
 
@@ -176,9 +231,13 @@ class BinanceFuturesClient:
         """One GET with a timeout; every failure leaves as an ExchangeError naming only the path."""
         wait = self._blocked_until - self._monotonic()
         if wait > 0:
-            raise RateLimited(
-                f"{path}: not sent: Binance asked us to wait {wait:.0f}s more (Retry-After)", retry_after=wait
-            )
+            if self._blocked_error is AuthError:
+                raise AuthError(
+                    f"{path}: not sent: waiting {wait:.0f}s more after {self._auth_failures} authentication "
+                    "failure(s); fix BINANCE_API_KEY / BINANCE_API_SECRET and restart to retry now"
+                )
+            raise RateLimited(f"{path}: not sent: waiting {wait:.0f}s more for the rate limit", retry_after=wait)
+        self._throttle(path)
         try:
             response = self._session.get(
                 self.base_url + path_and_query, timeout=(CONNECT_TIMEOUT_SECONDS, self.timeout)
@@ -191,9 +250,30 @@ class BinanceFuturesClient:
         except requests.RequestException as exc:
             raise ExchangeUnavailable(f"{path}: {type(exc).__name__} during the request") from None
         self.last_used_weight = _used_weight(response)
+        self._weight_minute = self._server_minute()
         if response.status_code != 200:
             self._raise_for_status(response, path)
         return response
+
+    def _server_minute(self) -> int:
+        return (round(self._wall_clock() * 1000) + (self._offset_ms or 0)) // 60000
+
+    def _throttle(self, path: str) -> None:
+        """Refuse to send a request that would take the IP past WEIGHT_SAFETY of its minute budget."""
+        if self.last_used_weight is None or self._weight_minute != self._server_minute():
+            return  # Binance's weight window is the calendar minute: a new minute starts at zero.
+        cost = REQUEST_WEIGHT.get(path.split("?", 1)[0], 10)
+        if self.last_used_weight + cost <= self.weight_limit * WEIGHT_SAFETY:
+            return
+        server_ms = round(self._wall_clock() * 1000) + (self._offset_ms or 0)
+        wait = 60 - (server_ms % 60000) / 1000 + 0.5
+        self._blocked_until = self._monotonic() + wait
+        self._blocked_error = RateLimited
+        raise RateLimited(
+            f"{path}: not sent: this IP used {self.last_used_weight} of {self.weight_limit} request weight "
+            f"this minute; waiting {wait:.0f}s for the next minute instead of risking a 429",
+            retry_after=wait,
+        )
 
     def _raise_for_status(self, response: requests.Response, path: str) -> None:
         status = response.status_code
@@ -203,6 +283,7 @@ class BinanceFuturesClient:
         if status in (418, 429) or code == TOO_MANY_REQUESTS_CODE or status == 403:
             retry_after = _retry_after(response, message)
             self._blocked_until = self._monotonic() + retry_after
+            self._blocked_error = RateLimited
             kind = "IP banned (418)" if status == 418 else "web application firewall (403)" if status == 403 else "rate limited"
             error: ExchangeError = RateLimited(
                 f"{detail} [{kind}; no request for {retry_after:.0f}s]",
@@ -211,9 +292,19 @@ class BinanceFuturesClient:
                 code=code,
             )
         elif code in AUTH_CODES or status == 401:
+            # Hammering with a rejected key helps nobody and can get the IP banned: back off hard.
+            # The first failure may be a key being rotated, so the next tick still tries.
+            self._auth_failures += 1
+            backoff = (
+                0.0
+                if self._auth_failures == 1
+                else min(AUTH_BACKOFF_SECONDS * 2 ** (self._auth_failures - 1), AUTH_BACKOFF_MAX_SECONDS)
+            )
+            self._blocked_until = self._monotonic() + backoff
+            self._blocked_error = AuthError
             error = AuthError(
                 f"{detail} [check BINANCE_API_KEY / BINANCE_API_SECRET, the key's IP whitelist and "
-                "that it may read futures data]",
+                f"that it may read futures data{f'; next attempt in {backoff:.0f}s' if backoff else ''}]",
                 http_status=status,
                 code=code,
             )

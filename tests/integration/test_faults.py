@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import func, select
 
 from recorder.errors import AuthError, BadPayload, ClockSkew, ExchangeError, ExchangeUnavailable, RateLimited
-from recorder.exchange import BinanceFuturesClient
+from recorder.exchange import RETRY_ATTEMPTS, BinanceFuturesClient
 from recorder.models import Balance, Poll
 from recorder.service import Recorder
 from tests.conftest import SIM_KEY, SIM_SECRET
@@ -53,7 +55,12 @@ def monotonic() -> FakeMonotonic:
 @pytest.fixture
 def recorder(simulator, sessions, monotonic):
     client = BinanceFuturesClient(
-        base_url=simulator.base_url, api_key=SIM_KEY, api_secret=SIM_SECRET, timeout=0.5, monotonic=monotonic
+        base_url=simulator.base_url,
+        api_key=SIM_KEY,
+        api_secret=SIM_SECRET,
+        timeout=0.5,
+        monotonic=monotonic,
+        sleep=lambda seconds: None,
     )
     yield Recorder(client=client, sessions=sessions, account="default")
     client.close()
@@ -73,7 +80,9 @@ def test_fault_is_recorded_and_the_next_poll_stores(fault, simulator, recorder, 
     recorder.poll_once()
     assert counts(sessions) == (1, 0, 8)
     simulator.step(SIM_KEY)
-    simulator.inject(fault, seconds=1.5, retry_after=30)
+    # Transient failures are retried inside the poll: inject enough to exhaust the retries.
+    retried = error_class in (ExchangeUnavailable, BadPayload)
+    simulator.inject(fault, times=RETRY_ATTEMPTS if retried else 1, seconds=1.5, retry_after=30)
     with pytest.raises(ExchangeError) as caught:
         recorder.poll_once()
     assert type(caught.value) is error_class
@@ -82,6 +91,7 @@ def test_fault_is_recorded_and_the_next_poll_stores(fault, simulator, recorder, 
         failed = session.scalars(select(Poll).where(Poll.outcome == "failed")).one()
         assert (failed.error_class, failed.http_status, failed.error_code) == (error_class.__name__, http_status, code)
         assert failed.error_message == str(caught.value)
+        assert failed.error_message.endswith(f"(after {RETRY_ATTEMPTS} attempts)") == retried
     assert counts(sessions) == (2, 1, 8)
     if error_class is RateLimited:
         # Retry-After holds across ticks: the next tick sends nothing until it passes.
@@ -118,3 +128,49 @@ def test_used_weight_is_kept_in_the_poll_log(simulator, recorder, sessions):
     with sessions() as session:
         weights = session.scalars(select(Poll.used_weight).order_by(Poll.id)).all()
     assert weights == [11, 21]
+
+
+@pytest.mark.parametrize("fault", ["http-503", "malformed-json", "reset"])
+def test_one_transient_failure_is_retried_inside_the_poll(fault, simulator, recorder, sessions):
+    simulator.inject(fault, times=1)
+    outcome = recorder.poll_once()
+    assert outcome.outcome == "ok"
+    balance_requests = [r for r in simulator.requests_log if r.path == "/fapi/v2/balance"]
+    assert len(balance_requests) == 2
+    assert counts(sessions) == (1, 0, 8)
+
+
+def test_repeated_auth_failures_back_off_hard(simulator, recorder, sessions, monotonic):
+    simulator.inject("auth-2015", times=5)
+    with pytest.raises(AuthError, match="HTTP 401 code -2015"):
+        recorder.poll_once()
+    with pytest.raises(AuthError, match="next attempt in 120s"):
+        recorder.poll_once()  # the first failure does not block the next tick; the second does
+    sent = len(simulator.requests_log)
+    for _ in range(3):
+        with pytest.raises(AuthError, match="not sent"):
+            recorder.poll_once()
+    assert len(simulator.requests_log) == sent
+    monotonic.now += 121
+    with pytest.raises(AuthError, match="next attempt in 240s"):
+        recorder.poll_once()
+    assert counts(sessions) == (6, 6, 0)
+
+
+def test_recorder_slows_down_before_the_weight_limit(simulator, sessions, monotonic):
+    # Start the exchange clock 1 s into a minute so the weight window cannot roll over mid-test.
+    simulator.clock_offset_ms = 61_000 - time.time_ns() // 1_000_000 % 60_000
+    client = BinanceFuturesClient(
+        base_url=simulator.base_url, api_key=SIM_KEY, api_secret=SIM_SECRET, weight_limit=60, monotonic=monotonic
+    )
+    recorder = Recorder(client=client, sessions=sessions, account="default")
+    outcomes = []
+    for _ in range(8):
+        try:
+            outcomes.append(recorder.poll_once().outcome)
+        except RateLimited as error:
+            outcomes.append("throttled" if "not sent" in str(error) else "429")
+    client.close()
+    # 1 (time) + 10 per poll: 5 polls reach 51 of 60; the 6th would pass 90% of the limit.
+    assert "429" not in outcomes and simulator.bans_issued == 0
+    assert outcomes[:5] == ["ok"] * 5 and set(outcomes[5:]) == {"throttled"}
