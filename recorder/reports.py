@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any, TextIO
 
 from recorder.models import AMOUNT_FIELDS
-from recorder.queries import AssetState
+from recorder.queries import AsOf, AssetState, Change, Diff, Freshness, Gap, SeriesPoint
 
 FORMATS = ("table", "csv", "json")
 UTC = timezone.utc
@@ -45,14 +45,18 @@ def write(
     records: Sequence[Mapping[str, Any]],
     documents: Sequence[Any],
     tz: tzinfo = UTC,
+    table_columns: Sequence[str] | None = None,
 ) -> None:
-    """Write flat `records` as a table or CSV, or `documents` as a JSON list."""
+    """Write flat `records` as a table or CSV, or `documents` as a JSON list.
+
+    `table_columns` narrows what a terminal shows; CSV always has every column.
+    """
     if fmt == "json":
         write_json(documents, stream)
     elif fmt == "csv":
         write_csv(columns, records, stream, tz)
     elif fmt == "table":
-        write_table(columns, records, stream, tz)
+        write_table(table_columns or columns, records, stream, tz)
     else:
         raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
 
@@ -135,3 +139,124 @@ def write_history(states: Sequence[AssetState], account: str, fmt: str, stream: 
     columns = ("account", *STATE_COLUMNS)
     records = [{"account": account, **state_fields(state)} for state in states]
     write(fmt, stream, columns, records, records, tz)
+
+
+def write_balances(result: AsOf, fmt: str, stream: TextIO, tz: tzinfo = UTC) -> None:
+    """Each asset's state at an instant, with when it was observed and how stale the evidence is."""
+    freshness = result.freshness
+    columns = ("account", "asset", "status", "observed_at", "stale_seconds", "last_poll_at", "present",
+               *AMOUNT_FIELDS, "margin_available", "update_time")
+    records = []
+    for position in result.positions:
+        fields = state_fields(position.state)
+        records.append({
+            "account": result.account,
+            "asset": position.asset,
+            "status": position.status,
+            "observed_at": fields.pop("observed_at"),
+            "stale_seconds": freshness.stale_seconds,
+            "last_poll_at": freshness.last_poll_at,
+            **fields,
+        })
+    table = ("asset", "status", *AMOUNT_FIELDS, "margin_available", "observed_at", "stale_seconds")
+    write(fmt, stream, columns, records, records, tz, table)
+
+
+def describe_freshness(freshness: Freshness, label: str, tz: tzinfo = UTC) -> str | None:
+    """One line for stderr when an instant is not backed by a recent successful poll."""
+    if freshness.status == "before_first_poll":
+        return f"note: {label} {format_time(freshness.at, tz)} is before the first successful poll: nothing was recorded yet"
+    if freshness.in_gap:
+        return (
+            f"note: {label} {format_time(freshness.at, tz)} is inside a gap: the last successful poll was "
+            f"{format_time(freshness.last_poll_at, tz)}, {freshness.stale_seconds:g} s earlier, so values may be stale"
+        )
+    return None
+
+
+def write_diff(result: Diff, fmt: str, stream: TextIO, tz: tzinfo = UTC) -> None:
+    """Per asset, the state at each end and the exact change (to - from) of every amount."""
+    documents = []
+    records = []
+    for row in result.assets:
+        documents.append({
+            "account": result.account,
+            "asset": row.asset,
+            "status": row.status,
+            "from": _state_document(row.before),
+            "to": _state_document(row.after),
+            "change": dict(row.change) if row.change is not None else None,
+        })
+        record: dict[str, Any] = {"account": result.account, "asset": row.asset, "status": row.status}
+        for side, state in (("from", row.before), ("to", row.after)):
+            for name, value in state_fields(state).items():
+                if name != "asset":
+                    record[f"{side}_{name}"] = value
+        for name in AMOUNT_FIELDS:
+            record[f"change_{name}"] = row.change[name] if row.change is not None else None
+        records.append(record)
+    sides = [f"{side}_{name}" for side in ("from", "to") for name in STATE_COLUMNS if name not in ("asset", "present")]
+    columns = ("account", "asset", "status", *sides, *(f"change_{name}" for name in AMOUNT_FIELDS))
+    table = ("asset", "status", "from_balance", "to_balance", *(f"change_{name}" for name in AMOUNT_FIELDS),
+             "from_observed_at", "to_observed_at")
+    write(fmt, stream, columns, records, documents, tz, table)
+
+
+def _state_document(state: AssetState | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    return {name: value for name, value in state_fields(state).items() if name != "asset"}
+
+
+def write_changes(events: Sequence[Change], account: str, fmt: str, stream: TextIO, tz: tzinfo = UTC) -> None:
+    """Every change event, oldest first, with the previous value and the delta per amount."""
+    documents = []
+    records = []
+    for event in events:
+        delta = dict(event.delta) if event.delta is not None else None
+        documents.append({
+            "account": account,
+            "asset": event.asset,
+            "observed_at": event.observed_at,
+            "kind": event.kind,
+            "previous": _state_document(event.previous),
+            "current": _state_document(event.current),
+            "delta": delta,
+        })
+        current, previous = state_fields(event.current), state_fields(event.previous)
+        record: dict[str, Any] = {"account": account, "asset": event.asset, "observed_at": event.observed_at, "kind": event.kind}
+        for name in (*AMOUNT_FIELDS, "margin_available", "update_time"):
+            record[name] = current[name]
+            record[f"previous_{name}"] = previous[name]
+            if name in AMOUNT_FIELDS:
+                record[f"delta_{name}"] = delta[name] if delta is not None else None
+        records.append(record)
+    columns = ("account", "asset", "observed_at", "kind")
+    for name in (*AMOUNT_FIELDS, "margin_available", "update_time"):
+        columns += (name, f"previous_{name}") + ((f"delta_{name}",) if name in AMOUNT_FIELDS else ())
+    table = ("observed_at", "asset", "kind", "balance", "delta_balance", "delta_cross_wallet_balance",
+             "delta_cross_un_pnl", "delta_available_balance", "delta_max_withdraw_amount", "margin_available")
+    write(fmt, stream, columns, records, documents, tz, table)
+
+
+def write_gaps(found: Sequence[Gap], fmt: str, stream: TextIO, tz: tzinfo = UTC) -> None:
+    """Stretches without a successful poll, with the failures recorded inside each."""
+    documents = [
+        {"start": gap.start, "end": gap.end, "seconds": gap.seconds, "failures": dict(gap.failures), "ongoing": gap.open_end}
+        for gap in found
+    ]
+    records = [
+        {**document, "failed_polls": sum(gap.failures.values())} for document, gap in zip(documents, found)
+    ]
+    columns = ("start", "end", "seconds", "ongoing", "failed_polls", "failures")
+    write(fmt, stream, columns, records, documents, tz)
+
+
+def write_series(points: Sequence[SeriesPoint], asset: str, field: str, fmt: str, stream: TextIO, tz: tzinfo = UTC) -> None:
+    """One row per bucket: the value at its end, or why there is none."""
+    records = [
+        {"asset": asset, "field": field, "start": p.start, "end": p.end, "value": p.value,
+         "observed_at": p.observed_at, "status": p.status}
+        for p in points
+    ]
+    write(fmt, stream, ("asset", "field", "start", "end", "value", "status", "observed_at"), records, records, tz)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from recorder.cli.options import database_options
 from recorder.config import Settings, load_settings
 from recorder.db import make_engine, make_sessions
 from recorder.errors import StorageError
+from recorder.models import AMOUNT_FIELDS
 from recorder.schema import upgrade_to_head
 from recorder.timespec import TIME_HELP, TimeSpec, TimeZoneParam
 
@@ -117,3 +119,114 @@ def history(database_url, account, assets, fmt, tz, since, until) -> None:
         states = queries.history(session, settings.account, assets=wanted or None, since=since, until=until)
     reports.write_history(states, settings.account, fmt, sys.stdout, tz)
 
+
+
+def tolerance_option(function: F) -> F:
+    """--tolerance: how long without a successful poll counts as a gap."""
+    return click.option(
+        "--tolerance",
+        type=click.FloatRange(min=0, min_open=True),
+        help="Seconds without a successful poll that make a gap [default: twice RECORDER_INTERVAL, i.e. 120].",
+    )(function)
+
+
+def _tolerance(settings: Settings, seconds: float | None) -> timedelta:
+    return timedelta(seconds=seconds if seconds is not None else 2 * settings.interval)
+
+
+def _note(line: str | None) -> None:
+    if line:
+        click.echo(line, err=True)
+
+
+@cli.command()
+@read_options
+@click.option("--at", "at", type=TIME, default="now", help=f"The instant [default: now]: {TIME_HELP}.")
+@tolerance_option
+def balances(database_url, account, assets, fmt, tz, at, tolerance) -> None:
+    """Each asset's balance at an instant: the last state observed at or before it.
+
+    Shows when each state was observed and how stale it is (seconds since the last
+    successful poll); inside a gap the status says 'stale' instead of pretending to be
+    fresh. Times without an offset are UTC.
+    """
+    with reading(database_url, account, assets) as (settings, session, wanted):
+        result = queries.as_of(session, settings.account, at, assets=wanted or None, tolerance=_tolerance(settings, tolerance))
+    _note(reports.describe_freshness(result.freshness, "--at", tz))
+    reports.write_balances(result, fmt, sys.stdout, tz)
+
+
+@cli.command()
+@read_options
+@click.option("--from", "start", type=TIME, required=True, help=f"The earlier instant: {TIME_HELP}.")
+@click.option("--to", "end", type=TIME, default="now", help=f"The later instant [default: now]: {TIME_HELP}.")
+@tolerance_option
+def diff(database_url, account, assets, fmt, tz, start, end, tolerance) -> None:
+    """Per asset, the state at --from and at --to and the exact change of every amount (to - from).
+
+    Assets that appeared or vanished in between are shown as such. Times without an
+    offset are UTC.
+    """
+    with reading(database_url, account, assets) as (settings, session, wanted):
+        result = queries.diff(session, settings.account, start, end, assets=wanted or None, tolerance=_tolerance(settings, tolerance))
+    _note(reports.describe_freshness(result.start, "--from", tz))
+    _note(reports.describe_freshness(result.end, "--to", tz))
+    reports.write_diff(result, fmt, sys.stdout, tz)
+
+
+@cli.command()
+@read_options
+@range_options
+def changes(database_url, account, assets, fmt, tz, since, until) -> None:
+    """Every change event, oldest first, with the previous value and the delta of each amount.
+
+    Times without an offset are UTC.
+    """
+    with reading(database_url, account, assets) as (settings, session, wanted):
+        events = queries.changes(session, settings.account, assets=wanted or None, since=since, until=until)
+    reports.write_changes(events, settings.account, fmt, sys.stdout, tz)
+
+
+@cli.command()
+@database_options
+@click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="table", show_default=True, help="Output format.")
+@click.option("--tz", "tz", type=TimeZoneParam(), default="UTC", show_default=True,
+              help="Show times in this zone in table and CSV; JSON is always UTC.")
+@click.option("--since", type=TIME, help=f"From this time on [default: the first poll]: {TIME_HELP}.")
+@click.option("--until", type=TIME, default="now", help=f"Up to this time [default: now]: {TIME_HELP}.")
+@tolerance_option
+def gaps(database_url, account, fmt, tz, since, until, tolerance) -> None:
+    """Stretches without a successful poll longer than the tolerance, with the failures inside.
+
+    A gap runs from the last successful poll before it to the next one; one still going on
+    at --until is marked ongoing. Times without an offset are UTC.
+    """
+    with reading(database_url, account, ()) as (settings, session, _):
+        found = queries.gaps(session, settings.account, since=since, until=until, tolerance=_tolerance(settings, tolerance))
+    reports.write_gaps(found, fmt, sys.stdout, tz)
+
+
+@cli.command()
+@database_options
+@click.option("--asset", required=True, help="The asset, e.g. USDT.")
+@click.option("--field", type=click.Choice(AMOUNT_FIELDS), default="balance", show_default=True, help="The amount to follow.")
+@click.option("--every", type=click.Choice(list(queries.BUCKETS)), default="hour", show_default=True, help="Bucket size.")
+@click.option("--since", type=TIME, default="24h", show_default=True, help=f"Start of the range: {TIME_HELP}.")
+@click.option("--until", type=TIME, default="now", show_default=True, help=f"End of the range (exclusive): {TIME_HELP}.")
+@click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="table", show_default=True, help="Output format.")
+@click.option("--tz", "tz", type=TimeZoneParam(), default="UTC", show_default=True,
+              help="Day buckets start at midnight in this zone; table and CSV show times in it. JSON is UTC.")
+@tolerance_option
+def series(database_url, account, asset, field, every, since, until, fmt, tz, tolerance) -> None:
+    """The value of one amount at the end of each minute, hour or day.
+
+    Values are carried forward through quiet periods and left empty (status 'gap') where the
+    last successful poll is older than the tolerance. Times without an offset are UTC.
+    """
+    with reading(database_url, account, (asset,)) as (settings, session, wanted):
+        try:
+            points = queries.series(session, settings.account, wanted[0], field, since, until, every=every,
+                                    tolerance=_tolerance(settings, tolerance), tz=tz)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    reports.write_series(points, wanted[0], field, fmt, sys.stdout, tz)
