@@ -1,0 +1,144 @@
+"""The SQL views from migration 0002 on both backends: same rows, exact amounts, numeric order.
+
+These are the queries the README tells users to paste into sqlite3 or psql.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from sqlalchemy import Boolean, text
+
+from recorder.db_types import ExactDecimal, UtcDateTime
+from recorder.errors import ExchangeUnavailable
+from recorder.records import AssetBalance, FetchedBalances
+from recorder.store import ensure_account, record_failure, record_poll
+
+LOCAL = "http://127.0.0.1:9"
+UPDATE = datetime(2025, 12, 31, 23, 0, 0, 123000, tzinfo=timezone.utc)
+TYPES = {
+    "observed_at": UtcDateTime(),
+    "previous_observed_at": UtcDateTime(),
+    "last_poll_at": UtcDateTime(),
+    "started_at": UtcDateTime(),
+    "present": Boolean(),
+    "total": ExactDecimal(),
+    **{f"{prefix}{name}": ExactDecimal() for prefix in ("", "previous_", "delta_")
+       for name in ("balance", "cross_wallet_balance", "cross_un_pnl", "available_balance", "max_withdraw_amount")},
+}
+
+
+def utc(day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(2026, 1, day, hour, minute, tzinfo=timezone.utc)
+
+
+def asset(name: str, amount: str) -> AssetBalance:
+    value = Decimal(amount)
+    return AssetBalance(name, value, value, Decimal("0.00000000"), value, value, True, UPDATE)
+
+
+def record(sessions, when, outcome, label="main", took=timedelta(milliseconds=250)):
+    with sessions.begin() as session:
+        account = ensure_account(session, label, LOCAL, when)
+        uid = f"{label}-{when.isoformat()}"
+        if isinstance(outcome, Exception):
+            record_failure(session, account, outcome, uid=uid, endpoint="/fapi/v2/balance", started_at=when - took, finished_at=when)
+        else:
+            fetched = FetchedBalances("SgsR", tuple(outcome), "/fapi/v2/balance", 5)
+            record_poll(session, account, fetched, uid=uid, started_at=when - took, finished_at=when)
+
+
+def query(sessions, sql: str, **params) -> list[dict]:
+    """Run SQL as a user would; decode the columns this test compares with their column types."""
+    with sessions() as session:
+        result = session.execute(text(sql), params)
+        names = list(result.keys())
+        return [{name: decode(name, value) for name, value in zip(names, row)} for row in result]
+
+
+def decode(name: str, value):
+    """SQLite returns times and amounts as text and booleans as 0/1; PostgreSQL typed values."""
+    kind = TYPES.get(name)
+    if value is None or kind is None:
+        return value
+    if isinstance(kind, UtcDateTime):
+        parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
+        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    if isinstance(kind, ExactDecimal):
+        return Decimal(str(value))
+    if isinstance(kind, Boolean):
+        return bool(value)
+    return value
+
+
+def script(sessions) -> None:
+    # UTC: 01-01 10:00 USDT 1 / 16:00 USDT 2, BTC 0.5 / 01-02 00:00 exactly USDT 3 /
+    # 01-02 00:01 failed / 01-03 no poll at all / 01-04 09:00 USDT 4, BTC gone.
+    record(sessions, utc(1, 10), [asset("USDT", "1.00000000")])
+    record(sessions, utc(1, 16), [asset("USDT", "2.00000000"), asset("BTC", "0.50000000")])
+    record(sessions, utc(2), [asset("USDT", "3.00000000"), asset("BTC", "0.50000000")], took=timedelta(microseconds=1234567))
+    record(sessions, utc(2, 0, 1), ExchangeUnavailable("HTTP 503", http_status=503))
+    record(sessions, utc(4, 9), [asset("USDT", "4.00000000")])
+    record(sessions, utc(1, 12), [asset("USDT", "10.00000000")], label="side")
+
+
+def test_latest_balances_sort_and_sum_numerically(sessions):
+    script(sessions)
+    rows = query(sessions, "SELECT account, asset, present, balance, observed_at FROM latest_balances ORDER BY account, asset")
+    assert [(r["account"], r["asset"], r["present"], r["balance"], r["observed_at"]) for r in rows] == [
+        ("main", "BTC", False, None, utc(4, 9)),
+        ("main", "USDT", True, Decimal("4.00000000"), utc(4, 9)),
+        ("side", "USDT", True, Decimal("10.00000000"), utc(1, 12)),
+    ]
+    # As text, '10.00000000' would sort before '4.00000000'.
+    ordered = query(sessions, "SELECT balance FROM latest_balances WHERE present ORDER BY balance DESC")
+    assert [r["balance"] for r in ordered] == [Decimal("10"), Decimal("4")]
+    total_sql = "sum" if sessions.kw["bind"].dialect.name == "postgresql" else "decimal_sum"
+    (total,) = query(sessions, f"SELECT {total_sql}(balance) AS total FROM latest_balances")
+    assert format(total["total"], "f") == "14.00000000"
+
+
+def test_balance_changes_have_previous_values_and_exact_deltas(sessions):
+    script(sessions)
+    rows = query(sessions, "SELECT asset, observed_at, kind, balance, previous_balance, delta_balance, previous_observed_at"
+                           " FROM balance_changes WHERE account = :account ORDER BY observed_at, asset", account="main")
+    assert [tuple(r.values()) for r in rows] == [
+        ("USDT", utc(1, 10), "appeared", Decimal("1"), None, None, None),
+        ("BTC", utc(1, 16), "appeared", Decimal("0.5"), None, None, None),
+        ("USDT", utc(1, 16), "changed", Decimal("2"), Decimal("1"), Decimal("1"), utc(1, 10)),
+        ("USDT", utc(2), "changed", Decimal("3"), Decimal("2"), Decimal("1"), utc(1, 16)),
+        ("BTC", utc(4, 9), "vanished", None, Decimal("0.5"), None, utc(1, 16)),
+        ("USDT", utc(4, 9), "changed", Decimal("4"), Decimal("3"), Decimal("1"), utc(2)),
+    ]
+    assert format(rows[2]["delta_balance"], "f") == "1.00000000"
+
+
+def test_daily_balances_close_each_utc_day_and_carry_quiet_days(sessions):
+    script(sessions)
+    rows = query(sessions, "SELECT asset, CAST(day AS TEXT) AS day, present, balance, observed_at, last_poll_at"
+                           " FROM daily_balances WHERE account = 'main' ORDER BY asset, day")
+    assert [tuple(r.values()) for r in rows] == [
+        ("BTC", "2026-01-01", True, Decimal("0.5"), utc(1, 16), utc(1, 16)),
+        ("BTC", "2026-01-02", True, Decimal("0.5"), utc(1, 16), utc(2)),
+        ("BTC", "2026-01-03", True, Decimal("0.5"), utc(1, 16), utc(2)),
+        ("BTC", "2026-01-04", False, None, utc(4, 9), utc(4, 9)),
+        # The 00:00:00 state belongs to January 2, not to January 1's close.
+        ("USDT", "2026-01-01", True, Decimal("2"), utc(1, 16), utc(1, 16)),
+        ("USDT", "2026-01-02", True, Decimal("3"), utc(2), utc(2)),
+        ("USDT", "2026-01-03", True, Decimal("3"), utc(2), utc(2)),
+        ("USDT", "2026-01-04", True, Decimal("4"), utc(4, 9), utc(4, 9)),
+    ]
+
+
+def test_poll_log_has_exact_durations(sessions):
+    script(sessions)
+    rows = query(sessions, "SELECT started_at, duration_ms, outcome, error_class, asset_count FROM poll_log"
+                           " WHERE account = 'main' ORDER BY started_at")
+    assert [(float(r["duration_ms"]), r["outcome"], r["error_class"], r["asset_count"]) for r in rows] == [
+        (250.0, "ok", None, 1),
+        (250.0, "ok", None, 2),
+        (1234.567, "ok", None, 2),
+        (250.0, "failed", "ExchangeUnavailable", None),
+        (250.0, "ok", None, 1),
+    ]
