@@ -3,12 +3,14 @@
 Only what a balance poller touches exists: ping, time and the signed `/fapi/v2|v3/balance`. Signing,
 timing, the per-IP weight limiter and the error bodies follow Binance's documented rules
 (https://developers.binance.com/docs/derivatives/usds-margined-futures/general-info) strictly, so a
-client that works here has taken no shortcut production would reject. Stdlib only: the demo must run
-from a bare install.
+client that works here has taken no shortcut production would reject. Stdlib only for HMAC accounts: the
+demo must run from a bare install; accounts registered with a public key import `cryptography` lazily.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import hashlib
 import hmac
@@ -111,6 +113,8 @@ class _Account:
     rows: list[dict[str, Any]]
     rng: random.Random = field(repr=False)
     steps: int = 0
+    # An Ed25519 or RSA public key (a `cryptography` object) for asymmetric accounts; None for HMAC.
+    public_key: Any = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -228,14 +232,21 @@ class ExchangeSimulator:
 
     # -- accounts and market ----------------------------------------------------------------------
 
-    def add_account(self, *, api_key: str, api_secret: str, account_alias: str = "SimA",
-                    balances: list[dict] | None = None) -> None:
-        """Register an API key; balances are wire rows without accountAlias (None: a default set)."""
+    def add_account(self, *, api_key: str, api_secret: str | None = None, account_alias: str = "SimA",
+                    balances: list[dict] | None = None, public_key_pem: str | bytes | None = None) -> None:
+        """Register an HMAC (api_secret) or Ed25519/RSA (public_key_pem) key; balances: rows sans accountAlias."""
+        # A Binance API key is one kind: HMAC, RSA or Ed25519, never two at once.
+        if public_key_pem is not None and api_secret:
+            raise ValueError("give api_secret or public_key_pem, not both")
+        if public_key_pem is None and api_secret is None:
+            raise ValueError("an account needs api_secret or public_key_pem")
+        public_key = None if public_key_pem is None else _load_public_key(public_key_pem)
         rows = _default_rows(self.server_time_ms()) if balances is None else copy.deepcopy(balances)
         # A string seed hashes the same in every process, so the demo replays identically.
         rng = random.Random(f"{self.seed}:{api_key}")
         with self._lock:
-            self._accounts[api_key] = _Account(api_key, api_secret, account_alias, rows, rng)
+            self._accounts[api_key] = _Account(api_key, api_secret or "", account_alias, rows, rng,
+                                               public_key=public_key)
 
     def set_balances(self, api_key: str, balances: list[dict]) -> None:
         """Replace the account's rows; they are served verbatim."""
@@ -474,9 +485,13 @@ class ExchangeSimulator:
         if not names or names[-1] != "signature":
             return _error(400, -1022, _MSG_1022)
         payload = query.rpartition("&")[0].encode("latin-1")  # http.server decoded the line as latin-1
-        expected = hmac.new(account.api_secret.encode(), payload, hashlib.sha256).hexdigest().encode()
-        given = unquote_plus(pairs[-1][2]).lower().encode("utf-8", "replace")
-        if not hmac.compare_digest(expected, given):
+        if account.public_key is not None:
+            valid = _verify_key_signature(account.public_key, payload, pairs[-1][2])
+        else:
+            expected = hmac.new(account.api_secret.encode(), payload, hashlib.sha256).hexdigest().encode()
+            given = unquote_plus(pairs[-1][2]).lower().encode("utf-8", "replace")
+            valid = hmac.compare_digest(expected, given)
+        if not valid:
             return _error(400, -1022, _MSG_1022)
         if len(set(names)) != len(names):
             return _error(400, -1101, "Duplicate values for a parameter detected.")
@@ -569,6 +584,41 @@ class ExchangeSimulator:
     def _untrack(self, conn: socket.socket) -> None:
         with self._lock:
             self._connections.discard(conn)
+
+
+def _load_public_key(pem: str | bytes) -> Any:
+    """An Ed25519 or RSA public key from PEM (SubjectPublicKeyInfo, what Binance's key upload takes)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+    key = serialization.load_pem_public_key(pem.encode() if isinstance(pem, str) else pem)
+    if not isinstance(key, (ed25519.Ed25519PublicKey, rsa.RSAPublicKey)):
+        raise ValueError("public_key_pem must be an Ed25519 or RSA public key (Binance accepts no other type)")
+    return key
+
+
+def _verify_key_signature(key: Any, payload: bytes, raw_value: str) -> bool:
+    """Check a URL-encoded base64 Ed25519 (RFC 8032) or RSA PKCS#1 v1.5 SHA-256 signature of payload."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ed25519, padding
+
+    # Form decoding, as for every other parameter here: a literal "+" becomes a space. Binance's
+    # general-info requires the base64 to be percent-encoded because it contains + / =; a client that
+    # forgets is rejected here (invalid base64 -> -1022) instead of working only on the simulator.
+    text = unquote_plus(raw_value)
+    try:
+        signature = base64.b64decode(text.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        return False
+    try:
+        if isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, payload)
+        else:
+            key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
+    except InvalidSignature:
+        return False
+    return True
 
 
 class _Server(ThreadingHTTPServer):
