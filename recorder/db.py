@@ -18,11 +18,15 @@ _EXACT = decimal.Context(prec=200, traps=[InvalidOperation, decimal.Overflow])
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout, foreign keys and the decimal functions."""
     if make_url(url).get_backend_name() == "sqlite":
         engine = create_engine(url, **kwargs)
-        event.listen(engine, "connect", _configure_sqlite_connection)
+        event.listen(
+            engine,
+            "connect",
+            lambda connection, record: _configure_sqlite_connection(connection, sqlite_busy_timeout_ms),
+        )
         event.listen(engine, "begin", _begin_sqlite_transaction)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
@@ -39,14 +43,14 @@ def make_sessions(engine: Engine, *, write: bool = False) -> sessionmaker[Sessio
     return sessionmaker(bind=bind, expire_on_commit=False)
 
 
-def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
     # pysqlite's own implicit BEGIN handling defeats SAVEPOINT and BEGIN IMMEDIATE;
     # SQLAlchemy emits BEGIN itself in _begin_sqlite_transaction.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # WAL: a user's sqlite3 session reading the file never blocks the recorder's writes.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     # FULL: a committed poll survives power loss too, at one more fsync per commit.
     cursor.execute("PRAGMA synchronous=FULL")

@@ -95,6 +95,9 @@ class Poll(Base):
     error_code: Mapped[int | None]
     # X-MBX-USED-WEIGHT-1M after this poll: the IP's weight used in the current minute.
     used_weight: Mapped[int | None]
+    # When the row reached the database: later than finished_at for a poll replayed from
+    # the local spool after a database outage.
+    recorded_at: Mapped[datetime]
 
 
 class Balance(Base):

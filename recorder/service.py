@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from types import FrameType
 
@@ -19,7 +19,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from recorder import store
 from recorder.errors import ConfigError, ExchangeError, RecorderError, StorageError
 from recorder.exchange import BinanceFuturesClient
-from recorder.store import PollOutcome
+from recorder.locks import WriterLock
+from recorder.records import FetchedBalances
+from recorder.spool import Spool, SpooledPoll
+from recorder.store import PollOutcome, describe_failure
 
 log = logging.getLogger(__name__)
 
@@ -34,37 +37,46 @@ def utcnow() -> datetime:
 
 @dataclass
 class Recorder:
-    """Everything one account's polls need: the exchange client, the database, our label."""
+    """Everything one account's polls need: the exchange client, the database, our label.
+
+    With a spool, a poll the database cannot take is kept on local disk and stored, in
+    order, before the next poll; with a writer lock, the lock is checked before each write.
+    """
 
     client: BinanceFuturesClient
     sessions: sessionmaker[Session]
     account: str
     clock: Clock = utcnow
+    spool: Spool | None = None
+    lock: WriterLock | None = None
 
     def poll_once(self) -> PollOutcome:
         """Fetch balances once and store them atomically; a failure is logged, stored and raised."""
         uid = str(uuid.uuid4())
         started_at = self.clock()
         began = time.perf_counter()
+        fetched: FetchedBalances | None = None
+        error: ExchangeError | None = None
         try:
             fetched = self.client.fetch_balances()
-        except ExchangeError as error:
-            self._record_failure(error, uid, started_at, began)
-            raise
-        finished_at = self.clock()
-        try:
-            with self.sessions.begin() as session:
-                account = store.ensure_account(session, self.account, self.client.base_url, started_at)
-                outcome = store.record_poll(
-                    session, account, fetched, uid=uid, started_at=started_at, finished_at=finished_at
-                )
-        except ConfigError as error:
-            self._record_failure(error, uid, started_at, began)
-            raise
-        except SQLAlchemyError as exc:
-            error = StorageError(f"cannot store the poll: {_database_problem(exc)}")
-            log.error("poll failed account=%s error=StorageError ms=%d: %s", self.account, _elapsed_ms(began), error)
-            raise error from None
+        except ExchangeError as exc:
+            error = exc
+            log.warning(
+                "poll failed account=%s error=%s ms=%d: %s", self.account, type(exc).__name__, _elapsed_ms(began), exc
+            )
+        entry = SpooledPoll(
+            uid=uid,
+            account=self.account,
+            base_url=self.client.base_url,
+            endpoint=self.client.balance_path,
+            started_at=started_at,
+            finished_at=max(self.clock(), started_at),
+            fetched=fetched,
+            failure=describe_failure(error) if error else None,
+        )
+        outcome = self._store_or_spool(entry, began)
+        if error is not None:
+            raise error
         log.info(
             "poll ok account=%s assets=%d changed=%d weight=%s ms=%d",
             self.account,
@@ -75,25 +87,80 @@ class Recorder:
         )
         return outcome
 
-    def _record_failure(self, error: RecorderError, uid: str, started_at: datetime, began: float) -> None:
-        log.warning(
-            "poll failed account=%s error=%s ms=%d: %s", self.account, type(error).__name__, _elapsed_ms(began), error
-        )
+    def replay_spool(self) -> int:
+        """Store spooled polls, oldest first; stop at the first database failure (StorageError)."""
+        if self.spool is None:
+            return 0
+        replayed = 0
+        for path in self.spool.pending():
+            entry = self.spool.load(path)
+            try:
+                self._store(entry)
+            except ConfigError as error:
+                target = self.spool.reject(path)
+                log.error("spooled poll %s can never be stored (%s): moved to %s", entry.uid, error, target)
+                continue
+            self.spool.remove(path)
+            replayed += 1
+        if replayed:
+            log.info("stored %d spooled poll(s) after the database came back", replayed)
+        return replayed
+
+    def _store_or_spool(self, entry: SpooledPoll, began: float) -> PollOutcome:
         try:
+            self.replay_spool()
+            return self._store(entry)
+        except StorageError as error:
+            if self.spool is None:
+                log.error("poll failed account=%s error=StorageError ms=%d: %s", self.account, _elapsed_ms(began), error)
+                raise
+            path = self.spool.put(entry)
+            message = f"{error}; the poll is kept in {path} and will be stored when the database is back"
+            log.error("poll spooled account=%s ms=%d: %s", self.account, _elapsed_ms(began), message)
+            raise StorageError(message) from None
+        except ConfigError as error:
+            if entry.fetched is None:
+                raise
+            # The exchange answered, but the answer does not belong in this account (another
+            # alias or environment): record the refusal so the poll log explains the gap.
+            refused = replace(entry, fetched=None, failure=describe_failure(error))
+            try:
+                self._store(refused)
+            except (ConfigError, StorageError) as exc:
+                log.error("could not record the refused poll: %s", exc)
+            raise
+
+    def _store(self, entry: SpooledPoll) -> PollOutcome:
+        """Write one poll in one transaction; database failures become StorageError."""
+        recorded_at = self.clock()
+        try:
+            if self.lock is not None:
+                self.lock.ensure()
             with self.sessions.begin() as session:
-                account = store.ensure_account(session, self.account, self.client.base_url, started_at)
-                store.record_failure(
+                account = store.ensure_account(session, entry.account, entry.base_url, entry.started_at)
+                if entry.fetched is not None:
+                    return store.record_poll(
+                        session,
+                        account,
+                        entry.fetched,
+                        uid=entry.uid,
+                        started_at=entry.started_at,
+                        finished_at=entry.finished_at,
+                        recorded_at=recorded_at,
+                    )
+                assert entry.failure is not None
+                return store.record_failure(
                     session,
                     account,
-                    error,
-                    uid=uid,
-                    endpoint=self.client.balance_path,
-                    started_at=started_at,
-                    finished_at=max(self.clock(), started_at),
+                    entry.failure,
+                    uid=entry.uid,
+                    endpoint=entry.endpoint,
+                    started_at=entry.started_at,
+                    finished_at=entry.finished_at,
+                    recorded_at=recorded_at,
                 )
-        except (SQLAlchemyError, ConfigError) as exc:
-            # The poll already failed; not being able to log it must not hide that failure.
-            log.error("could not record the failed poll: %s", _database_problem(exc))
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot store the poll: {_database_problem(exc)}") from None
 
 
 @dataclass(frozen=True)

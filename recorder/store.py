@@ -12,6 +12,7 @@ from recorder.config import environment_of
 from recorder.errors import ConfigError, ExchangeError, RecorderError
 from recorder.models import POLL_FAILED, POLL_OK, STATE_FIELDS, Account, Balance, BalanceHead, Poll
 from recorder.records import AssetBalance, FetchedBalances
+from recorder.spool import PollFailure
 
 ERROR_MESSAGE_LIMIT = 500
 
@@ -52,8 +53,13 @@ def record_poll(
     uid: str,
     started_at: datetime,
     finished_at: datetime,
+    recorded_at: datetime | None = None,
 ) -> PollOutcome:
-    """Store a successful poll: the log row plus a balances row per asset that changed."""
+    """Store a successful poll: the log row plus a balances row per asset that changed.
+
+    `recorded_at` defaults to `finished_at`; a poll replayed from the spool passes the
+    replay time, so the poll log shows the delay.
+    """
     existing = _existing(session, uid)
     if existing is not None:
         return existing
@@ -73,6 +79,7 @@ def record_poll(
         endpoint=fetched.endpoint,
         asset_count=len(fetched.assets),
         used_weight=fetched.used_weight,
+        recorded_at=recorded_at or finished_at,
     )
     session.add(poll)
     session.flush()
@@ -110,18 +117,20 @@ def record_poll(
 def record_failure(
     session: Session,
     account: Account,
-    error: RecorderError,
+    failure: PollFailure | RecorderError,
     *,
     uid: str,
     endpoint: str,
     started_at: datetime,
     finished_at: datetime,
+    recorded_at: datetime | None = None,
 ) -> PollOutcome:
     """Store a failed poll in the log; no balance row is touched."""
     existing = _existing(session, uid)
     if existing is not None:
         return existing
-    exchange_error = error if isinstance(error, ExchangeError) else None
+    if isinstance(failure, RecorderError):
+        failure = describe_failure(failure)
     poll = Poll(
         uid=uid,
         account_id=account.id,
@@ -129,15 +138,28 @@ def record_failure(
         finished_at=finished_at,
         outcome=POLL_FAILED,
         endpoint=endpoint,
-        error_class=type(error).__name__,
-        error_message=str(error)[:ERROR_MESSAGE_LIMIT],
-        http_status=exchange_error.http_status if exchange_error else None,
-        error_code=exchange_error.code if exchange_error else None,
-        used_weight=getattr(error, "used_weight", None),
+        error_class=failure.error_class,
+        error_message=failure.message[:ERROR_MESSAGE_LIMIT],
+        http_status=failure.http_status,
+        error_code=failure.code,
+        used_weight=failure.used_weight,
+        recorded_at=recorded_at or finished_at,
     )
     session.add(poll)
     session.flush()
     return PollOutcome(poll.id, POLL_FAILED, 0, 0, poll.used_weight)
+
+
+def describe_failure(error: RecorderError) -> PollFailure:
+    """What the poll log keeps of an error: class, one-line message, HTTP status, Binance code."""
+    exchange_error = error if isinstance(error, ExchangeError) else None
+    return PollFailure(
+        error_class=type(error).__name__,
+        message=str(error)[:ERROR_MESSAGE_LIMIT],
+        http_status=exchange_error.http_status if exchange_error else None,
+        code=exchange_error.code if exchange_error else None,
+        used_weight=getattr(error, "used_weight", None),
+    )
 
 
 def _existing(session: Session, uid: str) -> PollOutcome | None:

@@ -129,7 +129,7 @@ def simulator() -> Iterator["ExchangeSimulator"]:
 
 
 @pytest.fixture
-def cli_env(simulator, db_url: str) -> dict[str, str]:
+def cli_env(simulator, db_url: str, tmp_path) -> dict[str, str]:
     """Environment for running the `recorder` CLI against the simulator and this test's database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "RECORDER_"))}
     env.update(
@@ -137,5 +137,6 @@ def cli_env(simulator, db_url: str) -> dict[str, str]:
         BINANCE_API_SECRET=SIM_SECRET,
         BINANCE_BASE_URL=simulator.base_url,
         RECORDER_DATABASE_URL=db_url,
+        RECORDER_SPOOL_DIR=str(tmp_path / "spool"),
     )
     return env

@@ -45,6 +45,7 @@ def upgrade() -> None:
     sa.Column('http_status', sa.Integer(), nullable=True),
     sa.Column('error_code', sa.Integer(), nullable=True),
     sa.Column('used_weight', sa.Integer(), nullable=True),
+    sa.Column('recorded_at', recorder.db_types.UtcDateTime(timezone=True), nullable=False),
     sa.CheckConstraint("outcome IN ('ok', 'failed')", name=op.f('ck_polls_outcome')),
     sa.CheckConstraint('finished_at >= started_at', name=op.f('ck_polls_finished_after_start')),
     sa.ForeignKeyConstraint(['account_id'], ['accounts.id'], name=op.f('fk_polls_account_id_accounts')),

@@ -1,7 +1,7 @@
 """The `recorder` command: parse, one library call, render.
 
-Every RecorderError becomes one line on stderr and exit code 1; usage errors (bad option
-values, malformed times) exit 2 through click. Logging is configured here, once.
+Every RecorderError becomes one line on stderr and exit code 1; usage and configuration
+errors (bad option values, malformed times, ConfigError) exit 2. Logging is configured here, once.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from recorder.errors import RecorderError
+from recorder.errors import ConfigError, RecorderError
 
 log = logging.getLogger("recorder")
 
@@ -56,6 +56,10 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+    except ConfigError as exc:
+        # A configuration problem is a usage error: exit 2, like a malformed option.
+        click.echo(f"error: ConfigError: {exc}", err=True)
+        sys.exit(2)
     except RecorderError as exc:
         click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)

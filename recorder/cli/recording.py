@@ -17,7 +17,9 @@ from recorder.config import TESTNET_BASE_URL, Settings, load_settings
 from recorder.db import make_engine, make_sessions
 from recorder.exchange import BinanceFuturesClient
 from recorder.schema import upgrade_to_head
+from recorder.locks import WriterLock
 from recorder.service import Recorder, run
+from recorder.spool import Spool, spool_dir_for
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,26 @@ def exchange_options(function: Any) -> Any:
             click.option(
                 "--timeout", type=float, help="HTTP read timeout in seconds [env RECORDER_TIMEOUT; default 10]."
             ),
+            click.option(
+                "--api-secret-file",
+                help="Read the API secret from this file (mode 600) [env BINANCE_API_SECRET_FILE].",
+            ),
+            click.option(
+                "--private-key-path",
+                help="Ed25519 or RSA private key (PEM, mode 600) instead of an HMAC secret "
+                "[env BINANCE_PRIVATE_KEY_PATH; passphrase: env BINANCE_PRIVATE_KEY_PASSPHRASE].",
+            ),
+            click.option(
+                "--spool-dir",
+                help="Where polls wait while the database is unavailable [env RECORDER_SPOOL_DIR; "
+                "default .recorder-spool].",
+            ),
+            click.option(
+                "--weight-limit",
+                type=int,
+                help="This IP's request-weight limit per minute; recorder stays under 90%% of it "
+                "[env RECORDER_WEIGHT_LIMIT; default 2400].",
+            ),
         ]
     ):
         function = option(function)
@@ -70,7 +92,12 @@ def _recorder(settings: Settings) -> Recorder:
     client = BinanceFuturesClient.from_settings(settings)
     engine = make_engine(settings.database_url)
     upgrade_to_head(engine)
-    return Recorder(client=client, sessions=make_sessions(engine, write=True), account=settings.account)
+    spool = Spool(spool_dir_for(settings.spool_dir, settings.database_url, settings.account))
+    lock = WriterLock(engine, settings.account, spool.directory)
+    lock.acquire()
+    return Recorder(
+        client=client, sessions=make_sessions(engine, write=True), account=settings.account, spool=spool, lock=lock
+    )
 
 
 @cli.command()
@@ -95,6 +122,8 @@ def poll(**values: Any) -> None:
         recorder.poll_once()
     finally:
         recorder.client.close()
+        if recorder.lock is not None:
+            recorder.lock.release()
 
 
 @cli.command("run")

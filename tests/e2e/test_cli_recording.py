@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -14,10 +15,12 @@ import pytest
 from sqlalchemy import func, select
 
 from recorder.db import make_engine, make_sessions
+from recorder.exchange import RETRY_ATTEMPTS
 from recorder.models import Balance, Poll
 from tests.conftest import SIM_KEY
 
 RECORDER = [sys.executable, "-m", "recorder"]
+SPOOL_ROOT = Path(tempfile.gettempdir()) / "recorder-test-spools"
 
 EXACT_ROWS = [
     {
@@ -44,6 +47,7 @@ EXACT_ROWS = [
 
 
 def recorder(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {"RECORDER_SPOOL_DIR": str(SPOOL_ROOT), **env}
     return subprocess.run([*RECORDER, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -124,7 +128,7 @@ def test_poll_works_with_server_clock_three_seconds_off(simulator, cli_env, db_u
 def test_poll_without_credentials_fails_before_any_request(simulator, cli_env, db_url):
     env = {k: v for k, v in cli_env.items() if k != "BINANCE_API_SECRET"}
     result = recorder("poll", env=env)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == (
         "error: ConfigError: missing BINANCE_API_SECRET: set the environment variable or pass --api-secret"
     )
@@ -153,12 +157,12 @@ def test_run_records_every_second_and_stops_cleanly_on_sigterm(simulator, cli_en
 
 def test_run_keeps_going_after_a_failed_poll(simulator, cli_env, db_url):
     simulator.set_balances(SIM_KEY, EXACT_ROWS)
-    simulator.inject("http-502", times=2)
+    simulator.inject("http-502", times=2 * RETRY_ATTEMPTS)  # two polls, each retried to exhaustion
     process = subprocess.Popen(
         [*RECORDER, "run", "--interval", "0.5"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
-        time.sleep(3)
+        time.sleep(4)
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=10)
     finally:

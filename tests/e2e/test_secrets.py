@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 from sqlalchemy import MetaData, select
 
@@ -50,7 +51,7 @@ def test_canary_secret_never_printed_logged_or_stored(simulator, cli_env, db_url
     simulator.inject("auth-1022")
     auth = recorder("--log-level", "DEBUG", "poll", env=env)
     outputs.append(auth.stdout + auth.stderr)
-    simulator.inject("malformed-json")
+    simulator.inject("malformed-json", times=3)
     failing = recorder("--log-level", "DEBUG", "poll", env=env)
     outputs.append(failing.stdout + failing.stderr)
     assert failing.returncode == 1
@@ -65,9 +66,12 @@ def test_canary_secret_never_printed_logged_or_stored(simulator, cli_env, db_url
     # A wrong secret given on the command line must not be echoed either.
     wrong = recorder("poll", "--api-secret", CANARY + "-wrong", env={**env, "BINANCE_API_SECRET": ""})
     outputs.append(wrong.stdout + wrong.stderr)
-    assert wrong.returncode == 1
+    assert wrong.returncode == 1 and "AuthError" in wrong.stderr
     everything = "\n".join(outputs)
     assert "poll ok" in everything  # the runs really polled
     assert CANARY not in everything
     assert "signature=" not in everything
     assert CANARY not in database_text(db_url)
+    spool_files = [path for path in Path(cli_env["RECORDER_SPOOL_DIR"]).rglob("*") if path.is_file()]
+    assert spool_files  # the writer lock file at least
+    assert all(CANARY.encode() not in path.read_bytes() for path in spool_files)
