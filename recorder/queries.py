@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 
-from sqlalchemy import Select, bindparam, extract, func, select, type_coerce
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Select, bindparam, extract, func, select, true, type_coerce
+from sqlalchemy.orm import Session
 
 from recorder.config import DEFAULT_INTERVAL_SECONDS
 from recorder.db_types import UtcDateTime
@@ -28,14 +28,93 @@ DEFAULT_TOLERANCE = timedelta(seconds=2 * DEFAULT_INTERVAL_SECONDS)
 BUCKETS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 MAX_BUCKETS = 100_000
 
+# Statements are built once, with bound parameters, and run on the session's connection:
+# building an ORM statement per call cost more than the index probes themselves (~1.5 ms
+# of the first as_of's 2 ms), and a constant statement hits SQLAlchemy's compiled cache.
+_BALANCES = Balance.__table__
+_HEADS = BalanceHead.__table__
+_POLLS = Poll.__table__
 _STATE_COLUMNS = (
-    Balance.asset,
-    Balance.observed_at,
-    Balance.present,
-    *(getattr(Balance, name) for name in AMOUNT_FIELDS),
-    Balance.margin_available,
-    Balance.update_time,
+    _BALANCES.c.asset,
+    _BALANCES.c.observed_at,
+    _BALANCES.c.present,
+    *(_BALANCES.c[name] for name in AMOUNT_FIELDS),
+    _BALANCES.c.margin_available,
+    _BALANCES.c.update_time,
 )
+_ACCOUNT_ID = select(Account.__table__.c.id).where(Account.__table__.c.label == bindparam("label"))
+_AT = bindparam("at", type_=UtcDateTime())
+_LAST_OK_POLL = {
+    inclusive: select(_POLLS.c.finished_at)
+    .where(
+        _POLLS.c.account_id == bindparam("account_id"),
+        _POLLS.c.outcome == POLL_OK,
+        _POLLS.c.finished_at <= _AT if inclusive else _POLLS.c.finished_at < _AT,
+    )
+    .order_by(_POLLS.c.finished_at.desc())
+    .limit(1)
+    for inclusive in (True, False)
+}
+_FIRST_OK_POLL = (
+    select(_POLLS.c.finished_at)
+    .where(_POLLS.c.account_id == bindparam("account_id"), _POLLS.c.outcome == POLL_OK, _POLLS.c.finished_at >= _AT)
+    .order_by(_POLLS.c.finished_at)
+    .limit(1)
+)
+
+
+def _snapshot_query(dialect: str, inclusive: bool, filtered: bool) -> Select:
+    """One row per head of the account :label: its last state at (or before) :at, if any,
+    and the last successful poll at (or before) :at.
+
+    One round trip; per asset one seek on (account_id, asset, observed_at), plus one on
+    (account_id, outcome, finished_at): the cost does not grow with the history.
+    PostgreSQL takes the probe as a LATERAL join; SQLite, which has no LATERAL, as a
+    correlated scalar subquery on the rowid.
+    """
+    accounts = Account.__table__
+    older = _BALANCES.alias("older")
+    state_bound = older.c.observed_at <= _AT if inclusive else older.c.observed_at < _AT
+    poll_bound = _POLLS.c.finished_at <= _AT if inclusive else _POLLS.c.finished_at < _AT
+    last_poll = (
+        select(_POLLS.c.finished_at)
+        .where(_POLLS.c.account_id == accounts.c.id, _POLLS.c.outcome == POLL_OK, poll_bound)
+        .order_by(_POLLS.c.finished_at.desc())
+        .limit(1)
+        .correlate(accounts)
+        .scalar_subquery()
+    )
+    latest = (
+        select(older)
+        .where(older.c.account_id == _HEADS.c.account_id, older.c.asset == _HEADS.c.asset, state_bound)
+        .order_by(older.c.observed_at.desc())
+        .limit(1)
+    )
+    heads = accounts.join(_HEADS, _HEADS.c.account_id == accounts.c.id)
+    if dialect == "postgresql":
+        found = latest.lateral("latest")
+        joined = heads.outerjoin(found, true())
+    else:
+        found = _BALANCES
+        probe = latest.with_only_columns(older.c.id).correlate(_HEADS).scalar_subquery()
+        joined = heads.outerjoin(_BALANCES, _BALANCES.c.id == probe)
+    columns = [found.c[column.name] for column in _STATE_COLUMNS[1:]]
+    query = (
+        select(accounts.c.id, _HEADS.c.asset, *columns, last_poll.label("last_poll_at"))
+        .select_from(joined)
+        .where(accounts.c.label == bindparam("label"))
+    )
+    if filtered:
+        query = query.where(_HEADS.c.asset.in_(bindparam("assets", expanding=True)))
+    return query
+
+
+_SNAPSHOTS = {
+    (dialect, inclusive, filtered): _snapshot_query(dialect, inclusive, filtered)
+    for dialect in ("postgresql", "sqlite")
+    for inclusive in (True, False)
+    for filtered in (True, False)
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +149,13 @@ def find_account(session: Session, label: str) -> Account:
     return account
 
 
+def _account_id(session: Session, label: str) -> int:
+    account_id = session.connection().execute(_ACCOUNT_ID, {"label": label}).scalar()
+    if account_id is None:
+        find_account(session, label)  # raises, naming the known accounts
+    return account_id
+
+
 def list_assets(session: Session, label: str) -> list[str]:
     """Every asset the account ever had, sorted."""
     account = find_account(session, label)
@@ -89,20 +175,16 @@ def history(
     until: datetime | None = None,
 ) -> list[AssetState]:
     """Every recorded distinct state (vanished markers included), oldest first, in [since, until)."""
-    account_id = find_account(session, account).id
-    query = _states().where(Balance.account_id == account_id)
+    account_id = _account_id(session, account)
+    query = select(*_STATE_COLUMNS).where(_BALANCES.c.account_id == account_id)
     if assets:
-        query = query.where(Balance.asset.in_(list(assets)))
+        query = query.where(_BALANCES.c.asset.in_(list(assets)))
     if since is not None:
-        query = query.where(Balance.observed_at >= since)
+        query = query.where(_BALANCES.c.observed_at >= since)
     if until is not None:
-        query = query.where(Balance.observed_at < until)
-    query = query.order_by(Balance.observed_at, Balance.asset)
-    return [AssetState(*row) for row in session.execute(query)]
-
-
-def _states() -> Select:
-    return select(*_STATE_COLUMNS)
+        query = query.where(_BALANCES.c.observed_at < until)
+    query = query.order_by(_BALANCES.c.observed_at, _BALANCES.c.asset)
+    return [AssetState(*row) for row in session.connection().execute(query)]
 
 
 # --- as of an instant --------------------------------------------------------------------
@@ -169,18 +251,17 @@ def as_of(
     One index probe per asset the account ever had, plus one for the last successful
     poll: the cost does not grow with the length of the history.
     """
-    row = find_account(session, account)
-    return _as_of(session, row, at, assets, tolerance)
+    return _as_of(session, account, at, assets, tolerance)
 
 
-def _as_of(session: Session, account: Account, at: datetime, assets: Sequence[str] | None, tolerance: timedelta) -> AsOf:
+def _as_of(session: Session, label: str, at: datetime, assets: Sequence[str] | None, tolerance: timedelta) -> AsOf:
     _require_aware(at)
-    states = _states_at(session, account.id, at, assets, inclusive=True)
-    freshness = Freshness(at, _last_ok_poll(session, account.id, at, inclusive=True), tolerance)
+    _, last_poll_at, states = _snapshot(session, label, at, assets, inclusive=True)
+    freshness = Freshness(at, last_poll_at, tolerance)
     positions = tuple(
         Position(asset, state, _position_status(state, freshness)) for asset, state in sorted(states.items())
     )
-    return AsOf(account.label, freshness, positions)
+    return AsOf(label, freshness, positions)
 
 
 def _position_status(state: AssetState | None, freshness: Freshness) -> str:
@@ -191,51 +272,34 @@ def _position_status(state: AssetState | None, freshness: Freshness) -> str:
     return "stale" if freshness.in_gap else "ok"
 
 
-def _states_at(
-    session: Session, account_id: int, at: datetime, assets: Sequence[str] | None, *, inclusive: bool
-) -> dict[str, AssetState | None]:
-    """Per asset in balance_heads, the last state at (or strictly before) `at`; None if none yet."""
-    older = aliased(Balance)
-    bound = older.observed_at <= at if inclusive else older.observed_at < at
-    # A correlated LIMIT 1 probe per head: an index seek on (account_id, asset, observed_at)
-    # on both SQLite and PostgreSQL, however many rows the asset has.
-    probe = (
-        select(older.id)
-        .where(older.account_id == BalanceHead.account_id, older.asset == BalanceHead.asset, bound)
-        .order_by(older.observed_at.desc())
-        .limit(1)
-        .correlate(BalanceHead)
-        .scalar_subquery()
-    )
-    heads = select(BalanceHead.asset, probe).where(BalanceHead.account_id == account_id)
+def _snapshot(
+    session: Session, label: str, at: datetime, assets: Sequence[str] | None, *, inclusive: bool
+) -> tuple[int, datetime | None, dict[str, AssetState | None]]:
+    """The account's id, its last successful poll and, per asset it ever had, its last state
+    at (or strictly before) `at`: None for an asset not seen yet."""
+    connection = session.connection()
+    dialect = "postgresql" if connection.dialect.name == "postgresql" else "sqlite"
+    params: dict[str, object] = {"label": label, "at": at}
     if assets:
-        heads = heads.where(BalanceHead.asset.in_(list(assets)))
-    found = {asset: balance_id for asset, balance_id in session.execute(heads)}
-    ids = [balance_id for balance_id in found.values() if balance_id is not None]
-    states: dict[str, AssetState | None] = dict.fromkeys(found)
-    if ids:
-        for row in session.execute(_states().where(Balance.id.in_(ids))):
-            states[row.asset] = AssetState(*row)
-    return states
+        params["assets"] = list(assets)
+    rows = connection.execute(_SNAPSHOTS[(dialect, inclusive, bool(assets))], params).all()
+    if not rows:
+        # No asset recorded (or none of those asked for): still tell an unknown account apart.
+        account_id = _account_id(session, label)
+        return account_id, _last_ok_poll(session, account_id, at, inclusive=inclusive), {}
+    states: dict[str, AssetState | None] = {}
+    for row in rows:
+        account_id, asset, observed_at = row[0], row[1], row[2]
+        states[asset] = None if observed_at is None else AssetState(asset, *row[2:-1])
+    return rows[0][0], rows[0][-1], states
 
 
 def _last_ok_poll(session: Session, account_id: int, at: datetime, *, inclusive: bool) -> datetime | None:
-    bound = Poll.finished_at <= at if inclusive else Poll.finished_at < at
-    return session.scalar(
-        select(Poll.finished_at)
-        .where(Poll.account_id == account_id, Poll.outcome == POLL_OK, bound)
-        .order_by(Poll.finished_at.desc())
-        .limit(1)
-    )
+    return session.connection().execute(_LAST_OK_POLL[inclusive], {"account_id": account_id, "at": at}).scalar()
 
 
 def _first_ok_poll(session: Session, account_id: int, at: datetime) -> datetime | None:
-    return session.scalar(
-        select(Poll.finished_at)
-        .where(Poll.account_id == account_id, Poll.outcome == POLL_OK, Poll.finished_at >= at)
-        .order_by(Poll.finished_at)
-        .limit(1)
-    )
+    return session.connection().execute(_FIRST_OK_POLL, {"account_id": account_id, "at": at}).scalar()
 
 
 # --- diff --------------------------------------------------------------------------------
@@ -277,9 +341,8 @@ def diff(
     tolerance: timedelta = DEFAULT_TOLERANCE,
 ) -> Diff:
     """Per asset, the state at `start`, at `end` and the exact change of every amount (end - start)."""
-    row = find_account(session, account)
-    before = _as_of(session, row, start, assets, tolerance)
-    after = _as_of(session, row, end, assets, tolerance)
+    before = _as_of(session, account, start, assets, tolerance)
+    after = _as_of(session, account, end, assets, tolerance)
     then = {p.asset: _present(p.state) for p in before.positions}
     now = {p.asset: _present(p.state) for p in after.positions}
     rows = []
@@ -288,7 +351,7 @@ def diff(
         if old is None and new is None:
             continue
         rows.append(AssetDiff(asset, old, new, _diff_status(old, new), _delta(old, new)))
-    return Diff(row.label, before.freshness, after.freshness, tuple(rows))
+    return Diff(account, before.freshness, after.freshness, tuple(rows))
 
 
 def _present(state: AssetState | None) -> AssetState | None:
@@ -340,10 +403,9 @@ def changes(
     until: datetime | None = None,
 ) -> list[Change]:
     """Every change event in [since, until), oldest first, with the previous value and delta."""
-    row = find_account(session, account)
     previous: dict[str, AssetState | None] = {}
     if since is not None:
-        previous = _states_at(session, row.id, since, assets, inclusive=False)
+        previous = _snapshot(session, account, since, assets, inclusive=False)[2]
     result = []
     for state in history(session, account, assets=assets, since=since, until=until):
         before = previous.get(state.asset)
@@ -398,27 +460,18 @@ def series(
         raise ValueError(f"{field!r} is not an amount field: {', '.join(AMOUNT_FIELDS)}")
     if every not in BUCKETS:
         raise ValueError(f"every must be one of {', '.join(BUCKETS)}, not {every!r}")
-    row = find_account(session, account)
+    account_id = _account_id(session, account)
     buckets = _buckets(since, until, every, tz)
     gap_list = gaps(session, account, since=since, until=until, tolerance=tolerance)
     gap_starts = [gap.start for gap in gap_list]
-    column = getattr(Balance, field)
-    probe = (
-        select(Balance.observed_at, Balance.present, column)
-        .where(Balance.account_id == row.id, Balance.asset == asset, Balance.observed_at < bindparam("end", type_=UtcDateTime()))
-        .order_by(Balance.observed_at.desc())
-        .limit(1)
-    )
-    first_poll = session.scalar(
-        select(Poll.finished_at)
-        .where(Poll.account_id == row.id, Poll.outcome == POLL_OK)
-        .order_by(Poll.finished_at)
-        .limit(1)
-    )
+    probe = _SERIES_PROBE[field]
+    connection = session.connection()
+    first_poll = _first_ok_poll(session, account_id, datetime(1970, 1, 1, tzinfo=UTC))
     points = []
     for start, end in buckets:
         cut = min(end, until)
-        found = session.execute(probe, {"end": cut}).first()
+        # One index seek per bucket: the cost follows the number of buckets, not of changes.
+        found = connection.execute(probe, {"account_id": account_id, "asset": asset, "at": cut}).first()
         if first_poll is None or cut <= first_poll or found is None:
             points.append(SeriesPoint(start, end, None, None, "unobserved"))
             continue
@@ -430,6 +483,19 @@ def series(
         else:
             points.append(SeriesPoint(start, end, value, observed_at, "ok"))
     return points
+
+
+_SERIES_PROBE = {
+    name: select(_BALANCES.c.observed_at, _BALANCES.c.present, _BALANCES.c[name])
+    .where(
+        _BALANCES.c.account_id == bindparam("account_id"),
+        _BALANCES.c.asset == bindparam("asset"),
+        _BALANCES.c.observed_at < _AT,
+    )
+    .order_by(_BALANCES.c.observed_at.desc())
+    .limit(1)
+    for name in AMOUNT_FIELDS
+}
 
 
 def _inside_gap(gap_list: Sequence[Gap], starts: Sequence[datetime], at: datetime, tolerance: timedelta) -> bool:
@@ -502,25 +568,25 @@ def gaps(
     tolerance: timedelta = DEFAULT_TOLERANCE,
 ) -> list[Gap]:
     """Stretches without a successful poll longer than `tolerance` that overlap [since, until)."""
-    row = find_account(session, account)
+    account_id = _account_id(session, account)
     # Successful polls just outside the range: a gap that crosses a bound keeps its true ends.
-    before = _last_ok_poll(session, row.id, since, inclusive=False) if since is not None else None
-    after = _first_ok_poll(session, row.id, until) if until is not None else None
-    spans = [(start, end, False) for start, end in _long_intervals(session, row.id, before or since, after or until, tolerance)]
+    before = _last_ok_poll(session, account_id, since, inclusive=False) if since is not None else None
+    after = _first_ok_poll(session, account_id, until) if until is not None else None
+    spans = [(start, end, False) for start, end in _long_intervals(session, account_id, before or since, after or until, tolerance)]
     if since is not None and before is None:
         # Nothing succeeded before `since`: from `since` to the first successful poll (or to
         # `until`, when there is none at all) is a gap too.
-        first = _first_ok_poll(session, row.id, since)
+        first = _first_ok_poll(session, account_id, since)
         edge = first if first is not None else until
         if edge is not None and edge - since > tolerance:
             spans.insert(0, (since, edge, first is None))
     if until is not None and after is None:
-        last = _last_ok_poll(session, row.id, until, inclusive=False)
+        last = _last_ok_poll(session, account_id, until, inclusive=False)
         if last is not None and until - last > tolerance:
             spans.append((last, until, True))
     if not spans:
         return []
-    failures = _failures(session, row.id, spans[0][0], spans[-1][1])
+    failures = _failures(session, account_id, spans[0][0], spans[-1][1])
     times = [at for at, _ in failures]
     result = []
     for start, end, open_end in spans:
@@ -550,7 +616,7 @@ def _long_intervals(
     else:
         span = extract("epoch", pairs.c.at - pairs.c.previous)
     query = select(pairs.c.previous, pairs.c.at).where(span > tolerance.total_seconds() - 0.002).order_by(pairs.c.at)
-    return [(start, end) for start, end in session.execute(query) if end - start > tolerance]
+    return [(start, end) for start, end in session.connection().execute(query) if end - start > tolerance]
 
 
 def _failures(session: Session, account_id: int, low: datetime, high: datetime) -> list[tuple[datetime, str]]:
@@ -559,7 +625,7 @@ def _failures(session: Session, account_id: int, low: datetime, high: datetime) 
         .where(Poll.account_id == account_id, Poll.outcome == POLL_FAILED, Poll.finished_at >= low, Poll.finished_at <= high)
         .order_by(Poll.finished_at)
     )
-    return [(at, name or "unknown") for at, name in session.execute(query)]
+    return [(at, name or "unknown") for at, name in session.connection().execute(query)]
 
 
 def _require_aware(value: datetime) -> None:
