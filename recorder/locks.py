@@ -49,7 +49,11 @@ class WriterLock:
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         self._file = descriptor
         if self.engine.dialect.name == "postgresql":
-            self.ensure()
+            try:
+                self.ensure()
+            except (ConfigError, StorageError):
+                self.release()
+                raise
 
     def ensure(self) -> None:
         """Hold the advisory lock again after a lost connection (PostgreSQL restarted)."""
@@ -67,6 +71,7 @@ class WriterLock:
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot reach the database to hold the writer lock: {type(exc).__name__}") from None
         if not taken:
+            connection.invalidate()
             connection.close()
             raise ConfigError(
                 f"another recorder is already recording account {self.account!r} into this PostgreSQL "
@@ -84,8 +89,11 @@ class WriterLock:
 
     def _drop_connection(self) -> None:
         if self._connection is not None:
+            # invalidate() closes the server session instead of returning it to the pool,
+            # where a session-level advisory lock would live on.
             try:
+                self._connection.invalidate()
                 self._connection.close()
             except SQLAlchemyError:
-                pass  # the server is gone; so is the lock
+                pass  # the server is gone, and the lock with it
             self._connection = None

@@ -74,7 +74,12 @@ class Recorder:
             fetched=fetched,
             failure=describe_failure(error) if error else None,
         )
-        outcome = self._store_or_spool(entry, began)
+        try:
+            outcome = self._store_or_spool(entry, began)
+        except StorageError:
+            if error is not None:
+                raise error from None  # the exchange failure is the news; its record waits in the spool
+            raise
         if error is not None:
             raise error
         log.info(
