@@ -322,7 +322,7 @@ def parse_balances(body: bytes | str, *, endpoint: str, used_weight: int | None 
     """Validate a /fapi/v2|v3/balance body into records; any defect raises BadPayload."""
     data = _decode(body, endpoint)
     if isinstance(data, dict) and "code" in data and "msg" in data:
-        raise BadPayload(f"{endpoint}: error object instead of balances: code {data['code']!r}: {_clip(data['msg'])}")
+        raise BadPayload(f"{endpoint}: error object instead of balances: code {_clip(data['code'])}: {_clip(data['msg'])}")
     if not isinstance(data, list):
         raise BadPayload(f"{endpoint}: expected a JSON array of assets, got {_json_type(data)}")
     if not data:
@@ -430,8 +430,12 @@ def _looks_like_html(response: requests.Response) -> bool:
 
 
 def _html_title(text: str) -> str:
-    match = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
-    return f" ({_clip(' '.join(match.group(1).split()))})" if match else ""
+    # Only the head of the page: a regex over a huge hostile body would take seconds.
+    head = text[:4096]
+    start = head.lower().find("<title")
+    opened = head.find(">", start) if start >= 0 else -1
+    end = head.lower().find("</title>", opened) if opened >= 0 else -1
+    return f" ({_clip(' '.join(head[opened + 1:end].split()))})" if end >= 0 else ""
 
 
 def _retry_after(response: requests.Response, message: str) -> float:

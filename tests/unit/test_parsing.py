@@ -114,3 +114,12 @@ def test_parse_rejects_duplicate_assets_and_mixed_aliases():
 def test_parse_ignores_fields_binance_may_add_later():
     (asset,) = parse([row(newField="x")]).assets
     assert asset.asset == "USDT"
+
+
+def test_parse_messages_stay_short_on_hostile_bodies():
+    """A huge HTML-ish body or error code gives a short one-line message (and no quadratic scan)."""
+    with pytest.raises(BadPayload) as html:
+        parse_balances("<" + "<title>" * 20000, endpoint=ENDPOINT)
+    with pytest.raises(BadPayload) as code:
+        parse_balances(json.dumps({"code": "x" * 100000, "msg": "m"}), endpoint=ENDPOINT)
+    assert len(str(html.value)) < 300 and len(str(code.value)) < 500
