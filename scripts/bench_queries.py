@@ -604,6 +604,7 @@ def main() -> None:
     names = [b.strip() for b in args.backends.split(",") if b.strip()]
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="recorder-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
     runs = []
     try:
         for name in names:
@@ -620,7 +621,9 @@ def main() -> None:
     for run in runs:
         if "kept" in run:
             print(f"kept {run['backend']} {run['months']}m: {run['kept']['ours']} (ours), {run['kept']['naive']} (naive)")
-    print(json.dumps({"runs": runs, "targets": met}, separators=(",", ":")))
+    elapsed = round(time.perf_counter() - began, 1)
+    print(f"total {elapsed} s")
+    print(json.dumps({"runs": runs, "targets": met, "elapsed_s": elapsed}, separators=(",", ":")))
 
 
 if __name__ == "__main__":

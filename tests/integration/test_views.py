@@ -5,8 +5,13 @@ These are the queries the README tells users to paste into sqlite3 or psql.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
+
+import pytest
 
 from sqlalchemy import Boolean, text
 
@@ -142,3 +147,32 @@ def test_poll_log_has_exact_durations(sessions):
         (250.0, "failed", "ExchangeUnavailable", None),
         (250.0, "ok", None, 1),
     ]
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "queries.md"
+
+
+def documented_sql(shell: str) -> str:
+    """The example block under the docs' '### sqlite3' or '### psql' heading."""
+    section = DOCS.read_text(encoding="utf-8").split(f"### {shell}\n", 1)[1]
+    return section.split("```sql\n", 1)[1].split("```", 1)[0]
+
+
+def test_documented_examples_run_in_the_real_shells(sessions, db_url):
+    """Every example query in docs/queries.md runs as pasted, in sqlite3 or psql."""
+    script(sessions)
+    if db_url.startswith("sqlite"):
+        if shutil.which("sqlite3") is None:
+            pytest.skip("no sqlite3 shell")
+        command = ["sqlite3", "-bail", db_url.removeprefix("sqlite:///")]
+        sql = documented_sql("sqlite3")
+    else:
+        if shutil.which("psql") is None:
+            pytest.skip("no psql")
+        command = ["psql", db_url.replace("postgresql+psycopg://", "postgresql://", 1), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-"]
+        sql = documented_sql("psql")
+    result = subprocess.run(command, input=sql, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "rror" not in result.stderr
+    # The first example sorts balances numerically: 10 before 4.
+    assert result.stdout.index("10.00000000") < result.stdout.index("4.00000000")
