@@ -188,20 +188,19 @@ def changes(database_url, account, assets, fmt, tz, since, until) -> None:
 
 
 @cli.command()
-@database_options
-@click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="table", show_default=True, help="Output format.")
-@click.option("--tz", "tz", type=TimeZoneParam(), default="UTC", show_default=True,
-              help="Show times in this zone in table and CSV; JSON is always UTC.")
+@read_options
 @click.option("--since", type=TIME, help=f"From this time on [default: the first poll]: {TIME_HELP}.")
 @click.option("--until", type=TIME, default="now", help=f"Up to this time [default: now]: {TIME_HELP}.")
 @tolerance_option
-def gaps(database_url, account, fmt, tz, since, until, tolerance) -> None:
+def gaps(database_url, account, assets, fmt, tz, since, until, tolerance) -> None:
     """Stretches without a successful poll longer than the tolerance, with the failures inside.
 
     A gap runs from the last successful poll before it to the next one; one still going on
-    at --until is marked ongoing. Times without an offset are UTC.
+    at --until is marked ongoing. A poll reads every asset at once, so the gaps are the same
+    for every asset: --asset only checks that the asset was recorded. Times without an
+    offset are UTC.
     """
-    with reading(database_url, account, ()) as (settings, session, _):
+    with reading(database_url, account, assets) as (settings, session, _):
         found = queries.gaps(session, settings.account, since=since, until=until, tolerance=_tolerance(settings, tolerance))
     reports.write_gaps(found, fmt, sys.stdout, tz)
 
