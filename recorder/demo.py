@@ -12,7 +12,7 @@ from sqlalchemy.engine import make_url
 
 from recorder.config import load_settings
 from recorder.db import make_engine, make_sessions
-from recorder.exchange import BinanceFuturesClient
+from recorder.exchange import RETRY_ATTEMPTS, BinanceFuturesClient
 from recorder.models import POLL_FAILED, POLL_OK, Account, Balance, Poll
 from recorder.schema import upgrade_to_head
 from recorder.service import Recorder, run
@@ -36,8 +36,11 @@ def run_demo(*, database_url: str, seconds: float, interval: float) -> int:
         client = BinanceFuturesClient(
             base_url=simulator.base_url, api_key=api_key, api_secret=api_secret, timeout=2.0
         )
-        # Half-way through, the exchange fails twice, so the poll log shows what a gap looks like.
-        outage = threading.Timer(seconds / 2, simulator.inject, args=("http-503",), kwargs={"times": 2})
+        # Half-way through, the exchange fails for two polls (each retried to exhaustion),
+        # so the poll log and `recorder gaps` show what a gap looks like.
+        outage = threading.Timer(
+            seconds / 2, simulator.inject, args=("http-503",), kwargs={"times": 2 * RETRY_ATTEMPTS}
+        )
         outage.daemon = True
         outage.start()
         try:
@@ -69,19 +72,19 @@ def _print_summary(engine, database_url: str) -> None:
         states = session.scalar(select(func.count()).select_from(Balance).where(Balance.account_id == account_id))
     ok, failed = counts.get(POLL_OK, 0), counts.get(POLL_FAILED, 0)
     where = _where(database_url)
-    db_option = "" if database_url == "sqlite:///recorder-demo.db" else f" --database-url {database_url}"
+    url = f"sqlite:///{where}" if make_url(database_url).get_backend_name() == "sqlite" else database_url
     click.echo("")
-    click.echo(f"{ok} successful polls, {failed} failed (a simulated outage), {states} distinct asset states stored")
-    click.echo(f"data: {where} (account '{DEMO_ACCOUNT}', alias {DEMO_ALIAS})")
+    click.echo(f"{ok} successful polls, {failed} failed (the simulated outage), {states} distinct asset states stored")
+    click.echo(f"data: {where} (account '{DEMO_ACCOUNT}', Binance alias {DEMO_ALIAS}: simulated)")
     click.echo("try:")
-    click.echo(f"  recorder history --database-url {database_url} --account {DEMO_ACCOUNT} --asset USDT" if db_option
-               else f"  recorder history --database-url sqlite:///recorder-demo.db --account {DEMO_ACCOUNT} --asset USDT")
+    click.echo(f"  recorder balances --database-url {url} --account {DEMO_ACCOUNT}")
+    click.echo(f"  recorder history --database-url {url} --account {DEMO_ACCOUNT} --asset USDT")
+    click.echo(f"  recorder gaps --database-url {url} --account {DEMO_ACCOUNT} --tolerance 1.5")
     if make_url(database_url).get_backend_name() == "sqlite":
         click.echo(
-            f'  sqlite3 {where} "SELECT observed_at, balance, cross_un_pnl FROM balances '
-            f"WHERE asset = 'USDT' ORDER BY observed_at DESC LIMIT 5\""
+            f'  sqlite3 {where} "SELECT asset, balance, observed_at FROM latest_balances ORDER BY balance DESC"'
         )
         click.echo(
-            f'  sqlite3 {where} "SELECT started_at, outcome, error_class, used_weight FROM polls '
-            f'ORDER BY id DESC LIMIT 5"'
+            f'  sqlite3 {where} "SELECT started_at, outcome, error_class, duration_ms, used_weight '
+            f'FROM poll_log ORDER BY id DESC LIMIT 5"'
         )
