@@ -149,17 +149,17 @@ def test_poll_log_has_exact_durations(sessions):
     ]
 
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "queries.md"
+DOCS = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def documented_sql(shell: str) -> str:
-    """The example block under the docs' '### sqlite3' or '### psql' heading."""
-    section = DOCS.read_text(encoding="utf-8").split(f"### {shell}\n", 1)[1]
+    """The example block under the README's '#### sqlite3' or '#### psql' heading."""
+    section = DOCS.read_text(encoding="utf-8").split(f"#### {shell}\n", 1)[1]
     return section.split("```sql\n", 1)[1].split("```", 1)[0]
 
 
 def test_documented_examples_run_in_the_real_shells(sessions, db_url):
-    """Every example query in docs/queries.md runs as pasted, in sqlite3 or psql."""
+    """Every example query in the README's views section runs as pasted, in sqlite3 or psql."""
     script(sessions)
     if db_url.startswith("sqlite"):
         if shutil.which("sqlite3") is None:
