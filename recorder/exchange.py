@@ -116,6 +116,8 @@ class BinanceFuturesClient:
         self._sign = signer
         self._session = session or requests.Session()
         self._session.headers["X-MBX-APIKEY"] = api_key
+        # Certificates are always verified; there is deliberately no setting to turn it off.
+        self._session.verify = True
         # A proxy environment variable must not silently reroute signed requests
         # to the simulator on this machine.
         if is_loopback(urlsplit(self.base_url).hostname or ""):

@@ -195,3 +195,27 @@ def test_every_command_has_help():
         assert command.help, f"{name} has no help"
         result = subprocess.run([*RECORDER, name, "--help"], capture_output=True, text=True)
         assert result.returncode == 0 and "Usage: recorder " + name in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--base-url", "ftp://fapi.binance.com"), "BINANCE_BASE_URL (--base-url) must be an http(s) URL"),
+        (("--base-url", "https://fapi.binance.com/fapi/v2"), "must be scheme and host only"),
+        (("--recv-window", "70000"), "RECORDER_RECV_WINDOW (--recv-window) must be at most 60000 ms"),
+        (("--endpoint", "v9"), "Invalid value for '--endpoint'"),
+        (("--testnet", "--base-url", "https://x.example"), "--testnet and --base-url are mutually exclusive"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line_before_any_request(simulator, cli_env, args, message):
+    result = recorder("poll", *args, env=cli_env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert simulator.requests_log == []
+
+
+def test_database_url_of_unknown_kind_exits_2(cli_env):
+    result = recorder("poll", env={**cli_env, "RECORDER_DATABASE_URL": "mysql://x@y/z"})
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ConfigError: RECORDER_DATABASE_URL (--database-url) must be")

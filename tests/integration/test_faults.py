@@ -174,3 +174,22 @@ def test_recorder_slows_down_before_the_weight_limit(simulator, sessions, monoto
     # 1 (time) + 10 per poll: 5 polls reach 51 of 60; the 6th would pass 90% of the limit.
     assert "429" not in outcomes and simulator.bans_issued == 0
     assert outcomes[:5] == ["ok"] * 5 and set(outcomes[5:]) == {"throttled"}
+
+
+def test_connection_refused_is_recorded_and_the_service_goes_on(sessions):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = BinanceFuturesClient(
+        base_url=f"http://127.0.0.1:{port}", api_key=SIM_KEY, api_secret=SIM_SECRET, sleep=lambda seconds: None
+    )
+    recorder = Recorder(client=client, sessions=sessions, account="default")
+    with pytest.raises(ExchangeUnavailable, match="/fapi/v1/time: connection refused"):
+        recorder.poll_once()
+    client.close()
+    with sessions() as session:
+        failed = session.scalars(select(Poll)).one()
+    assert (failed.outcome, failed.error_class) == ("failed", "ExchangeUnavailable")
+    assert counts(sessions) == (1, 1, 0)
