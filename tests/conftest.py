@@ -63,18 +63,23 @@ def _drop_postgres_database(admin_url: str, name: str) -> None:
         connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def postgres_db_url(postgres_admin_url: str) -> Iterator[str]:
+    """An empty PostgreSQL database, used by this test alone."""
+    name, url = _create_postgres_database(postgres_admin_url)
+    try:
+        yield url
+    finally:
+        _drop_postgres_database(postgres_admin_url, name)
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
     """An empty database of each backend, used by this test alone."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'recorder.db'}"
-        return
-    admin_url = request.getfixturevalue("postgres_admin_url")
-    name, url = _create_postgres_database(admin_url)
-    try:
-        yield url
-    finally:
-        _drop_postgres_database(admin_url, name)
+    else:
+        yield request.getfixturevalue("postgres_db_url")
 
 
 @pytest.fixture

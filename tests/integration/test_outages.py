@@ -157,9 +157,9 @@ def test_second_writer_for_the_same_account_is_refused(engine, tmp_path):
     second.release()
 
 
-def test_postgres_advisory_lock_refuses_a_writer_on_another_machine(db_url, engine, tmp_path):
-    if engine.dialect.name != "postgresql":
-        pytest.skip("the advisory lock is PostgreSQL's; SQLite files are guarded by the file lock")
+def test_postgres_advisory_lock_refuses_a_writer_on_another_machine(postgres_db_url, tmp_path):
+    """PostgreSQL only: SQLite files are guarded by the file lock alone."""
+    engine = make_engine(postgres_db_url)
     here, there = tmp_path / "a", tmp_path / "b"  # two spool folders: as if on two machines
     here.mkdir()
     there.mkdir()
@@ -171,3 +171,4 @@ def test_postgres_advisory_lock_refuses_a_writer_on_another_machine(db_url, engi
     again = WriterLock(engine, "default", there)
     again.acquire()
     again.release()
+    engine.dispose()
