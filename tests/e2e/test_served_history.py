@@ -66,3 +66,35 @@ def test_diff_and_balances_at_give_exactly_what_was_served(simulator, cli_env, d
     assert by_asset["BTC"]["from"] is None and by_asset["BTC"]["to"]["balance"] == "0.00000001"
     assert by_asset["BNB"]["to"] is None or by_asset["BNB"]["to"]["present"] is False
     assert by_asset["BNB"]["from"]["balance"] == "0.50000000"
+
+
+def test_failed_stretch_is_a_gap_and_balances_inside_it_are_stale(simulator, cli_env, db_url):
+    import time
+
+    from tests.e2e.test_cli_recording import RETRY_ATTEMPTS
+
+    simulator.set_balances(SIM_KEY, STEPS[0])
+    assert recorder("poll", env=cli_env).returncode == 0
+    simulator.inject("http-503", times=2 * RETRY_ATTEMPTS)
+    for _ in range(2):
+        time.sleep(0.6)
+        assert recorder("poll", env=cli_env).returncode == 1
+    time.sleep(0.6)
+    assert recorder("poll", env=cli_env).returncode == 0
+    _, polls = stored(db_url)
+    assert [poll.outcome for poll in polls] == ["ok", "failed", "failed", "ok"]
+
+    gaps = recorder("gaps", "--tolerance", "1", "--format", "json", env=cli_env)
+    assert gaps.returncode == 0, gaps.stderr
+    (gap,) = json.loads(gaps.stdout)
+    assert gap["start"] == iso(polls[0].finished_at) and gap["end"] == iso(polls[3].finished_at)
+    assert gap["failures"] == {"ExchangeUnavailable": 2}
+
+    inside = polls[2].finished_at
+    balances = recorder("balances", "--at", iso(inside), "--tolerance", "1", "--format", "json", env=cli_env)
+    assert balances.returncode == 0, balances.stderr
+    usdt = next(row for row in json.loads(balances.stdout) if row["asset"] == "USDT")
+    assert usdt["status"] == "stale"
+    assert float(usdt["stale_seconds"]) == (inside - polls[0].finished_at).total_seconds()
+    assert usdt["balance"] == "1000.00000000"
+    assert "inside a gap" in balances.stderr
