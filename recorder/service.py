@@ -143,27 +143,7 @@ class Recorder:
                 self.lock.ensure()
             with self.sessions.begin() as session:
                 account = store.ensure_account(session, entry.account, entry.base_url, entry.started_at)
-                if entry.fetched is not None:
-                    return store.record_poll(
-                        session,
-                        account,
-                        entry.fetched,
-                        uid=entry.uid,
-                        started_at=entry.started_at,
-                        finished_at=entry.finished_at,
-                        recorded_at=recorded_at,
-                    )
-                assert entry.failure is not None
-                return store.record_failure(
-                    session,
-                    account,
-                    entry.failure,
-                    uid=entry.uid,
-                    endpoint=entry.endpoint,
-                    started_at=entry.started_at,
-                    finished_at=entry.finished_at,
-                    recorded_at=recorded_at,
-                )
+                return store.record_entry(session, account, entry, recorded_at=recorded_at)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot store the poll: {_database_problem(exc)}") from None
 

@@ -20,7 +20,7 @@ from recorder.config import environment_of
 from recorder.errors import ConfigError, ExchangeError, RecorderError
 from recorder.models import POLL_FAILED, POLL_OK, STATE_FIELDS, Account, Balance, BalanceHead, Poll
 from recorder.records import FetchedBalances
-from recorder.spool import PollFailure
+from recorder.spool import PollFailure, SpooledPoll
 
 ERROR_MESSAGE_LIMIT = 500
 
@@ -152,6 +152,16 @@ def record_failure(
     if poll_id is None:
         return _stored(connection, uid)
     return PollOutcome(poll_id, POLL_FAILED, 0, 0, failure.used_weight)
+
+
+def record_entry(session: Session, account: AccountRef, entry: SpooledPoll, *, recorded_at: datetime) -> PollOutcome:
+    """Store one poll, successful or failed, as the service or the spool describes it."""
+    when = {"uid": entry.uid, "started_at": entry.started_at, "finished_at": entry.finished_at, "recorded_at": recorded_at}
+    if entry.fetched is not None:
+        return record_poll(session, account, entry.fetched, **when)
+    if entry.failure is None:
+        raise ValueError(f"spooled poll {entry.uid} has neither balances nor a failure")
+    return record_failure(session, account, entry.failure, endpoint=entry.endpoint, **when)
 
 
 def describe_failure(error: RecorderError) -> PollFailure:
