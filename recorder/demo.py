@@ -26,7 +26,7 @@ def run_demo(*, database_url: str, seconds: float, interval: float) -> int:
     """Record a simulated account for `seconds`, with a short simulated outage; print where the data is."""
     settings = load_settings({"database_url": database_url, "account": DEMO_ACCOUNT, "interval": interval})
     api_key, api_secret = secrets.token_hex(16), secrets.token_hex(32)
-    simulator = ExchangeSimulator(auto_move=True, seed=secrets.randbits(32))
+    simulator = ExchangeSimulator(auto_move=True, seed=secrets.randbits(32), history_limit=1000)
     simulator.add_account(api_key=api_key, api_secret=api_secret, account_alias=DEMO_ALIAS)
     engine = make_engine(settings.database_url)
     upgrade_to_head(engine)

@@ -179,7 +179,8 @@ class ExchangeSimulator:
     """A strict, in-process Binance USD-M futures REST exchange on 127.0.0.1."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, clock_offset_ms: int = 0,
-                 weight_limit: int = 2400, seed: int = 0, auto_move: bool = False) -> None:
+                 weight_limit: int = 2400, seed: int = 0, auto_move: bool = False,
+                 history_limit: int | None = None) -> None:
         self.host = host
         self.port = port
         self.clock_offset_ms = clock_offset_ms
@@ -190,8 +191,10 @@ class ExchangeSimulator:
         self._accounts: dict[str, _Account] = {}
         self._faults: deque[_Fault] = deque()
         self._windows: dict[str, _IpWindow] = {}
-        self._served: list[ServedSnapshot] = []
-        self._requests: list[RequestRecord] = []
+        # Tests read every served body; a long-running `recorder simulate` keeps only the
+        # newest `history_limit` of them (and of the request log) so its memory stays flat.
+        self._served: deque[ServedSnapshot] = deque(maxlen=history_limit)
+        self._requests: deque[RequestRecord] = deque(maxlen=history_limit)
         self._bans_issued = 0
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()

@@ -172,7 +172,7 @@ def simulate(port: int, api_key: str, api_secret: str | None, clock_offset_ms: i
 
     generated = api_secret is None
     secret = api_secret or secrets.token_hex(32)
-    simulator = ExchangeSimulator(port=port, clock_offset_ms=clock_offset_ms, auto_move=True)
+    simulator = ExchangeSimulator(port=port, clock_offset_ms=clock_offset_ms, auto_move=True, history_limit=1000)
     simulator.add_account(api_key=api_key, api_secret=secret, account_alias="SimDemo")
     stop = threading.Event()
     simulator.start()
