@@ -40,8 +40,11 @@ def configure_logging(level: str) -> None:
         force=True,
     )
     # urllib3 logs every request URL at DEBUG, and a signed URL carries the signature.
-    for noisy in ("urllib3", "requests", "apscheduler", "alembic", "sqlalchemy"):
+    for noisy in ("urllib3", "requests", "alembic", "sqlalchemy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # APScheduler warns once a second while one slow poll (a locked database) holds the
+    # single job slot; the poll log and `recorder gaps` already show that blind time.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def main() -> None:
