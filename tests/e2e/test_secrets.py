@@ -40,6 +40,13 @@ def test_canary_secret_never_printed_logged_or_stored(simulator, cli_env, db_url
         ("--log-level", "DEBUG", "poll", "--recv-window", "70000"),
         ("--log-level", "DEBUG", "poll", "--base-url", "ftp://nowhere"),
         ("--log-level", "DEBUG", "history", "--format", "json"),
+        ("--log-level", "DEBUG", "balances", "--format", "json"),
+        ("--log-level", "DEBUG", "diff", "--from", "1d", "--format", "json"),
+        ("--log-level", "DEBUG", "changes", "--format", "csv"),
+        ("--log-level", "DEBUG", "gaps", "--format", "json"),
+        ("--log-level", "DEBUG", "series", "--asset", "USDT"),
+        ("--log-level", "DEBUG", "balances", "--at", "not-a-time"),
+        ("--log-level", "DEBUG", "history", "--asset", "NOPE"),
         ("--log-level", "DEBUG", "migrate"),
         ("poll", "--help"),
         ("run", "--help"),
@@ -63,6 +70,9 @@ def test_canary_secret_never_printed_logged_or_stored(simulator, cli_env, db_url
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=10)
     outputs.append(stdout + stderr)
+    demo = recorder("demo", "--seconds", "2", "--database-url", f"sqlite:///{tmp_path / 'demo.db'}", env=env)
+    outputs.append(demo.stdout + demo.stderr)
+    assert demo.returncode == 0, demo.stderr
     # A wrong secret given on the command line must not be echoed either.
     wrong = recorder("poll", "--api-secret", CANARY + "-wrong", env={**env, "BINANCE_API_SECRET": ""})
     outputs.append(wrong.stdout + wrong.stderr)
