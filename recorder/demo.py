@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 import threading
 from pathlib import Path
 
@@ -76,10 +77,13 @@ def _print_summary(engine, database_url: str) -> None:
     click.echo("")
     click.echo(f"{ok} successful polls, {failed} failed (the simulated outage), {states} distinct asset states stored")
     click.echo(f"data: {where} (account '{DEMO_ACCOUNT}', Binance alias {DEMO_ALIAS}: simulated)")
+    # The user's shell may not have the venv on PATH: print a command that works when pasted.
+    installed = Path(sys.executable).parent / "recorder"
+    recorder = str(installed) if installed.exists() else "recorder"
     click.echo("try:")
-    click.echo(f"  recorder balances --database-url {url} --account {DEMO_ACCOUNT}")
-    click.echo(f"  recorder history --database-url {url} --account {DEMO_ACCOUNT} --asset USDT")
-    click.echo(f"  recorder gaps --database-url {url} --account {DEMO_ACCOUNT} --tolerance 1.5")
+    click.echo(f"  {recorder} balances --database-url {url} --account {DEMO_ACCOUNT}")
+    click.echo(f"  {recorder} history --database-url {url} --account {DEMO_ACCOUNT} --asset USDT")
+    click.echo(f"  {recorder} gaps --database-url {url} --account {DEMO_ACCOUNT} --tolerance 1.5")
     if make_url(database_url).get_backend_name() == "sqlite":
         click.echo(
             f'  sqlite3 {where} "SELECT asset, balance, observed_at FROM latest_balances ORDER BY balance DESC"'
