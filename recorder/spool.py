@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from recorder.db_types import decimal_text
+from recorder.errors import ConfigError
 from recorder.records import AssetBalance, FetchedBalances
 
 AMOUNT_NAMES = ("balance", "cross_wallet_balance", "cross_un_pnl", "available_balance", "max_withdraw_amount")
@@ -64,7 +65,12 @@ class Spool:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the spool folder {directory}: {exc.strerror}; set RECORDER_SPOOL_DIR (--spool-dir)"
+            ) from None
 
     def put(self, entry: SpooledPoll) -> Path:
         """Write an entry durably; return its path."""

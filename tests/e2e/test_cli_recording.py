@@ -219,3 +219,12 @@ def test_database_url_of_unknown_kind_exits_2(cli_env):
     result = recorder("poll", env={**cli_env, "RECORDER_DATABASE_URL": "mysql://x@y/z"})
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: ConfigError: RECORDER_DATABASE_URL (--database-url) must be")
+
+
+def test_unusable_spool_folder_is_a_one_line_config_error(cli_env, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = recorder("poll", env={**cli_env, "RECORDER_SPOOL_DIR": str(blocker / "spool")})
+    assert result.returncode == 2
+    assert "error: ConfigError: cannot create the spool folder" in result.stderr
+    assert "Traceback" not in result.stderr
