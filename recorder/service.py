@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from types import FrameType
 
-from apscheduler.schedulers.blocking import BlockingScheduler
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 SHUTDOWN_GRACE_SECONDS = 4.0
+# How often the main thread looks for a stop request; bounds the reaction to SIGTERM.
+STOP_CHECK_SECONDS = 0.1
 
 
 def utcnow() -> datetime:
@@ -158,26 +160,28 @@ class RunResult:
 
 def run(recorder: Recorder, interval: float, *, stop_after: float | None = None) -> RunResult:
     """Poll every `interval` seconds until SIGTERM/SIGINT (or `stop_after` seconds)."""
-    scheduler = BlockingScheduler(timezone=timezone.utc)
+    # A BackgroundScheduler and a main thread that only sleeps and checks a flag: the signal
+    # handler then needs no lock. Shutting a BlockingScheduler down from the handler sets a
+    # threading.Event, which deadlocks when the signal lands while the main thread holds
+    # that Event's lock inside its own wait() (seen here as a SIGTERM that never stopped).
+    scheduler = BackgroundScheduler(timezone=timezone.utc)
     in_flight = threading.Lock()
-    exit_code = 0
+    stop: dict[str, object] = {}
 
     def tick() -> None:
-        nonlocal exit_code
         with in_flight:
             try:
                 recorder.poll_once()
             except ConfigError as error:
                 # Configuration problems (another account's key, mixed environments) need a human.
                 log.error("stopping: %s", error)
-                exit_code = 1
-                _shutdown(scheduler)
+                stop.setdefault("reason", "a configuration error")
+                stop.setdefault("exit_code", 1)
             except RecorderError:
                 pass  # already logged and recorded as a failed poll; the next tick goes on
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: finishing the current poll and stopping", signal.Signals(signum).name)
-        _shutdown(scheduler)
+        stop.setdefault("reason", f"received {signal.Signals(signum).name}")
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     scheduler.add_job(
@@ -190,16 +194,18 @@ def run(recorder: Recorder, interval: float, *, stop_after: float | None = None)
         misfire_grace_time=max(1, int(interval)),
         id="poll",
     )
-    stop_timer = threading.Timer(stop_after, _shutdown, args=[scheduler]) if stop_after is not None else None
-    if stop_timer is not None:
-        stop_timer.daemon = True
-        stop_timer.start()
+    deadline = None if stop_after is None else time.monotonic() + stop_after
     log.info("recording account=%s every %gs; stop with Ctrl-C or SIGTERM", recorder.account, interval)
+    scheduler.start()
     try:
-        scheduler.start()
+        while "reason" not in stop:
+            if deadline is not None and time.monotonic() >= deadline:
+                stop.setdefault("reason", "the set duration is over")
+                break
+            time.sleep(STOP_CHECK_SECONDS)
     finally:
-        if stop_timer is not None:
-            stop_timer.cancel()
+        log.info("%s: finishing the current poll and stopping", stop.get("reason", "interrupted"))
+        scheduler.shutdown(wait=False)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     # A poll still running finishes (its transaction commits whole) or is abandoned before
@@ -210,12 +216,7 @@ def run(recorder: Recorder, interval: float, *, stop_after: float | None = None)
     else:
         in_flight.release()
     log.info("stopped")
-    return RunResult(exit_code, abandoned)
-
-
-def _shutdown(scheduler: BlockingScheduler) -> None:
-    if scheduler.running:
-        scheduler.shutdown(wait=False)
+    return RunResult(int(stop.get("exit_code", 0)), abandoned)
 
 
 def _elapsed_ms(began: float) -> int:

@@ -146,7 +146,9 @@ def test_run_records_every_second_and_stops_cleanly_on_sigterm(simulator, cli_en
         _, stderr = process.communicate(timeout=10)
         took = time.monotonic() - sent
     finally:
-        process.kill()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     assert process.returncode == 0, stderr
     assert took < 5
     _, polls = stored(db_url)
@@ -166,7 +168,9 @@ def test_run_keeps_going_after_a_failed_poll(simulator, cli_env, db_url):
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=10)
     finally:
-        process.kill()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
     assert process.returncode == 0
     balances, polls = stored(db_url)
     outcomes = [poll.outcome for poll in polls]

@@ -49,7 +49,9 @@ def test_kill_9_then_restart_resumes_on_a_consistent_database(simulator, cli_env
         second.send_signal(signal.SIGTERM)
         _, stderr = second.communicate(timeout=10)
     finally:
-        second.kill()
+        if second.poll() is None:
+            second.kill()
+            second.communicate()
     assert second.returncode == 0, stderr
     assert assert_consistent(db_url) >= before + 3
 
@@ -65,5 +67,10 @@ def test_second_instance_for_the_same_account_is_refused(simulator, cli_env, db_
         assert once.returncode == 2 and "already recording" in once.stderr
     finally:
         first.send_signal(signal.SIGTERM)
-        first.communicate(timeout=10)
+        try:
+            first.communicate(timeout=10)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate()
     assert first.returncode == 0
