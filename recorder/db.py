@@ -32,6 +32,12 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_M
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
+def database_error_line(exc: BaseException) -> str:
+    """The first line of the driver's message: SQLAlchemy's own text adds the SQL and a URL."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def make_sessions(engine: Engine, *, write: bool = False) -> sessionmaker[Session]:
     """A session factory; `write=True` takes SQLite's write lock at BEGIN.
 

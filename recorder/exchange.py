@@ -169,7 +169,7 @@ class BinanceFuturesClient:
         before = self._wall_clock()
         response = self._get(SERVER_TIME_PATH, SERVER_TIME_PATH)
         after = self._wall_clock()
-        body = _json_body(response, SERVER_TIME_PATH)
+        body = _decode(response.content, SERVER_TIME_PATH)
         server_time = body.get("serverTime") if isinstance(body, dict) else None
         if not isinstance(server_time, int) or isinstance(server_time, bool):
             raise BadPayload(f"{SERVER_TIME_PATH}: 'serverTime' is not an integer", http_status=response.status_code)
@@ -404,10 +404,6 @@ def _decode(body: bytes | str, endpoint: str) -> Any:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
-
-
-def _json_body(response: requests.Response, path: str) -> Any:
-    return _decode(response.content, path)
 
 
 def _error_body(response: requests.Response) -> tuple[int | None, str]:

@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from recorder.db import database_error_line
 from recorder.errors import StorageError
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,6 @@ def upgrade_to_head(engine: Engine) -> bool:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except SQLAlchemyError as exc:
-        raise StorageError(f"cannot migrate the database: {_one_line(exc)}") from None
+        raise StorageError(f"cannot migrate the database: {database_error_line(exc)}") from None
     log.info("database upgraded to schema %s", head)
     return True
-
-
-def _one_line(exc: SQLAlchemyError) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]

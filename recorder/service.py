@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from recorder import store
+from recorder.db import database_error_line
 from recorder.errors import ConfigError, ExchangeError, RecorderError, StorageError
 from recorder.exchange import BinanceFuturesClient
 from recorder.locks import WriterLock
@@ -224,6 +225,4 @@ def _elapsed_ms(began: float) -> int:
 
 
 def _database_problem(exc: BaseException) -> str:
-    original = getattr(exc, "orig", None) or exc
-    lines = str(original).strip().splitlines()
-    return f"{type(original).__name__}: {lines[0] if lines else ''}"
+    return f"{type(getattr(exc, 'orig', None) or exc).__name__}: {database_error_line(exc)}"

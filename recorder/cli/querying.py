@@ -23,7 +23,7 @@ from recorder import queries, reports
 from recorder.cli import cli
 from recorder.cli.options import database_options
 from recorder.config import Settings, load_settings
-from recorder.db import make_engine, make_sessions
+from recorder.db import database_error_line, make_engine, make_sessions
 from recorder.errors import StorageError
 from recorder.models import AMOUNT_FIELDS
 from recorder.schema import upgrade_to_head
@@ -88,7 +88,7 @@ def reading(database_url: str | None, account: str | None, assets: Sequence[str]
                     )
                 yield settings, session, wanted
             except SQLAlchemyError as exc:
-                raise StorageError(f"cannot read the database: {_one_line(exc)}") from None
+                raise StorageError(f"cannot read the database: {database_error_line(exc)}") from None
     finally:
         engine.dispose()
 
@@ -100,10 +100,6 @@ def _require_existing_sqlite_file(url: str) -> None:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         if not Path(parsed.database).exists():
             raise StorageError(f"no database at {parsed.database}: check --database-url / RECORDER_DATABASE_URL")
-
-
-def _one_line(exc: SQLAlchemyError) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 @cli.command()

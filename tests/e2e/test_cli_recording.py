@@ -51,6 +51,17 @@ def recorder(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess
     return subprocess.run([*RECORDER, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def stop(process: subprocess.Popen[str], signum: int = signal.SIGTERM) -> str:
+    """Signal the service and return its stderr; kill and reap it if it does not exit in 10 s."""
+    try:
+        process.send_signal(signum)
+        return process.communicate(timeout=10)[1]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
 def stored(db_url: str) -> tuple[list[Balance], list[Poll]]:
     engine = make_engine(db_url)
     try:
@@ -139,16 +150,10 @@ def test_run_records_every_second_and_stops_cleanly_on_sigterm(simulator, cli_en
     process = subprocess.Popen(
         [*RECORDER, "run", "--interval", "1"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    try:
-        time.sleep(10)
-        sent = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=10)
-        took = time.monotonic() - sent
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    time.sleep(10)
+    sent = time.monotonic()
+    stderr = stop(process)
+    took = time.monotonic() - sent
     assert process.returncode == 0, stderr
     assert took < 5
     _, polls = stored(db_url)
@@ -163,14 +168,8 @@ def test_run_keeps_going_after_a_failed_poll(simulator, cli_env, db_url):
     process = subprocess.Popen(
         [*RECORDER, "run", "--interval", "0.5"], env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    try:
-        time.sleep(4)
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+    time.sleep(4)
+    stop(process, signal.SIGINT)
     assert process.returncode == 0
     balances, polls = stored(db_url)
     outcomes = [poll.outcome for poll in polls]

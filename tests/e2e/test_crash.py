@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from recorder.db import make_engine, make_sessions
 from recorder.models import Balance, BalanceHead, Poll
-from tests.e2e.test_cli_recording import RECORDER
+from tests.e2e.test_cli_recording import RECORDER, stop
 
 
 def start(env: dict[str, str]) -> subprocess.Popen[str]:
@@ -44,14 +44,8 @@ def test_kill_9_then_restart_resumes_on_a_consistent_database(simulator, cli_env
     before = assert_consistent(db_url)
     assert before >= 3
     second = start(cli_env)
-    try:
-        time.sleep(2.5)
-        second.send_signal(signal.SIGTERM)
-        _, stderr = second.communicate(timeout=10)
-    finally:
-        if second.poll() is None:
-            second.kill()
-            second.communicate()
+    time.sleep(2.5)
+    stderr = stop(second)
     assert second.returncode == 0, stderr
     assert assert_consistent(db_url) >= before + 3
 
@@ -66,11 +60,5 @@ def test_second_instance_for_the_same_account_is_refused(simulator, cli_env, db_
         once = subprocess.run([*RECORDER, "poll"], env=cli_env, capture_output=True, text=True, timeout=30)
         assert once.returncode == 2 and "already recording" in once.stderr
     finally:
-        first.send_signal(signal.SIGTERM)
-        try:
-            first.communicate(timeout=10)
-        finally:
-            if first.poll() is None:
-                first.kill()
-                first.communicate()
+        stop(first)
     assert first.returncode == 0
