@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import (
@@ -10,9 +10,11 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -36,6 +38,8 @@ STATE_FIELDS = (*AMOUNT_FIELDS, "margin_available", "update_time")
 
 POLL_OK = "ok"
 POLL_FAILED = "failed"
+# A poll stored later than this after it finished keeps its recorded_at (see Poll).
+RECORDED_LATE = timedelta(seconds=1)
 
 
 class Base(DeclarativeBase):
@@ -69,35 +73,46 @@ class Account(Base):
 
 
 class Poll(Base):
-    """One attempt to read the balances, successful or not: the proof of what was seen when."""
+    """One attempt to read the balances, successful or not: the proof of what was seen when.
+
+    An idle account adds one of these a minute for years and nothing else, so the row is
+    kept small: its key is (account_id, finished_at), there is no surrogate id (on SQLite
+    the table is WITHOUT ROWID, so the key is the row), the endpoint is `v2`/`v3`, and
+    `recorded_at` is only set when the row reached the database late.
+    """
 
     __tablename__ = "polls"
     __table_args__ = (
         CheckConstraint("outcome IN ('ok', 'failed')", name="outcome"),
+        CheckConstraint("endpoint IN ('v2', 'v3')", name="endpoint"),
         CheckConstraint("finished_at >= started_at", name="finished_after_start"),
-        Index("ix_polls_account_id_started_at", "account_id", "started_at"),
-        Index("ix_polls_account_id_outcome_finished_at", "account_id", "outcome", "finished_at"),
+        # The poll's identity: one writer per account polls one at a time, so an account never
+        # finishes two polls in the same microsecond; a poll replayed from the spool or retried
+        # conflicts on this key and is stored once. A changed state's balances rows carry it as
+        # their observed_at.
+        PrimaryKeyConstraint("account_id", "finished_at"),
+        {"sqlite_with_rowid": False},
     )
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    # Client-generated key: a poll replayed from a spool or retried is stored once.
-    uid: Mapped[str] = mapped_column(String(36), unique=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    started_at: Mapped[datetime]
+    # Timestamps first: on PostgreSQL an int before them would cost 4 bytes of padding a row.
     finished_at: Mapped[datetime]
-    outcome: Mapped[str] = mapped_column(String(16))
-    endpoint: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime]
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    # X-MBX-USED-WEIGHT-1M after this poll: the IP's weight used in the current minute.
+    used_weight: Mapped[int | None]
     asset_count: Mapped[int | None]
     changed_count: Mapped[int | None]
+    outcome: Mapped[str] = mapped_column(String(16))
+    # Which balance endpoint answered: v2 = /fapi/v2/balance, v3 = /fapi/v3/balance.
+    endpoint: Mapped[str] = mapped_column(String(8))
+    # When the row reached the database, set only when that was more than RECORDED_LATE
+    # after finished_at: a poll kept in the local spool during a database outage, or one
+    # that waited for a lock. NULL means stored at once.
+    recorded_at: Mapped[datetime | None]
     error_class: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     http_status: Mapped[int | None]
     error_code: Mapped[int | None]
-    # X-MBX-USED-WEIGHT-1M after this poll: the IP's weight used in the current minute.
-    used_weight: Mapped[int | None]
-    # When the row reached the database: later than finished_at for a poll replayed from
-    # the local spool after a database outage.
-    recorded_at: Mapped[datetime]
 
 
 class Balance(Base):
@@ -109,8 +124,9 @@ class Balance(Base):
 
     __tablename__ = "balances"
     __table_args__ = (
-        UniqueConstraint("poll_id", "asset"),
-        Index("ix_balances_account_id_asset_observed_at", "account_id", "asset", "observed_at"),
+        UniqueConstraint("account_id", "asset", "observed_at"),
+        # The poll that first saw this state: a state is only ever stored with its poll.
+        ForeignKeyConstraint(["account_id", "observed_at"], ["polls.account_id", "polls.finished_at"]),
         Index("ix_balances_account_id_observed_at", "account_id", "observed_at"),
         CheckConstraint(
             "(present AND balance IS NOT NULL AND cross_wallet_balance IS NOT NULL"
@@ -127,8 +143,8 @@ class Balance(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    poll_id: Mapped[int] = mapped_column(ForeignKey("polls.id"))
     asset: Mapped[str] = mapped_column(String(32))
+    # The finished_at of the poll that first saw this state.
     observed_at: Mapped[datetime]
     present: Mapped[bool] = mapped_column(Boolean)
     balance: Mapped[Decimal | None]

@@ -8,8 +8,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -52,6 +52,7 @@ class Recorder:
     clock: Clock = utcnow
     spool: Spool | None = None
     lock: WriterLock | None = None
+    _last_finished_at: datetime | None = field(default=None, init=False, repr=False)
 
     def poll_once(self) -> PollOutcome:
         """Fetch balances once and store them atomically; a failure is logged, stored and raised."""
@@ -73,7 +74,7 @@ class Recorder:
             base_url=self.client.base_url,
             endpoint=self.client.balance_path,
             started_at=started_at,
-            finished_at=max(self.clock(), started_at),
+            finished_at=self._next_finished_at(started_at),
             fetched=fetched,
             failure=describe_failure(error) if error else None,
         )
@@ -94,6 +95,15 @@ class Recorder:
             _elapsed_ms(began),
         )
         return outcome
+
+    def _next_finished_at(self, started_at: datetime) -> datetime:
+        """Now, but strictly after this recorder's previous poll: (account, finished_at) is a
+        poll's key, and a coarse or stepped-back clock must not make two polls one."""
+        finished_at = max(self.clock(), started_at)
+        if self._last_finished_at is not None and finished_at <= self._last_finished_at:
+            finished_at = self._last_finished_at + timedelta(microseconds=1)
+        self._last_finished_at = finished_at
+        return finished_at
 
     def replay_spool(self) -> int:
         """Store spooled polls, oldest first; stop at the first database failure (StorageError)."""

@@ -2,8 +2,9 @@
 
 Each entry is one JSON file, written to a temporary name, fsynced, renamed, and the folder
 fsynced, so a crash leaves either the whole entry or none. Entries sort by the time the
-poll finished; the poll's uid makes the replay idempotent (a poll stored but not yet
-unlinked when the process died is not stored twice). Nothing secret is ever in an entry.
+poll finished; the poll's key in the database, (account, finished_at), makes the replay
+idempotent (a poll stored but not yet unlinked when the process died is not stored
+twice). Nothing secret is ever in an entry.
 """
 
 from __future__ import annotations

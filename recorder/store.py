@@ -5,6 +5,9 @@ years), and when this module used the ORM its unit of work cost more than the SQ
 (1.5 ms against 0.08 ms of an idle poll on SQLite, profiled with scripts/bench_poll.py;
 the poll went from 3.4 ms to 2.1 ms). An idle poll is three statements: the account, the
 asset heads, and the poll row.
+
+A poll's identity is (account, finished_at): storing the same poll twice, as a spool replay
+after a crash between commit and spool removal can, stores it once.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from recorder.config import environment_of
 from recorder.errors import ConfigError, ExchangeError, RecorderError
-from recorder.models import POLL_FAILED, POLL_OK, STATE_FIELDS, Account, Balance, BalanceHead, Poll
+from recorder.models import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, Account, Balance, BalanceHead, Poll
 from recorder.records import FetchedBalances
 from recorder.spool import PollFailure, SpooledPoll
 
@@ -32,7 +35,7 @@ _accounts, _polls, _balances, _heads = (model.__table__ for model in (Account, P
 class PollOutcome:
     """What one poll stored."""
 
-    poll_id: int
+    finished_at: datetime
     outcome: str
     asset_count: int
     changed_count: int
@@ -75,19 +78,19 @@ def record_poll(
     account: AccountRef,
     fetched: FetchedBalances,
     *,
-    uid: str,
     started_at: datetime,
     finished_at: datetime,
     recorded_at: datetime | None = None,
 ) -> PollOutcome:
     """Store a successful poll: the log row plus a balances row per asset that changed.
 
-    `recorded_at` defaults to `finished_at`; a poll replayed from the spool passes the
-    replay time, so the poll log shows the delay. A uid already stored stores nothing.
+    `recorded_at` is when the row reaches the database (a poll replayed from the spool
+    passes the replay time); it is kept only when late, so the poll log shows the delay.
+    A poll already stored (same account and finished_at) stores nothing.
     """
     connection = session.connection()
     if account.account_alias is not None and account.account_alias != fetched.account_alias:
-        existing = _existing(connection, uid)
+        existing = _existing(connection, account.id, finished_at)
         if existing is not None:
             return existing
         raise ConfigError(
@@ -95,29 +98,28 @@ def record_poll(
             f"records {account.account_alias!r}: use another --account label for this key"
         )
     changed = _changed_states(connection, account.id, fetched)
-    poll_id = _insert_poll(
+    inserted = _insert_poll(
         connection,
-        uid=uid,
         account_id=account.id,
         started_at=started_at,
         finished_at=finished_at,
         outcome=POLL_OK,
-        endpoint=fetched.endpoint,
+        endpoint=endpoint_version(fetched.endpoint),
         asset_count=len(fetched.assets),
         changed_count=len(changed),
         used_weight=fetched.used_weight,
-        recorded_at=recorded_at or finished_at,
+        recorded_at=_late(recorded_at, finished_at),
     )
-    if poll_id is None:
-        return _stored(connection, uid)
+    if not inserted:
+        return _stored(connection, account.id, finished_at)
     if account.account_alias is None:
         connection.execute(
             update(_accounts).where(_accounts.c.id == account.id).values(account_alias=fetched.account_alias)
         )
         account.account_alias = fetched.account_alias
     if changed:
-        _insert_states(connection, account.id, poll_id, finished_at, changed)
-    return PollOutcome(poll_id, POLL_OK, len(fetched.assets), len(changed), fetched.used_weight)
+        _insert_states(connection, account.id, finished_at, changed)
+    return PollOutcome(finished_at, POLL_OK, len(fetched.assets), len(changed), fetched.used_weight)
 
 
 def record_failure(
@@ -125,7 +127,6 @@ def record_failure(
     account: AccountRef,
     failure: PollFailure | RecorderError,
     *,
-    uid: str,
     endpoint: str,
     started_at: datetime,
     finished_at: datetime,
@@ -135,29 +136,28 @@ def record_failure(
     if isinstance(failure, RecorderError):
         failure = describe_failure(failure)
     connection = session.connection()
-    poll_id = _insert_poll(
+    inserted = _insert_poll(
         connection,
-        uid=uid,
         account_id=account.id,
         started_at=started_at,
         finished_at=finished_at,
         outcome=POLL_FAILED,
-        endpoint=endpoint,
+        endpoint=endpoint_version(endpoint),
         error_class=failure.error_class,
         error_message=failure.message[:ERROR_MESSAGE_LIMIT],
         http_status=failure.http_status,
         error_code=failure.code,
         used_weight=failure.used_weight,
-        recorded_at=recorded_at or finished_at,
+        recorded_at=_late(recorded_at, finished_at),
     )
-    if poll_id is None:
-        return _stored(connection, uid)
-    return PollOutcome(poll_id, POLL_FAILED, 0, 0, failure.used_weight)
+    if not inserted:
+        return _stored(connection, account.id, finished_at)
+    return PollOutcome(finished_at, POLL_FAILED, 0, 0, failure.used_weight)
 
 
 def record_entry(session: Session, account: AccountRef, entry: SpooledPoll, *, recorded_at: datetime) -> PollOutcome:
     """Store one poll, successful or failed, as the service or the spool describes it."""
-    when = {"uid": entry.uid, "started_at": entry.started_at, "finished_at": entry.finished_at, "recorded_at": recorded_at}
+    when = {"started_at": entry.started_at, "finished_at": entry.finished_at, "recorded_at": recorded_at}
     if entry.fetched is not None:
         return record_poll(session, account, entry.fetched, **when)
     if entry.failure is None:
@@ -201,22 +201,40 @@ def _changed_states(connection: Connection, account_id: int, fetched: FetchedBal
     return changed
 
 
-def _insert_poll(connection: Connection, *, uid: str, **values: Any) -> int | None:
-    """Insert the poll row; None when its uid is already stored (a replayed poll)."""
+def endpoint_version(path_or_version: str) -> str:
+    """`v2` or `v3` for a balance endpoint path such as /fapi/v2/balance (or the version itself)."""
+    for version in ("v2", "v3"):
+        if path_or_version in (version, f"/fapi/{version}/balance"):
+            return version
+    raise ValueError(f"not a balance endpoint: {path_or_version!r}")
+
+
+def _late(recorded_at: datetime | None, finished_at: datetime) -> datetime | None:
+    """recorded_at when the row reaches the database late, else None: the poll log stays small."""
+    if recorded_at is None or recorded_at - finished_at <= RECORDED_LATE:
+        return None
+    return recorded_at
+
+
+def _insert_poll(connection: Connection, **values: Any) -> bool:
+    """Insert the poll row; False when this poll is already stored (a replayed poll)."""
     dialect_insert = sqlite.insert if connection.dialect.name == "sqlite" else postgresql.insert
-    return connection.execute(
-        dialect_insert(_polls).values(uid=uid, **values).on_conflict_do_nothing(index_elements=["uid"]).returning(_polls.c.id)
-    ).scalar_one_or_none()
+    statement = (
+        dialect_insert(_polls)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["account_id", "finished_at"])
+        .returning(_polls.c.account_id)  # rowcount is not reliable for this on every driver
+    )
+    return connection.execute(statement).first() is not None
 
 
 def _insert_states(
     connection: Connection,
     account_id: int,
-    poll_id: int,
     observed_at: datetime,
     changed: list[tuple[bool, dict[str, Any]]],
 ) -> None:
-    rows = [{"account_id": account_id, "poll_id": poll_id, "observed_at": observed_at, **row} for _, row in changed]
+    rows = [{"account_id": account_id, "observed_at": observed_at, **row} for _, row in changed]
     ids = connection.execute(insert(_balances).returning(_balances.c.id, sort_by_parameter_order=True), rows).scalars().all()
     new_heads = [
         {"account_id": account_id, "asset": row["asset"], "balance_id": balance_id}
@@ -239,16 +257,18 @@ def _insert_states(
         )
 
 
-def _existing(connection: Connection, uid: str) -> PollOutcome | None:
-    row = connection.execute(select(_polls).where(_polls.c.uid == uid)).one_or_none()
+def _existing(connection: Connection, account_id: int, finished_at: datetime) -> PollOutcome | None:
+    row = connection.execute(
+        select(_polls).where(_polls.c.account_id == account_id, _polls.c.finished_at == finished_at)
+    ).one_or_none()
     if row is None:
         return None
-    return PollOutcome(row.id, row.outcome, row.asset_count or 0, row.changed_count or 0, row.used_weight, replayed=True)
+    return PollOutcome(row.finished_at, row.outcome, row.asset_count or 0, row.changed_count or 0, row.used_weight, replayed=True)
 
 
-def _stored(connection: Connection, uid: str) -> PollOutcome:
-    """The outcome of a poll whose insert conflicted on its uid: it was stored before."""
-    existing = _existing(connection, uid)
+def _stored(connection: Connection, account_id: int, finished_at: datetime) -> PollOutcome:
+    """The outcome of a poll whose insert conflicted on its key: it was stored before."""
+    existing = _existing(connection, account_id, finished_at)
     if existing is None:
-        raise AssertionError(f"poll {uid} conflicted on insert but is not stored")
+        raise AssertionError(f"poll of account {account_id} at {finished_at} conflicted on insert but is not stored")
     return existing

@@ -135,21 +135,19 @@ class Rows:
             yield account_id, label, f"bench-{label}", "local", self.time_text(START)
 
     def polls(self) -> Iterator[tuple]:
-        poll_id = 0
         first_ok = True
         for index in range(self.history.polls):
             started, finished = self.time_text(self.history.started(index)), self.time_text(self.history.finished(index))
             failed = self.history.failed(index)
             for account_id in ACCOUNTS:
-                poll_id += 1
                 if failed:
                     error = "RateLimited" if (index // OUTAGE_EVERY) % 2 else "ExchangeUnavailable"
-                    yield (poll_id, f"{account_id}-{index}", account_id, started, finished, finished, "failed", "/fapi/v2/balance",
-                           None, None, error, "HTTP 503 from exchange", 503, None, None)
+                    yield (account_id, finished, started, None, None, None, "failed", "v2",
+                           None, error, "HTTP 503 from exchange", 503, None)
                 else:
                     changed = len(ASSETS) if first_ok else (1 if account_id == 2 else 0)
-                    yield (poll_id, f"{account_id}-{index}", account_id, started, finished, finished, "ok", "/fapi/v2/balance",
-                           len(ASSETS), changed, None, None, None, None, 10)
+                    yield (account_id, finished, started, 10, len(ASSETS), changed, "ok", "v2",
+                           None, None, None, None, None)
             if not failed:
                 first_ok = False
 
@@ -162,7 +160,6 @@ class Rows:
                 continue
             finished = self.time_text(self.history.finished(index))
             for account_id in ACCOUNTS:
-                poll_id = index * len(ACCOUNTS) + account_id
                 if index == 0:
                     names = list(ASSETS)
                 elif account_id == 2:
@@ -175,7 +172,7 @@ class Rows:
                     busy_usdt = account_id == 2 and asset == "USDT"
                     state = usdt_state(index) if busy_usdt else constant_state(asset)
                     update = finished if busy_usdt else start_update
-                    yield (balance_id, account_id, poll_id, asset, finished, self.true, *state, self.true, update)
+                    yield (balance_id, account_id, asset, finished, self.true, *state, self.true, update)
 
     def naive(self) -> Iterator[tuple]:
         """A full snapshot row per asset per successful poll, both accounts."""
@@ -192,9 +189,10 @@ class Rows:
                     yield (label, finished, asset, *state, self.true, finished if busy_usdt else start_update)
 
 
-POLL_COLUMNS = ("id", "uid", "account_id", "started_at", "finished_at", "recorded_at", "outcome", "endpoint", "asset_count",
-                "changed_count", "error_class", "error_message", "http_status", "error_code", "used_weight")
-BALANCE_COLUMNS = ("id", "account_id", "poll_id", "asset", "observed_at", "present", "balance", "cross_wallet_balance",
+# In the tables' column order (see recorder.models).
+POLL_COLUMNS = ("account_id", "finished_at", "started_at", "used_weight", "asset_count", "changed_count", "outcome",
+                "endpoint", "recorded_at", "error_class", "error_message", "http_status", "error_code")
+BALANCE_COLUMNS = ("id", "account_id", "asset", "observed_at", "present", "balance", "cross_wallet_balance",
                    "cross_un_pnl", "available_balance", "max_withdraw_amount", "margin_available", "update_time")
 
 

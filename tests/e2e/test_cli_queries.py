@@ -56,12 +56,11 @@ def database(db_url: str) -> str:
         when = minute(n)
         with sessions.begin() as session:
             account = ensure_account(session, "main", LOCAL, when)
-            uid = f"u{n}"
             if isinstance(outcome, Exception):
-                record_failure(session, account, outcome, uid=uid, endpoint="/fapi/v2/balance", started_at=when, finished_at=when)
+                record_failure(session, account, outcome, endpoint="/fapi/v2/balance", started_at=when, finished_at=when)
             else:
                 fetched = FetchedBalances("SgsR", outcome, "/fapi/v2/balance", 5)
-                record_poll(session, account, fetched, uid=uid, started_at=when, finished_at=when)
+                record_poll(session, account, fetched, started_at=when, finished_at=when)
     engine.dispose()
     return db_url
 

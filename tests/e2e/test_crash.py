@@ -24,9 +24,11 @@ def assert_consistent(db_url: str) -> int:
     try:
         with make_sessions(engine)() as session:
             polls = session.scalars(select(Poll).where(Poll.outcome == "ok")).all()
-            written = dict(session.execute(select(Balance.poll_id, func.count()).group_by(Balance.poll_id)).all())
+            written = dict(
+                session.execute(select(Balance.observed_at, func.count()).group_by(Balance.observed_at)).all()
+            )
             for poll in polls:
-                assert written.get(poll.id, 0) == poll.changed_count, f"poll {poll.id} is half-written"
+                assert written.get(poll.finished_at, 0) == poll.changed_count, f"poll at {poll.finished_at} is half-written"
             latest = dict(session.execute(select(Balance.asset, func.max(Balance.id)).group_by(Balance.asset)).all())
             heads = dict(session.execute(select(BalanceHead.asset, BalanceHead.balance_id)).all())
             assert heads == latest

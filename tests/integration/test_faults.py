@@ -126,7 +126,7 @@ def test_used_weight_is_kept_in_the_poll_log(simulator, recorder, sessions):
     recorder.poll_once()
     recorder.poll_once()
     with sessions() as session:
-        weights = session.scalars(select(Poll.used_weight).order_by(Poll.id)).all()
+        weights = session.scalars(select(Poll.used_weight).order_by(Poll.finished_at)).all()
     assert weights == [11, 21]
 
 

@@ -54,12 +54,18 @@ def database_down(db_url: str):
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
 
 
-def make_recorder(simulator, engine, spool_dir: Path, lock: WriterLock | None = None) -> Recorder:
+def make_recorder(simulator, engine, spool_dir: Path, lock: WriterLock | None = None, clock=None) -> Recorder:
     client = BinanceFuturesClient(
         base_url=simulator.base_url, api_key=SIM_KEY, api_secret=SIM_SECRET, sleep=lambda seconds: None
     )
+    timing = {} if clock is None else {"clock": clock}
     return Recorder(
-        client=client, sessions=make_sessions(engine, write=True), account="default", spool=Spool(spool_dir), lock=lock
+        client=client,
+        sessions=make_sessions(engine, write=True),
+        account="default",
+        spool=Spool(spool_dir),
+        lock=lock,
+        **timing,
     )
 
 
@@ -79,18 +85,21 @@ def served_usdt(simulator) -> list[str]:
     return states
 
 
-def test_polls_during_an_outage_arrive_afterwards_in_order_once(simulator, db_url, outage_engine, tmp_path):
-    recorder = make_recorder(simulator, outage_engine, tmp_path / "spool")
+def test_polls_during_an_outage_arrive_afterwards_in_order_once(simulator, db_url, outage_engine, tmp_path, clock):
+    recorder = make_recorder(simulator, outage_engine, tmp_path / "spool", clock=clock)
     recorder.poll_once()
     with database_down(db_url):
         for _ in range(3):
+            clock.advance(60)
             simulator.step(SIM_KEY)
             with pytest.raises(StorageError, match="will be stored when the database is back"):
                 recorder.poll_once()
         simulator.inject("http-503", times=RETRY_ATTEMPTS)
+        clock.advance(60)
         with pytest.raises(ExchangeUnavailable):
             recorder.poll_once()  # the failure itself is spooled too, so the gap stays explained
         assert len(recorder.spool.pending()) == 4
+    clock.advance(60)
     simulator.step(SIM_KEY)
     recorder.poll_once()
     assert recorder.spool.pending() == []
@@ -98,10 +107,12 @@ def test_polls_during_an_outage_arrive_afterwards_in_order_once(simulator, db_ur
     with make_sessions(outage_engine)() as session:
         polls = session.scalars(select(Poll).order_by(Poll.finished_at)).all()
     assert [p.outcome for p in polls] == ["ok", "ok", "ok", "ok", "failed", "ok"]
-    assert len({p.uid for p in polls}) == 6
+    assert len({p.finished_at for p in polls}) == 6
     delayed = polls[1:5]
-    assert all(p.recorded_at > p.finished_at for p in delayed)
-    assert polls[0].recorded_at >= polls[0].finished_at
+    # Each replayed poll was stored a minute or more late: its recorded_at says when.
+    assert [p.recorded_at for p in delayed] == [clock.now] * 4
+    assert [(clock.now - p.finished_at).total_seconds() for p in delayed] == [240, 180, 120, 60]
+    assert (polls[0].recorded_at, polls[-1].recorded_at) == (None, None)  # stored at once
     recorder.client.close()
 
 
@@ -133,7 +144,7 @@ def test_replaying_an_entry_already_stored_stores_nothing(simulator, outage_engi
 
     fetched = recorder.client.fetch_balances()
     recorder.spool.put(
-        SpooledPoll(poll.uid, "default", simulator.base_url, poll.endpoint, poll.started_at, poll.finished_at, fetched)
+        SpooledPoll("crashed", "default", simulator.base_url, "/fapi/v2/balance", poll.started_at, poll.finished_at, fetched)
     )
     assert recorder.replay_spool() == 1
     with make_sessions(outage_engine)() as session:

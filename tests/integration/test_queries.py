@@ -52,13 +52,12 @@ def record(sessions, when: datetime, outcome, label: str = "default") -> None:
     """One poll finishing at `when`: a tuple of AssetBalance, or an error for a failed poll."""
     with sessions.begin() as session:
         account = ensure_account(session, label, LOCAL, when)
-        uid = f"{label}-{when.isoformat()}"
         started = when - timedelta(milliseconds=250)
         if isinstance(outcome, Exception):
-            record_failure(session, account, outcome, uid=uid, endpoint="/fapi/v2/balance", started_at=started, finished_at=when)
+            record_failure(session, account, outcome, endpoint="/fapi/v2/balance", started_at=started, finished_at=when)
         else:
             fetched = FetchedBalances(account_alias="SgsR", assets=tuple(outcome), endpoint="/fapi/v2/balance", used_weight=5)
-            record_poll(session, account, fetched, uid=uid, started_at=started, finished_at=when)
+            record_poll(session, account, fetched, started_at=started, finished_at=when)
 
 
 USDT_100 = asset("USDT", "100.00000000")

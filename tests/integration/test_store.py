@@ -36,16 +36,18 @@ def fetched(*assets: AssetBalance, alias: str = "SgsR") -> FetchedBalances:
     return FetchedBalances(account_alias=alias, assets=assets, endpoint="/fapi/v2/balance", used_weight=15)
 
 
-def poll(sessions, assets: FetchedBalances, at: datetime, uid: str, label: str = "default"):
+def poll(sessions, assets: FetchedBalances, at: datetime, label: str = "default", recorded_at: datetime | None = None):
     with sessions.begin() as session:
         account = ensure_account(session, label, LOCAL, at)
-        return record_poll(session, account, assets, uid=uid, started_at=at, finished_at=at + timedelta(milliseconds=3))
+        return record_poll(
+            session, account, assets, started_at=at, finished_at=at + timedelta(milliseconds=3), recorded_at=recorded_at
+        )
 
 
 def test_record_poll_stores_exact_amounts_and_reads_them_back(sessions):
     amounts = ["98765432109.12345678", "0.00000001", "-12.50000000"]
     snapshot = fetched(*(asset(f"A{i}", amount) for i, amount in enumerate(amounts)))
-    outcome = poll(sessions, snapshot, T0, "u1")
+    outcome = poll(sessions, snapshot, T0)
     assert (outcome.asset_count, outcome.changed_count, outcome.used_weight) == (3, 3, 15)
     with sessions() as session:
         rows = session.scalars(select(Balance).order_by(Balance.asset)).all()
@@ -59,10 +61,10 @@ def test_record_poll_stores_exact_amounts_and_reads_them_back(sessions):
 
 def test_unchanged_state_writes_only_a_poll_row(sessions):
     snapshot = fetched(asset("USDT", "100.00000000"), asset("BNB", "0.00000000"))
-    poll(sessions, snapshot, T0, "u1")
-    second = poll(sessions, snapshot, T0 + timedelta(minutes=1), "u2")
+    poll(sessions, snapshot, T0)
+    second = poll(sessions, snapshot, T0 + timedelta(minutes=1))
     changed = fetched(asset("USDT", "99.50000000"), asset("BNB", "0.00000000"))
-    third = poll(sessions, changed, T0 + timedelta(minutes=2), "u3")
+    third = poll(sessions, changed, T0 + timedelta(minutes=2))
     assert (second.changed_count, third.changed_count) == (0, 1)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Poll)) == 3
@@ -74,30 +76,45 @@ def test_unchanged_state_writes_only_a_poll_row(sessions):
 
 
 def test_vanished_asset_gets_a_marker_row_without_amounts(sessions):
-    poll(sessions, fetched(asset("USDT", "1"), asset("BTC", "2")), T0, "u1")
-    outcome = poll(sessions, fetched(asset("USDT", "1")), T0 + timedelta(minutes=1), "u2")
-    back = poll(sessions, fetched(asset("USDT", "1"), asset("BTC", "2")), T0 + timedelta(minutes=2), "u3")
+    poll(sessions, fetched(asset("USDT", "1"), asset("BTC", "2")), T0)
+    outcome = poll(sessions, fetched(asset("USDT", "1")), T0 + timedelta(minutes=1))
+    back = poll(sessions, fetched(asset("USDT", "1"), asset("BTC", "2")), T0 + timedelta(minutes=2))
     assert (outcome.changed_count, back.changed_count) == (1, 1)
     with sessions() as session:
         btc = session.scalars(select(Balance).where(Balance.asset == "BTC").order_by(Balance.observed_at)).all()
         assert [(row.present, row.balance) for row in btc] == [(True, Decimal(2)), (False, None), (True, Decimal(2))]
 
 
-def test_same_uid_is_stored_once(sessions):
+def test_same_poll_is_stored_once(sessions):
+    """A poll is keyed by (account, finished_at): a replayed poll stores nothing new."""
     snapshot = fetched(asset("USDT", "1"))
-    poll(sessions, snapshot, T0, "same")
-    again = poll(sessions, snapshot, T0, "same")
-    assert again.replayed
+    first = poll(sessions, snapshot, T0)
+    again = poll(sessions, fetched(asset("USDT", "2")), T0)
+    assert (first.replayed, again.replayed, again.changed_count) == (False, True, 1)
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Poll)) == 1
+        assert session.scalars(select(Balance.balance)).all() == [Decimal(1)]
+
+
+def test_poll_row_keeps_recorded_at_only_when_stored_late(sessions):
+    snapshot = fetched(asset("USDT", "1"))
+    finished = T0 + timedelta(milliseconds=3)
+    poll(sessions, snapshot, T0, recorded_at=finished + timedelta(milliseconds=900))
+    poll(sessions, snapshot, T0 + timedelta(minutes=1), recorded_at=finished + timedelta(minutes=1, seconds=30))
+    with sessions() as session:
+        rows = session.execute(select(Poll.finished_at, Poll.recorded_at, Poll.endpoint).order_by(Poll.finished_at)).all()
+    assert [(row.recorded_at, row.endpoint) for row in rows] == [
+        (None, "v2"),
+        (finished + timedelta(minutes=1, seconds=30), "v2"),
+    ]
 
 
 def test_failed_poll_is_logged_without_touching_balances(sessions):
-    poll(sessions, fetched(asset("USDT", "1")), T0, "u1")
+    poll(sessions, fetched(asset("USDT", "1")), T0)
     with sessions.begin() as session:
         account = ensure_account(session, "default", LOCAL, T0)
         error = ExchangeUnavailable("HTTP 503 from exchange", http_status=503, code=-1001)
-        record_failure(session, account, error, uid="u2", endpoint="/fapi/v2/balance", started_at=T0, finished_at=T0)
+        record_failure(session, account, error, endpoint="/fapi/v2/balance", started_at=T0, finished_at=T0)
     with sessions() as session:
         failed = session.scalars(select(Poll).where(Poll.outcome == "failed")).one()
         assert (failed.error_class, failed.http_status, failed.error_code) == ("ExchangeUnavailable", 503, -1001)
@@ -105,9 +122,9 @@ def test_failed_poll_is_logged_without_touching_balances(sessions):
 
 
 def test_another_alias_is_refused_and_nothing_is_stored(sessions):
-    poll(sessions, fetched(asset("USDT", "1"), alias="SgsR"), T0, "u1")
+    poll(sessions, fetched(asset("USDT", "1"), alias="SgsR"), T0)
     with pytest.raises(ConfigError, match="'Other'"):
-        poll(sessions, fetched(asset("USDT", "5"), alias="Other"), T0 + timedelta(minutes=1), "u2")
+        poll(sessions, fetched(asset("USDT", "5"), alias="Other"), T0 + timedelta(minutes=1))
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Poll)) == 1
 
@@ -122,7 +139,7 @@ def test_local_data_is_never_mixed_into_a_live_account(sessions):
 
 def test_sql_sum_and_sort_are_exact(sessions):
     amounts = ["98765432109.12345678", "0.00000001", "-12.50000000", "9.99999999"]
-    poll(sessions, fetched(*(asset(f"A{i}", amount) for i, amount in enumerate(amounts))), T0, "u1")
+    poll(sessions, fetched(*(asset(f"A{i}", amount) for i, amount in enumerate(amounts))), T0)
     engine = sessions.kw["bind"]
     is_sqlite = engine.dialect.name == "sqlite"
     total_sql = "SELECT decimal_sum(balance) FROM balances" if is_sqlite else "SELECT sum(balance) FROM balances"

@@ -46,12 +46,11 @@ def asset(name: str, amount: str) -> AssetBalance:
 def record(sessions, when, outcome, label="main", took=timedelta(milliseconds=250)):
     with sessions.begin() as session:
         account = ensure_account(session, label, LOCAL, when)
-        uid = f"{label}-{when.isoformat()}"
         if isinstance(outcome, Exception):
-            record_failure(session, account, outcome, uid=uid, endpoint="/fapi/v2/balance", started_at=when - took, finished_at=when)
+            record_failure(session, account, outcome, endpoint="/fapi/v2/balance", started_at=when - took, finished_at=when)
         else:
             fetched = FetchedBalances("SgsR", tuple(outcome), "/fapi/v2/balance", 5)
-            record_poll(session, account, fetched, uid=uid, started_at=when - took, finished_at=when)
+            record_poll(session, account, fetched, started_at=when - took, finished_at=when)
 
 
 def query(sessions, sql: str, **params) -> list[dict]:
