@@ -67,8 +67,9 @@ def _snapshot_query(dialect: str, inclusive: bool, filtered: bool) -> Select:
     """One row per head of the account :label: its last state at (or before) :at, if any,
     and the last successful poll at (or before) :at.
 
-    One round trip; per asset one seek on (account_id, asset, observed_at), plus one on
-    (account_id, outcome, finished_at): the cost does not grow with the history.
+    One round trip; per asset one seek on (account_id, asset, observed_at), plus one on the
+    polls key (account_id, finished_at), stepping back over any failed polls: the cost does
+    not grow with the history.
     PostgreSQL takes the probe as a LATERAL join; SQLite, which has no LATERAL, as a
     correlated scalar subquery on the rowid.
     """
