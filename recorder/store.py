@@ -40,6 +40,13 @@ _HEAD_STATES = (
     .join(_balances, _balances.c.id == _heads.c.balance_id)
     .where(_heads.c.account_id == bindparam("account_id"))
 )
+_INSERT_STATES = insert(_balances).returning(_balances.c.id, sort_by_parameter_order=True)
+_INSERT_HEADS = insert(_heads)
+_MOVE_HEAD = (
+    update(_heads)
+    .where(_heads.c.account_id == bindparam("head_account_id"), _heads.c.asset == bindparam("head_asset"))
+    .values(balance_id=bindparam("new_balance_id"))
+)
 # A replayed poll conflicts on the key and inserts nothing; RETURNING tells which happened
 # (rowcount is not reliable for this on every driver).
 _INSERT_POLL = {
@@ -241,26 +248,21 @@ def _insert_states(
     changed: list[tuple[bool, dict[str, Any]]],
 ) -> None:
     rows = [{"account_id": account_id, "observed_at": observed_at, **row} for _, row in changed]
-    ids = connection.execute(insert(_balances).returning(_balances.c.id, sort_by_parameter_order=True), rows).scalars().all()
+    ids = connection.execute(_INSERT_STATES, rows).scalars().all()
     new_heads = [
         {"account_id": account_id, "asset": row["asset"], "balance_id": balance_id}
         for (has_head, row), balance_id in zip(changed, ids, strict=True)
         if not has_head
     ]
     moved_heads = [
-        {"head_asset": row["asset"], "new_balance_id": balance_id}
+        {"head_account_id": account_id, "head_asset": row["asset"], "new_balance_id": balance_id}
         for (has_head, row), balance_id in zip(changed, ids, strict=True)
         if has_head
     ]
     if new_heads:
-        connection.execute(insert(_heads), new_heads)
+        connection.execute(_INSERT_HEADS, new_heads)
     if moved_heads:
-        connection.execute(
-            update(_heads)
-            .where(_heads.c.account_id == account_id, _heads.c.asset == bindparam("head_asset"))
-            .values(balance_id=bindparam("new_balance_id")),
-            moved_heads,
-        )
+        connection.execute(_MOVE_HEAD, moved_heads)
 
 
 def _existing(connection: Connection, account_id: int, finished_at: datetime) -> PollOutcome | None:
