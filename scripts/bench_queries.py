@@ -311,7 +311,7 @@ class PostgresBackend(Backend):
                           ((account_id, asset, balance_id) for (account_id, asset), balance_id in heads.items()))
                     # Explicit ids were copied in: move the sequences past them so a kept
                     # database can go on recording.
-                    for table in ("accounts", "polls", "balances"):
+                    for table in ("accounts", "balances"):
                         cursor.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
             connection.commit()
         # What autovacuum would do shortly after such a load; both databases get it.
