@@ -90,5 +90,5 @@ def _print_summary(engine, database_url: str) -> None:
         )
         click.echo(
             f'  sqlite3 {where} "SELECT started_at, outcome, error_class, duration_ms, used_weight '
-            f'FROM poll_log ORDER BY id DESC LIMIT 5"'
+            f'FROM poll_log ORDER BY finished_at DESC LIMIT 5"'
         )

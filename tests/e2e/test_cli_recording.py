@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,3 +233,26 @@ def test_unusable_spool_folder_is_a_one_line_config_error(cli_env, tmp_path):
     assert result.returncode == 2
     assert "error: ConfigError: cannot create the spool folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_demo_suggests_commands_that_work_when_pasted(tmp_path):
+    database = tmp_path / "demo.db"
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("BINANCE_", "RECORDER_"))}
+    result = subprocess.run(
+        [*RECORDER, "demo", "--seconds", "2", "--interval", "0.5", "--database-url", f"sqlite:///{database}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    suggested = result.stdout.split("try:\n", 1)[1].splitlines()
+    commands = [shlex.split(line) for line in suggested if line.startswith("  ")]
+    assert len(commands) == 5
+    for command in commands:
+        if command[0] == "sqlite3" and shutil.which("sqlite3") is None:
+            continue
+        ran = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, f"{command}: {ran.stderr}"
+        assert ran.stdout.strip(), f"{command} printed nothing"
