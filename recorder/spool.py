@@ -43,6 +43,8 @@ class PollFailure:
 class SpooledPoll:
     """Everything needed to store one poll later: its result or its failure."""
 
+    # Names the spool file and the poll in logs; the database knows the poll by
+    # (account, finished_at).
     uid: str
     account: str
     base_url: str
