@@ -1,7 +1,24 @@
-"""The built-in Binance-compatible exchange for the demo and the tests; exchange.py holds all of it for now."""
+"""A built-in Binance USD-M futures exchange over real HTTP, for `recorder demo` and the test suite.
+
+Only what a balance poller touches exists: ping, time and the signed `/fapi/v2|v3/balance`. Signing,
+timing, the per-IP weight limiter and the error bodies follow Binance's documented rules
+(https://developers.binance.com/docs/derivatives/usds-margined-futures/general-info) strictly, so a
+client that works here has taken no shortcut production would reject. Stdlib only for HMAC accounts: the
+demo must run from a bare install; accounts registered with a public key import `cryptography` lazily.
+
+Each module imports only those listed above it:
+
+    responses   what the exchange answers: status, body, headers; JSON and HTML bodies
+    market      accounts, their balance rows, and how a trading account's balances move
+    rules       Binance's weights, weight limiter and bans, SIGNED checks and error messages
+    faults      FAULTS, and the response each injected fault sends
+    server      the HTTP server and its keep-alive handler
+    exchange    ExchangeSimulator, ServedSnapshot, RequestRecord: state, routing, lifecycle
+"""
 
 from __future__ import annotations
 
-from .exchange import FAULTS, ExchangeSimulator, RequestRecord, ServedSnapshot
+from .exchange import ExchangeSimulator, RequestRecord, ServedSnapshot
+from .faults import FAULTS
 
 __all__ = ["FAULTS", "ExchangeSimulator", "RequestRecord", "ServedSnapshot"]
