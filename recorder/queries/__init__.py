@@ -1,0 +1,51 @@
+"""Read the recorded history; snapshots.py holds all of it until the next commit splits it."""
+
+from __future__ import annotations
+
+from recorder.queries.snapshots import (
+    BUCKETS,
+    DEFAULT_TOLERANCE,
+    MAX_BUCKETS,
+    UTC,
+    AsOf,
+    AssetDiff,
+    AssetState,
+    Change,
+    Diff,
+    Freshness,
+    Gap,
+    Position,
+    SeriesPoint,
+    as_of,
+    changes,
+    diff,
+    find_account,
+    gaps,
+    history,
+    list_assets,
+    series,
+)
+
+__all__ = [
+    "BUCKETS",
+    "DEFAULT_TOLERANCE",
+    "MAX_BUCKETS",
+    "UTC",
+    "AsOf",
+    "AssetDiff",
+    "AssetState",
+    "Change",
+    "Diff",
+    "Freshness",
+    "Gap",
+    "Position",
+    "SeriesPoint",
+    "as_of",
+    "changes",
+    "diff",
+    "find_account",
+    "gaps",
+    "history",
+    "list_assets",
+    "series",
+]
