@@ -18,7 +18,7 @@ Each module imports only those listed above it:
 
 from __future__ import annotations
 
-from .exchange import ExchangeSimulator, RequestRecord, ServedSnapshot
-from .faults import FAULTS
+from recorder.simulator.exchange import ExchangeSimulator, RequestRecord, ServedSnapshot
+from recorder.simulator.faults import FAULTS
 
 __all__ = ["FAULTS", "ExchangeSimulator", "RequestRecord", "ServedSnapshot"]

@@ -12,11 +12,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from .faults import FAULTS, _Fault, _fault_response
-from .market import _Account, _default_rows, _move, _wire_rows
-from .responses import _Response, _error, _json
-from .rules import _WEIGHTS, _authenticate, _load_public_key, _WeightLimiter
-from .server import _Handler, _Server
+from recorder.simulator.faults import FAULTS, _Fault, _fault_response
+from recorder.simulator.market import _Account, _default_rows, _move, _wire_rows
+from recorder.simulator.responses import _Response, _error, _json
+from recorder.simulator.rules import _WEIGHTS, _authenticate, _load_public_key, _WeightLimiter
+from recorder.simulator.server import _Handler, _Server
 
 _BALANCE_PATHS = frozenset({"/fapi/v2/balance", "/fapi/v3/balance"})
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .responses import _Response, _error, _html, _json
-from .rules import _MSG_418, _MSG_429, _MSG_1021_BEHIND, _MSG_1022, _MSG_2015
+from recorder.simulator.responses import _Response, _error, _html, _json
+from recorder.simulator.rules import _MSG_418, _MSG_429, _MSG_1021_BEHIND, _MSG_1022, _MSG_2015
 
 FAULTS = frozenset({
     "http-500", "http-502", "http-503", "http-503-html", "waf-403", "rate-429", "ban-418",

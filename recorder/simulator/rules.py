@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from .market import _Account
-from .responses import _Response, _error
+from recorder.simulator.market import _Account
+from recorder.simulator.responses import _Response, _error
 
 _MINUTE_MS = 60_000
 _BAN_SECONDS = 120  # Binance's shortest automatic ban ("from 2 minutes to 3 days").

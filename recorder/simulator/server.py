@@ -8,7 +8,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
-from .responses import _Response
+from recorder.simulator.responses import _Response
 
 
 class _Exchange(Protocol):
