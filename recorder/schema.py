@@ -48,9 +48,17 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade_to_head(engine: Engine) -> bool:
     """Upgrade when behind; return whether anything ran."""
     try:
-        head = head_revision()
-        if current_revision(engine) == head:
+        script = ScriptDirectory.from_config(alembic_config())
+        head = script.get_current_head()
+        current = current_revision(engine)
+        if current == head:
             return False
+        if current is not None and current not in {revision.revision for revision in script.walk_revisions()}:
+            # Written by a newer recorder: migrating (or even reading) it with this one could
+            # misread it, so say what to do instead of Alembic's "can't locate revision".
+            raise StorageError(
+                f"the database's schema ({current}) is newer than this recorder's ({head}): upgrade recorder"
+            )
         config = alembic_config()
         with engine.begin() as connection:
             config.attributes["connection"] = connection

@@ -8,10 +8,10 @@ import sys
 import zipfile
 from pathlib import Path
 
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from recorder.db import make_engine
-from recorder.schema import head_revision
+from recorder.schema import head_revision, upgrade_to_head
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,3 +75,22 @@ def test_wheel_ships_migrations_and_migrates_from_any_directory(tmp_path):
     assert result.stdout.splitlines()[0].startswith(str(unpacked))
     assert "upgraded" in result.stdout
     assert {"accounts", "polls", "balances"} <= tables(f"sqlite:///{database}")
+
+
+def test_database_from_a_newer_recorder_is_refused_in_one_line(db_url):
+    engine = make_engine(db_url)
+    try:
+        upgrade_to_head(engine)
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    finally:
+        engine.dispose()
+    env = {**os.environ, "RECORDER_DATABASE_URL": db_url}
+    for command in (["history"], ["migrate"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "recorder", *command], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 1
+        newer = f"the database's schema (9999) is newer than this recorder's ({head_revision()}): upgrade recorder"
+        assert result.stderr.strip().splitlines() == [f"error: StorageError: {newer}"]
+    assert tables(db_url) >= {"polls", "balances"}
