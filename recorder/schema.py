@@ -34,9 +34,13 @@ def alembic_config() -> Config:
     return config
 
 
+def _migration_scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
 def head_revision() -> str | None:
     """The newest migration's revision id."""
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+    return _migration_scripts().get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -48,12 +52,12 @@ def current_revision(engine: Engine) -> str | None:
 def upgrade_to_head(engine: Engine) -> bool:
     """Upgrade when behind; return whether anything ran."""
     try:
-        script = ScriptDirectory.from_config(alembic_config())
-        head = script.get_current_head()
+        scripts = _migration_scripts()
+        head = scripts.get_current_head()
         current = current_revision(engine)
         if current == head:
             return False
-        if current is not None and current not in {revision.revision for revision in script.walk_revisions()}:
+        if current is not None and current not in {script.revision for script in scripts.walk_revisions()}:
             # Written by a newer recorder: migrating (or even reading) it with this one could
             # misread it, so say what to do instead of Alembic's "can't locate revision".
             raise StorageError(

@@ -20,7 +20,7 @@ from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from recorder.config import environment_of
+from recorder.config import BALANCE_ENDPOINTS, environment_of
 from recorder.errors import ConfigError, ExchangeError, RecorderError
 from recorder.models import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, Account, Balance, BalanceHead, Poll
 from recorder.records import FetchedBalances
@@ -128,7 +128,7 @@ def record_poll(
         started_at=started_at,
         finished_at=finished_at,
         outcome=POLL_OK,
-        endpoint=endpoint_version(fetched.endpoint),
+        endpoint=_endpoint_version(fetched.endpoint),
         asset_count=len(fetched.assets),
         changed_count=len(changed),
         used_weight=fetched.used_weight,
@@ -166,7 +166,7 @@ def record_failure(
         started_at=started_at,
         finished_at=finished_at,
         outcome=POLL_FAILED,
-        endpoint=endpoint_version(endpoint),
+        endpoint=_endpoint_version(endpoint),
         error_class=failure.error_class,
         error_message=failure.message[:ERROR_MESSAGE_LIMIT],
         http_status=failure.http_status,
@@ -221,10 +221,10 @@ def _changed_states(connection: Connection, account_id: int, fetched: FetchedBal
     return changed
 
 
-def endpoint_version(path_or_version: str) -> str:
-    """`v2` or `v3` for a balance endpoint path such as /fapi/v2/balance (or the version itself)."""
-    for version in ("v2", "v3"):
-        if path_or_version in (version, f"/fapi/{version}/balance"):
+def _endpoint_version(path_or_version: str) -> str:
+    """The setting's name (`v2`) for a balance endpoint path (`/fapi/v2/balance`), or the name itself."""
+    for version, path in BALANCE_ENDPOINTS.items():
+        if path_or_version in (version, path):
             return version
     raise ValueError(f"not a balance endpoint: {path_or_version!r}")
 

@@ -376,14 +376,14 @@ def _create_views(sqlite: bool, old: bool) -> None:
             _latest(" COLLATE decimal", old),
             _changes(" COLLATE decimal", "decimal_sub({new}, {old})", old),
             SQLITE_DAILY,
-            (_old_poll_log if old else _poll_log)(SQLITE_DURATION),
+            _poll_log(SQLITE_DURATION, old),
         ]
     else:
         statements = [
             _latest("", old),
             _changes("", "({new} - {old})", old),
             POSTGRES_DAILY,
-            (_old_poll_log if old else _poll_log)(POSTGRES_DURATION),
+            _poll_log(POSTGRES_DURATION, old),
         ]
     for statement in statements:
         op.execute(statement)
@@ -451,12 +451,14 @@ JOIN accounts a ON a.id = c.account_id
 """
 
 
-def _poll_log(duration: str) -> str:
+def _poll_log(duration: str, old: bool) -> str:
+    # 0002's poll_log led with the surrogate id and the uid; this revision's ends with recorded_at.
+    id_column, uid_column, recorded_at = ("\n    p.id,", "\n    p.uid,", "") if old else ("", "", ",\n    p.recorded_at")
     return f"""
 CREATE VIEW poll_log AS
-SELECT
+SELECT{id_column}
     a.label AS account,
-    p.account_id,
+    p.account_id,{uid_column}
     p.started_at,
     p.finished_at,
     {duration} AS duration_ms,
@@ -468,33 +470,7 @@ SELECT
     p.error_message,
     p.http_status,
     p.error_code,
-    p.used_weight,
-    p.recorded_at
-FROM polls p
-JOIN accounts a ON a.id = p.account_id
-"""
-
-
-def _old_poll_log(duration: str) -> str:
-    return f"""
-CREATE VIEW poll_log AS
-SELECT
-    p.id,
-    a.label AS account,
-    p.account_id,
-    p.uid,
-    p.started_at,
-    p.finished_at,
-    {duration} AS duration_ms,
-    p.outcome,
-    p.endpoint,
-    p.asset_count,
-    p.changed_count,
-    p.error_class,
-    p.error_message,
-    p.http_status,
-    p.error_code,
-    p.used_weight
+    p.used_weight{recorded_at}
 FROM polls p
 JOIN accounts a ON a.id = p.account_id
 """

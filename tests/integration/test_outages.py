@@ -17,7 +17,7 @@ from recorder.exchange import RETRY_ATTEMPTS, BinanceFuturesClient
 from recorder.locks import WriterLock
 from recorder.models import Balance, Poll
 from recorder.schema import upgrade_to_head
-from recorder.service import Recorder
+from recorder.service import Recorder, utcnow
 from recorder.spool import Spool
 from tests.conftest import POSTGRES_ADMIN_URL, SIM_KEY, SIM_SECRET, _libpq
 
@@ -58,14 +58,13 @@ def make_recorder(simulator, engine, spool_dir: Path, lock: WriterLock | None = 
     client = BinanceFuturesClient(
         base_url=simulator.base_url, api_key=SIM_KEY, api_secret=SIM_SECRET, sleep=lambda seconds: None
     )
-    timing = {} if clock is None else {"clock": clock}
     return Recorder(
         client=client,
         sessions=make_sessions(engine, write=True),
         account="default",
+        clock=clock or utcnow,
         spool=Spool(spool_dir),
         lock=lock,
-        **timing,
     )
 
 
