@@ -169,3 +169,21 @@ class BalanceHead(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
     asset: Mapped[str] = mapped_column(String(32), primary_key=True)
     balance_id: Mapped[int] = mapped_column(BigId, ForeignKey("balances.id"), unique=True)
+
+
+class DatabaseIdentity(Base):
+    """The database's own id, written once when migration 0004 first runs on it.
+
+    The spool and the writer lock are keyed by this id instead of the URL's spelling: two
+    spellings of one database share it, and a poll spooled for one database is never replayed
+    into another. A copy of the file keeps the id (it is the same history until it diverges).
+    """
+
+    __tablename__ = "database_identity"
+    __table_args__ = (CheckConstraint("singleton = 1", name="one_row"),)
+
+    # Always 1: the table holds exactly one row.
+    singleton: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # A random UUID (36 characters, lower-case hex with dashes).
+    database_id: Mapped[str] = mapped_column(String(36))
+    created_at: Mapped[datetime]
