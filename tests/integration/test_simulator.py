@@ -349,7 +349,7 @@ def test_faults_apply_before_auth_and_in_order(sim: ExchangeSimulator, http: req
 def test_inject_rejects_unknown_fault(sim: ExchangeSimulator) -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         sim.inject("http-504")
-    assert len(FAULTS) == 21
+    assert len(FAULTS) == 37
 
 
 def test_rate_limiter_429_then_ban() -> None:
