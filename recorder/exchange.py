@@ -548,7 +548,8 @@ def _parse_retry_after(value: str, server_now: float) -> float | None:
 def _bounded_wait(seconds: float, source: str) -> float:
     """At least a second, at most MAX_WAIT_SECONDS; a cut is logged, since the exchange asked for more."""
     if seconds > MAX_WAIT_SECONDS:
-        log.warning("%s asks for a %.0f s wait; waiting the maximum of %.0f s instead", source, seconds, MAX_WAIT_SECONDS)
+        log.warning("%s asks for a %.0f s wait; waiting the maximum of %.0f s instead",
+                    source, seconds, MAX_WAIT_SECONDS)
         return MAX_WAIT_SECONDS
     return max(seconds, 1.0)
 
@@ -608,7 +609,8 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
         seen.add(id(current))
         chain.append(current)
         reason = getattr(current, "reason", None)
-        pending.extend([current.__cause__, current.__context__, *[a for a in current.args if isinstance(a, BaseException)],
+        wrapped = [a for a in current.args if isinstance(a, BaseException)]
+        pending.extend([current.__cause__, current.__context__, *wrapped,
                         reason if isinstance(reason, BaseException) else None])
     return chain
 
@@ -619,13 +621,15 @@ def _named(*names: str) -> Callable[[BaseException], bool]:
 
 # The first rule that matches anything in the chain names the problem; the most specific come first.
 _HTTP_PROBLEMS: list[tuple[Callable[[BaseException], bool], str]] = [
+    # RemoteDisconnected is a ConnectionResetError too, so it comes first.
+    (lambda e: isinstance(e, http.client.RemoteDisconnected), "the exchange closed the connection without answering"),
     (lambda e: isinstance(e, ConnectionResetError), "connection reset by the exchange"),
     (lambda e: isinstance(e, ConnectionRefusedError), "connection refused"),
     # urllib3's NewConnectionError subclasses ConnectTimeoutError for history's sake: not a timeout.
     (lambda e: isinstance(e, (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError))
      and not isinstance(e, urllib3.exceptions.NewConnectionError),
      "no answer within {timeout:g}s (timeout)"),
-    (lambda e: isinstance(e, http.client.RemoteDisconnected), "the exchange closed the connection without answering"),
+    (lambda e: isinstance(e, urllib3.exceptions.InvalidChunkLength), "the body's chunked encoding is broken"),
     (lambda e: isinstance(e, (http.client.IncompleteRead, urllib3.exceptions.IncompleteRead)),
      "the answer ended before its declared length"),
     (lambda e: isinstance(e, http.client.LineTooLong), "an HTTP status or header line is too long"),
