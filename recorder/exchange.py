@@ -137,6 +137,8 @@ class BinanceFuturesClient:
             if not api_secret:
                 raise ValueError("BinanceFuturesClient needs api_secret or signer")
             signer = hmac_signer(api_secret)
+        if not 0 < timeout <= 86400:  # also refuses NaN and infinity: a deadline must be one
+            raise ValueError(f"timeout must be a number of seconds from 0 to 86400, not {timeout!r}")
         self.base_url = base_url.rstrip("/")
         self.balance_path = balance_path
         self.recv_window = recv_window

@@ -9,8 +9,11 @@ from email.utils import format_datetime
 
 import pytest
 
+from recorder.config import load_settings
+from recorder.errors import ConfigError
 from recorder.exchange import (
     MAX_ERROR_TEXT,
+    BinanceFuturesClient,
     MAX_WAIT_SECONDS,
     _Answer,
     _clip,
@@ -145,3 +148,16 @@ def test_clip_bounds_length_even_for_huge_and_escaped_input():
     for value in ("x" * 10**6, "\u0000" * 10**6, " \n" * 10**6 + "tail", ["a"] * 10**5):
         clipped = _clip(value)
         assert len(clipped) <= MAX_ERROR_TEXT and clipped.isprintable()
+
+
+@pytest.mark.parametrize("value", ["inf", "3601", "1e300"])
+def test_timeout_setting_must_be_a_real_deadline(value):
+    with pytest.raises(ConfigError, match=r"RECORDER_TIMEOUT \(--timeout\) must be at most 3600 seconds"):
+        load_settings({"timeout": value}, environ={})
+    assert load_settings({"timeout": "3600"}, environ={}).timeout == 3600.0
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("inf"), float("nan"), 86401.0])
+def test_client_refuses_a_timeout_that_is_no_deadline(timeout):
+    with pytest.raises(ValueError, match="timeout must be a number of seconds"):
+        BinanceFuturesClient(base_url="http://127.0.0.1:9", api_key="k", api_secret="s", timeout=timeout)
