@@ -11,7 +11,9 @@ answer asks for are capped at an hour, and text it sends is cleaned before it re
 
 from __future__ import annotations
 
+import heapq
 import http.client
+import itertools
 import json
 import logging
 import random
@@ -725,21 +727,22 @@ class _Deadline:
     """One request's deadline: when it passes, the request's socket is shut down.
 
     Socket timeouts bound each recv(), not a request: a status line, headers or body trickling
-    a byte just inside the read timeout would hold a poll for minutes. A timer thread shuts the
-    socket down at the deadline, which wakes a blocked recv() at once. It shuts down a duplicate
-    of the descriptor, so an SSL object is never touched from two threads.
+    a byte just inside the read timeout would hold a poll for minutes. The watchdog thread shuts
+    the socket down at the deadline, which wakes a blocked recv() at once. It shuts down a
+    duplicate of the descriptor, so an SSL object is never touched from two threads.
     """
 
     def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends_at = 0.0
         self.expired = False
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
 
     def start(self) -> None:
-        """Start the clock (a monotonic timer)."""
-        self._timer.start()
+        """Start the clock (monotonic)."""
+        self.ends_at = time.monotonic() + self.seconds
+        _WATCHDOG.add(self)
 
     def watch(self, sock: socket.socket | None) -> None:
         """Shut `sock` down when the deadline passes, or now if it has passed."""
@@ -756,19 +759,65 @@ class _Deadline:
             if self.expired:
                 _shut_down(duplicate)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
+        """The deadline has passed: shut the socket down (the watchdog calls this)."""
         with self._lock:
             self.expired = True
             if self._socket is not None:
                 _shut_down(self._socket)
 
     def finish(self) -> None:
-        """Stop the timer and let go of the socket."""
-        self._timer.cancel()
+        """Leave the watchdog and let go of the socket."""
+        _WATCHDOG.remove(self)
         with self._lock:
             if self._socket is not None:
                 self._socket.close()
                 self._socket = None
+
+
+class _Watchdog:
+    """One daemon thread for every request's deadline.
+
+    A thread per request cost ~1 ms to start on a busy 2-core host, more than the request
+    itself; this one is started once, and sleeps without waking while no request is running.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._pending: list[tuple[float, int, _Deadline]] = []  # a heap by ends_at
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: _Deadline) -> None:
+        """Expire `deadline` at its ends_at unless removed first."""
+        with self._condition:
+            heapq.heappush(self._pending, (deadline.ends_at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():  # not started, or lost in a fork
+                self._thread = threading.Thread(target=self._run, name="recorder-http-deadlines", daemon=True)
+                self._thread.start()
+            if self._pending[0][2] is deadline:
+                self._condition.notify()
+
+    def remove(self, deadline: _Deadline) -> None:
+        """Forget `deadline` (its request is over)."""
+        with self._condition:
+            self._pending = [entry for entry in self._pending if entry[2] is not deadline]
+            heapq.heapify(self._pending)
+
+    def _run(self) -> None:
+        with self._condition:
+            while True:
+                if not self._pending:
+                    self._condition.wait()
+                    continue
+                delay = self._pending[0][0] - time.monotonic()
+                if delay > 0:
+                    self._condition.wait(delay)
+                    continue
+                heapq.heappop(self._pending)[2].expire()
+
+
+_WATCHDOG = _Watchdog()
 
 
 def _shut_down(sock: socket.socket) -> None:
