@@ -7,10 +7,15 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import ssl
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from ipaddress import IPv4Address
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -277,16 +282,25 @@ class HostileServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, answer: Callable[[str], bytes | None], byte_gap: float, hostile_time: bool) -> None:
+    def __init__(self, answer: Callable[[str], bytes | None], byte_gap: float, hostile_time: bool,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.answer = answer
         self.byte_gap = byte_gap
         self.hostile_time = hostile_time
+        self.tls = tls
         self.stopping = threading.Event()
         super().__init__(("127.0.0.1", 0), HostileHandler)
 
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, address = super().get_request()
+        if self.tls is not None:
+            sock.settimeout(10)
+            sock = self.tls.wrap_socket(sock, server_side=True)
+        return sock, address
+
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.server_address[1]}"
 
 
 class HostileHandler(socketserver.StreamRequestHandler):
@@ -329,8 +343,8 @@ def hostile() -> Iterator[Callable[..., HostileServer]]:
     servers: list[tuple[HostileServer, threading.Thread]] = []
 
     def start(answer: Callable[[str], bytes | None], *, byte_gap: float = 0.0,
-              hostile_time: bool = False) -> HostileServer:
-        server = HostileServer(answer, byte_gap, hostile_time)
+              hostile_time: bool = False, tls: ssl.SSLContext | None = None) -> HostileServer:
+        server = HostileServer(answer, byte_gap, hostile_time, tls)
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         servers.append((server, thread))
@@ -351,6 +365,16 @@ def raw(head: str, body: bytes = b"") -> Callable[[str], bytes]:
 
 
 GZIP_GARBAGE = b"this is not gzip at all"
+
+
+def gzip_bomb(mebibytes: int) -> bytes:
+    """`mebibytes` MiB of zeros, gzipped to about a thousandth of that."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = b"\0" * (1 << 20)
+    return b"".join(compressor.compress(zeros) for _ in range(mebibytes)) + compressor.flush()
+
+
+BOMB = gzip_bomb(64)
 UPSTREAM_FAILURES: dict[str, tuple[Callable[[str], bytes | None], type[ExchangeError], str]] = {
     "garbage status line": (raw("SPLORK\n\n"), ExchangeUnavailable, "a malformed HTTP answer"),
     "status out of range": (raw("HTTP/1.1 1000 Huge\nContent-Length: 0\n\n"), ExchangeUnavailable,
@@ -384,6 +408,8 @@ UPSTREAM_FAILURES: dict[str, tuple[Callable[[str], bytes | None], type[ExchangeE
     "redirect with relative Location": (lambda target: f"HTTP/1.1 307 X\r\nLocation: {target}\r\n"
                                         "Content-Length: 0\r\n\r\n".encode(), ExchangeUnavailable,
                                         "redirect to a path on the same host"),
+    "gzip bomb": (raw("HTTP/1.1 200 OK\nContent-Encoding: gzip\nContent-Length: {length}\n\n", BOMB), BadPayload,
+                  "HTTP 200 body larger than 8 MiB; not read"),
     "status 999": (raw("HTTP/1.1 999 Odd\nContent-Length: 0\n\n"), ExchangeUnavailable, "HTTP 999: empty body"),
     "error body of HTML with control characters": (
         raw("HTTP/1.1 502 Bad\nContent-Type: text/html\nContent-Length: {length}\n\n",
@@ -422,3 +448,76 @@ def test_every_upstream_failure_of_the_clock_request_is_an_exchange_error(hostil
         client.close()
         assert str(caught.value).startswith("/fapi/v1/time: "), case
         assert_clean_message(caught.value)
+
+
+# -- the same over TLS: the deadline interrupts an SSL socket too ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(IPv4Address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    folder = tmp_path_factory.mktemp("tls")
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def tls_client(server: HostileServer, cert_path: Path, **overrides) -> BinanceFuturesClient:
+    client = make_client(server.origin, retry_attempts=1, **overrides)
+    client._session.verify = str(cert_path)  # trust the test's own CA; verification itself stays on
+    return client
+
+
+@pytest.fixture
+def tls_context(tls_files) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls_files)
+    return context
+
+
+def test_trickling_answer_over_tls_fails_at_the_deadline(hostile, tls_files, tls_context):
+    server = hostile(raw("HTTP/1.1 200 OK\nContent-Length: 40\n\n", b"[" * 40), byte_gap=0.5, tls=tls_context)
+    client = tls_client(server, tls_files[0], timeout=1.0)
+    began = time.monotonic()
+    # The server trickles every answer, the clock request's too.
+    with pytest.raises(ExchangeUnavailable, match=r"^/fapi/v1/time: no complete answer within 1s \(timeout\)$"):
+        client.fetch_balances()
+    assert time.monotonic() - began < DID_NOT_HANG_SECONDS
+    client.close()
+
+
+def test_redirect_over_tls_is_refused(hostile, tls_files, tls_context, counter):
+    server = hostile(lambda target: f"HTTP/1.1 301 Moved\r\nLocation: {counter.origin}{target}\r\n"
+                     "Content-Length: 0\r\n\r\n".encode(), tls=tls_context)
+    client = tls_client(server, tls_files[0])
+    with pytest.raises(ExchangeUnavailable) as caught:
+        client.fetch_balances()
+    client.close()
+    assert caught.value.http_status == 301 and counter.connections == 0
+    assert f"redirect to {counter.origin}, not followed" in assert_clean_message(caught.value)
+
+
+def test_untrusted_certificate_is_a_tls_error(hostile, tls_context):
+    server = hostile(raw("HTTP/1.1 200 OK\nContent-Length: 2\n\n", b"[]"), tls=tls_context)
+    client = make_client(server.origin, retry_attempts=1)
+    with pytest.raises(ExchangeUnavailable, match=r"^/fapi/v1/time: TLS error \(certificate or handshake\)$"):
+        client.fetch_balances()
+    client.close()
