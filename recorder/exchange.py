@@ -301,6 +301,7 @@ class BinanceFuturesClient:
         deadline = _Deadline(self.timeout)
         _current.deadline = deadline
         response: requests.Response | None = None
+        reusable = False
         try:
             deadline.start()
             response = self._session.get(
@@ -314,6 +315,7 @@ class BinanceFuturesClient:
             if deadline.expired:
                 # A close-delimited body "ends" cleanly when the deadline shuts the socket.
                 raise ExchangeUnavailable(f"{path}: {_deadline_problem(self.timeout)}")
+            reusable = status == 200
             return _Answer(status, response.headers, content)
         except ExchangeError:
             raise
@@ -325,8 +327,10 @@ class BinanceFuturesClient:
             _current.deadline = None
             deadline.finish()
             if response is not None:
-                # Closes the connection unless the body was read to its end: a half-read
-                # or timed-out connection never goes back to the pool.
+                if not reusable:
+                    # Only a 200 read whole goes back to the pool: after a half-read, timed-out,
+                    # redirected or interim (1xx) answer the stream's position is not trustworthy.
+                    response.raw.close()
                 response.close()
 
     def _server_minute(self) -> int:

@@ -410,6 +410,8 @@ UPSTREAM_FAILURES: dict[str, tuple[Callable[[str], bytes | None], type[ExchangeE
                                         "redirect to a path on the same host"),
     "gzip bomb": (raw("HTTP/1.1 200 OK\nContent-Encoding: gzip\nContent-Length: {length}\n\n", BOMB), BadPayload,
                   "HTTP 200 body larger than 8 MiB; not read"),
+    "interim 103 before the answer": (raw("HTTP/1.1 103 Early Hints\nLink: </x>\n\nHTTP/1.1 200 OK\n"
+                                          "Content-Length: 2\n\n", b"[]"), ExchangeUnavailable, "HTTP 103: empty body"),
     "status 999": (raw("HTTP/1.1 999 Odd\nContent-Length: 0\n\n"), ExchangeUnavailable, "HTTP 999: empty body"),
     "error body of HTML with control characters": (
         raw("HTTP/1.1 502 Bad\nContent-Type: text/html\nContent-Length: {length}\n\n",
