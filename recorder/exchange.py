@@ -586,10 +586,11 @@ def _redirect_target(location: str | None) -> str:
         return " with a malformed Location"
     if not parts.netloc and not parts.scheme:
         return " to a path on the same host"
-    if parts.scheme not in ("http", "https") or not host or not _HOST_NAME.fullmatch(host):
+    if parts.scheme not in ("http", "https", "") or not host or not _HOST_NAME.fullmatch(host):
         return " with a malformed Location"
     shown = f"[{host}]" if ":" in host else host
-    return f" to {parts.scheme}://{shown}{f':{port}' if port is not None else ''}"
+    scheme = f"{parts.scheme}:" if parts.scheme else ""  # "//host/..." keeps the current scheme
+    return f" to {scheme}//{shown}{f':{port}' if port is not None else ''}"
 
 
 def _deadline_problem(timeout: float) -> str:

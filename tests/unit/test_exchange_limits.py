@@ -119,6 +119,7 @@ def test_error_body_codes_are_bounded_and_text_is_clean(body, code, detail):
     ("https://user:pass@Evil.Example:8443/x?signature=abc", " to https://evil.example:8443"),
     ("http://[::1]:8080/x?signature=abc", " to http://[::1]:8080"),
     ("/fapi/v2/balance?signature=abc", " to a path on the same host"),
+    ("//evil.example/fapi/v2/balance?signature=abc", " to //evil.example"),
     ("http://[/fapi/v2/balance?signature=abc", " with a malformed Location"),
     ("http://host:99999/?signature=abc", " with a malformed Location"),
     ("javascript:alert(1)", " with a malformed Location"),
