@@ -109,6 +109,8 @@ RETRY_BASE_SECONDS = 0.25
 # After an authentication failure, wait this long, doubling per failure up to an hour.
 AUTH_BACKOFF_SECONDS = 60.0
 AUTH_BACKOFF_MAX_SECONDS = MAX_WAIT_SECONDS
+# No retry starts with less than this (or the timeout, if shorter) left of the call's time.
+MIN_ATTEMPT_SECONDS = 0.5
 
 
 class BinanceFuturesClient:
@@ -162,6 +164,8 @@ class BinanceFuturesClient:
         self._monotonic = monotonic
         self._sleep = sleep
         self._offset_ms: int | None = None
+        # time.monotonic() by which the current fetch_balances() call ends; None outside one.
+        self._poll_ends_at: float | None = None
         # No request before this monotonic time; the error to raise meanwhile says why.
         self._blocked_until: float = 0.0
         self._blocked_error: type[ExchangeError] = RateLimited
@@ -225,24 +229,35 @@ class BinanceFuturesClient:
         A read changes nothing on the exchange, so a transient failure (network, 5xx,
         malformed body) is retried inside this call: at most RETRY_ATTEMPTS requests
         within RETRY_BUDGET_SECONDS, with jittered exponential backoff. Rate limits and
-        authentication failures are never retried here.
+        authentication failures are never retried here. The whole call, clock sync and
+        retries included, ends within max(timeout, RETRY_BUDGET_SECONDS): each request's
+        deadline is cut to what is left of it.
         """
         began = self._monotonic()
-        for attempt in range(1, self.retry_attempts + 1):
-            try:
-                return self._fetch_balances_once()
-            except (RateLimited, AuthError):
-                raise
-            except (ExchangeUnavailable, BadPayload) as error:
-                delay = RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-                spent = self._monotonic() - began
-                if attempt == self.retry_attempts or spent + delay > RETRY_BUDGET_SECONDS:
-                    if attempt > 1:
-                        error.args = (f"{error} (after {attempt} attempts)",)
+        self._poll_ends_at = time.monotonic() + max(RETRY_BUDGET_SECONDS, self.timeout)
+        try:
+            for attempt in range(1, self.retry_attempts + 1):
+                try:
+                    return self._fetch_balances_once()
+                except (RateLimited, AuthError):
                     raise
-                log.info("%s: %s; retry %d in %.2fs", self.balance_path, type(error).__name__, attempt, delay)
-                self._sleep(delay)
-        raise AssertionError("unreachable")
+                except (ExchangeUnavailable, BadPayload) as error:
+                    delay = RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                    spent = self._monotonic() - began
+                    left = self._poll_ends_at - time.monotonic() - delay
+                    if (
+                        attempt == self.retry_attempts
+                        or spent + delay > RETRY_BUDGET_SECONDS
+                        or left < min(self.timeout, MIN_ATTEMPT_SECONDS)
+                    ):
+                        if attempt > 1:
+                            error.args = (f"{error} (after {attempt} attempts)",)
+                        raise
+                    log.info("%s: %s; retry %d in %.2fs", self.balance_path, type(error).__name__, attempt, delay)
+                    self._sleep(delay)
+            raise AssertionError("unreachable")
+        finally:
+            self._poll_ends_at = None
 
     def _fetch_balances_once(self) -> FetchedBalances:
         if self._offset_ms is None:
@@ -298,7 +313,10 @@ class BinanceFuturesClient:
 
     def _send(self, path_and_query: str, path: str) -> _Answer:
         """The HTTP exchange itself: one GET, the whole of it (body included) within `timeout` seconds."""
-        deadline = _Deadline(self.timeout)
+        seconds = self.timeout
+        if self._poll_ends_at is not None:
+            seconds = max(min(seconds, self._poll_ends_at - time.monotonic()), 0.001)
+        deadline = _Deadline(seconds)
         _current.deadline = deadline
         response: requests.Response | None = None
         reusable = False
@@ -306,7 +324,7 @@ class BinanceFuturesClient:
             deadline.start()
             response = self._session.get(
                 self.base_url + path_and_query,
-                timeout=(min(CONNECT_TIMEOUT_SECONDS, self.timeout), self.timeout),
+                timeout=(min(CONNECT_TIMEOUT_SECONDS, seconds), seconds),
                 stream=True,
                 allow_redirects=False,
             )
@@ -314,14 +332,14 @@ class BinanceFuturesClient:
             content = b"" if 300 <= status < 400 else _read_body(response, path, deadline)
             if deadline.expired:
                 # A close-delimited body "ends" cleanly when the deadline shuts the socket.
-                raise ExchangeUnavailable(f"{path}: {_deadline_problem(self.timeout)}")
+                raise ExchangeUnavailable(f"{path}: {_deadline_problem(seconds)}")
             reusable = status == 200
             return _Answer(status, response.headers, content)
         except ExchangeError:
             raise
         except Exception as exc:  # noqa: BLE001 - the one boundary where the HTTP stack's errors are translated
             # `from None`: the chained exception's text would carry the signed URL.
-            problem = _deadline_problem(self.timeout) if deadline.expired else _http_problem(exc, self.timeout)
+            problem = _deadline_problem(seconds) if deadline.expired else _http_problem(exc, seconds)
             raise ExchangeUnavailable(f"{path}: {problem}") from None
         finally:
             _current.deadline = None
@@ -594,7 +612,7 @@ def _redirect_target(location: str | None) -> str:
 
 
 def _deadline_problem(timeout: float) -> str:
-    return f"no complete answer within {timeout:g}s (timeout)"
+    return f"no complete answer within {round(timeout, 1):g}s (timeout)"
 
 
 def _http_problem(exc: BaseException, timeout: float) -> str:
@@ -602,7 +620,7 @@ def _http_problem(exc: BaseException, timeout: float) -> str:
     chain = _exception_chain(exc)
     for matches, problem in _HTTP_PROBLEMS:
         if any(matches(current) for current in chain):
-            return problem.format(timeout=timeout)
+            return problem.format(timeout=round(timeout, 1))
     return f"{type(exc).__name__} during the request"
 
 

@@ -20,7 +20,7 @@ def test_poll_timeout_is_a_deadline_against_a_trickling_exchange(simulator, cli_
     elapsed = time.monotonic() - began
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert re.fullmatch(r"error: ExchangeUnavailable: /fapi/v2/balance: no complete answer within 2s \(timeout\)"
+    assert re.fullmatch(r"error: ExchangeUnavailable: /fapi/v2/balance: no complete answer within [0-9.]+s \(timeout\)"
                         r"( \(after \d attempts\))?", last), last
     assert "Traceback" not in result.stderr and "signature" not in result.stderr
     assert elapsed < DID_NOT_HANG_SECONDS
