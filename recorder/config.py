@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from recorder.errors import ConfigError
 
 LIVE_BASE_URL = "https://fapi.binance.com"
+MAX_TIMEOUT_SECONDS = 3600.0
 TESTNET_BASE_URL = "https://demo-fapi.binance.com"
 DEFAULT_DATABASE_URL = "sqlite:///recorder.db"
 DEFAULT_INTERVAL_SECONDS = 60.0
@@ -121,6 +122,9 @@ def _validated(raw: dict[str, Any]) -> Settings:
         values["recv_window"] = recv_window
     if "timeout" in raw:
         values["timeout"] = _number(raw["timeout"], "RECORDER_TIMEOUT (--timeout)", float, minimum=0.1)
+        # An infinite deadline ("inf") is none at all; an hour is already far past any useful one.
+        if values["timeout"] > MAX_TIMEOUT_SECONDS:
+            raise ConfigError(f"RECORDER_TIMEOUT (--timeout) must be at most {MAX_TIMEOUT_SECONDS:g} seconds")
     if "api_secret_file" in raw:
         if values.get("api_secret"):
             raise ConfigError("set BINANCE_API_SECRET or BINANCE_API_SECRET_FILE, not both")

@@ -4,7 +4,7 @@
 RecorderError                  everything we raise on purpose
 ├── ConfigError                missing or invalid settings: fix config, restart
 ├── ExchangeError              .http_status / .code: HTTP status and Binance error code
-│   ├── ExchangeUnavailable    timeout, network, 5xx, HTML error page: skip this tick
+│   ├── ExchangeUnavailable    timeout, network, 5xx, 3xx, HTML error page: skip this tick
 │   │   └── RateLimited        429/418/403 WAF/-1003: no request before .retry_after seconds
 │   ├── ClockSkew              -1021: resync the server clock, retry once
 │   ├── AuthError              bad key, signature or permission: stop and alert
@@ -37,7 +37,7 @@ class ExchangeError(RecorderError):
 
 
 class ExchangeUnavailable(ExchangeError):
-    """Network failure, timeout, 5xx or an HTML error page: skip this tick, try the next."""
+    """Network failure, timeout, 5xx, a refused redirect or an HTML error page: skip this tick, try the next."""
 
 
 class RateLimited(ExchangeUnavailable):

@@ -3,22 +3,38 @@
 Everything Binance-specific (camelCase names, error codes, headers) stays in this module;
 third-party exceptions are translated here exactly once into the recorder.errors tree.
 Binance's rules come from ../shared/binance-api.md (general-info, error-code pages).
+
+The exchange is not trusted: requests go only to the configured host (no redirect is followed),
+`timeout` bounds a whole request (connect, headers and body), bodies are size-capped, waits an
+answer asks for are capped at an hour, and text it sends is cleaned before it reaches a message.
 """
 
 from __future__ import annotations
 
+import heapq
+import http.client
+import itertools
 import json
 import logging
 import random
 import re
+import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import ProxyManager
 
 from recorder.config import Settings, is_loopback
 from recorder.errors import (
@@ -48,6 +64,18 @@ TOO_MANY_REQUESTS_CODE = -1003
 # Without a Retry-After header (it is documented for Spot, not for futures), wait this long.
 DEFAULT_RETRY_AFTER = {429: 60.0, 418: 120.0, 403: 60.0}
 MAX_ERROR_TEXT = 200
+# Binance's balance answer is a few KB; the cap only stops a hostile or broken server filling memory.
+MAX_BODY_BYTES = 8 * 1024 * 1024
+# Of an error answer only the head is read: enough for Binance's {"code", "msg"} or an HTML title.
+MAX_ERROR_BODY_BYTES = 64 * 1024
+_BODY_CHUNK_BYTES = 64 * 1024
+# The longest wait an answer can impose (Retry-After, a ban's end, auth backoff). A longer one is
+# more likely a broken or hostile value than an instruction, and would silence the recorder for good.
+MAX_WAIT_SECONDS = 3600.0
+# A used-weight count above this is not one (IP limits are a few thousand per minute).
+MAX_USED_WEIGHT = 1_000_000
+# Binance error codes are small negative numbers; one outside 32 bits is not a Binance code.
+_CODE_RANGE = range(-(2**31), 2**31)
 
 # Binance sends amounts as plain decimal strings ("-12.50000000"); anything else
 # ("1E-8", "NaN", " 1", "12.3.4") is a malformed payload, not something to guess at.
@@ -55,7 +83,11 @@ _DECIMAL_TEXT = re.compile(r"-?[0-9]{1,40}(\.[0-9]{1,40})?")
 _ASSET_NAME = re.compile(r"[A-Za-z0-9]{1,32}")
 _MAX_UPDATE_TIME_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_BANNED_UNTIL = re.compile(r"banned until (\d{13})")
+_BANNED_UNTIL = re.compile(r"banned until ([0-9]{13})(?![0-9])")
+# RFC 9110 delay-seconds (digits; a decimal fraction is tolerated). "inf", "nan", "-5", "1e300" are not.
+_DELAY_SECONDS = re.compile(r"[0-9]{1,15}(\.[0-9]{1,9})?")
+_PLAIN_COUNT = re.compile(r"[0-9]{1,15}")
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
 
 _DECIMAL_FIELDS = {
     "balance": "balance",
@@ -76,7 +108,9 @@ RETRY_BUDGET_SECONDS = 5.0
 RETRY_BASE_SECONDS = 0.25
 # After an authentication failure, wait this long, doubling per failure up to an hour.
 AUTH_BACKOFF_SECONDS = 60.0
-AUTH_BACKOFF_MAX_SECONDS = 3600.0
+AUTH_BACKOFF_MAX_SECONDS = MAX_WAIT_SECONDS
+# No retry starts with less than this (or the timeout, if shorter) left of the call's time.
+MIN_ATTEMPT_SECONDS = 0.5
 
 
 class BinanceFuturesClient:
@@ -107,6 +141,8 @@ class BinanceFuturesClient:
             if not api_secret:
                 raise ValueError("BinanceFuturesClient needs api_secret or signer")
             signer = hmac_signer(api_secret)
+        if not 0 < timeout <= 86400:  # also refuses NaN and infinity: a deadline must be one
+            raise ValueError(f"timeout must be a number of seconds from 0 to 86400, not {timeout!r}")
         self.base_url = base_url.rstrip("/")
         self.balance_path = balance_path
         self.recv_window = recv_window
@@ -114,18 +150,22 @@ class BinanceFuturesClient:
         self.weight_limit = weight_limit
         self.retry_attempts = max(1, retry_attempts)
         self._sign = signer
-        self._session = session or requests.Session()
+        self._session = _confine(session or requests.Session())
         self._session.headers["X-MBX-APIKEY"] = api_key
         # Certificates are always verified; there is deliberately no setting to turn it off.
         self._session.verify = True
         # A proxy environment variable must not silently reroute signed requests
-        # to the simulator on this machine.
+        # to the simulator on this machine. Elsewhere HTTPS_PROXY stays honoured (corporate
+        # networks need it; over verified TLS a proxy sees the host name only), but .netrc never:
+        # _confine() gives the session an auth that adds nothing.
         if is_loopback(urlsplit(self.base_url).hostname or ""):
             self._session.trust_env = False
         self._wall_clock = wall_clock
         self._monotonic = monotonic
         self._sleep = sleep
         self._offset_ms: int | None = None
+        # time.monotonic() by which the current fetch_balances() call ends; None outside one.
+        self._poll_ends_at: float | None = None
         # No request before this monotonic time; the error to raise meanwhile says why.
         self._blocked_until: float = 0.0
         self._blocked_error: type[ExchangeError] = RateLimited
@@ -173,6 +213,12 @@ class BinanceFuturesClient:
         server_time = body.get("serverTime") if isinstance(body, dict) else None
         if not isinstance(server_time, int) or isinstance(server_time, bool):
             raise BadPayload(f"{SERVER_TIME_PATH}: 'serverTime' is not an integer", http_status=response.status_code)
+        if not 0 < server_time <= _MAX_UPDATE_TIME_MS:
+            # Every signed timestamp would carry this offset: an absurd clock is refused, not adopted.
+            raise BadPayload(
+                f"{SERVER_TIME_PATH}: 'serverTime' {_clip(server_time)} is not a plausible epoch-ms time",
+                http_status=response.status_code,
+            )
         self._offset_ms = server_time - round((before + after) * 500)
         log.debug("server clock offset %d ms", self._offset_ms)
         return self._offset_ms
@@ -183,24 +229,35 @@ class BinanceFuturesClient:
         A read changes nothing on the exchange, so a transient failure (network, 5xx,
         malformed body) is retried inside this call: at most RETRY_ATTEMPTS requests
         within RETRY_BUDGET_SECONDS, with jittered exponential backoff. Rate limits and
-        authentication failures are never retried here.
+        authentication failures are never retried here. The whole call, clock sync and
+        retries included, ends within max(timeout, RETRY_BUDGET_SECONDS): each request's
+        deadline is cut to what is left of it.
         """
         began = self._monotonic()
-        for attempt in range(1, self.retry_attempts + 1):
-            try:
-                return self._fetch_balances_once()
-            except (RateLimited, AuthError):
-                raise
-            except (ExchangeUnavailable, BadPayload) as error:
-                delay = RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
-                spent = self._monotonic() - began
-                if attempt == self.retry_attempts or spent + delay > RETRY_BUDGET_SECONDS:
-                    if attempt > 1:
-                        error.args = (f"{error} (after {attempt} attempts)",)
+        self._poll_ends_at = time.monotonic() + max(RETRY_BUDGET_SECONDS, self.timeout)
+        try:
+            for attempt in range(1, self.retry_attempts + 1):
+                try:
+                    return self._fetch_balances_once()
+                except (RateLimited, AuthError):
                     raise
-                log.info("%s: %s; retry %d in %.2fs", self.balance_path, type(error).__name__, attempt, delay)
-                self._sleep(delay)
-        raise AssertionError("unreachable")
+                except (ExchangeUnavailable, BadPayload) as error:
+                    delay = RETRY_BASE_SECONDS * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
+                    spent = self._monotonic() - began
+                    left = self._poll_ends_at - time.monotonic() - delay
+                    if (
+                        attempt == self.retry_attempts
+                        or spent + delay > RETRY_BUDGET_SECONDS
+                        or left < min(self.timeout, MIN_ATTEMPT_SECONDS)
+                    ):
+                        if attempt > 1:
+                            error.args = (f"{error} (after {attempt} attempts)",)
+                        raise
+                    log.info("%s: %s; retry %d in %.2fs", self.balance_path, type(error).__name__, attempt, delay)
+                    self._sleep(delay)
+            raise AssertionError("unreachable")
+        finally:
+            self._poll_ends_at = None
 
     def _fetch_balances_once(self) -> FetchedBalances:
         if self._offset_ms is None:
@@ -221,7 +278,7 @@ class BinanceFuturesClient:
             )
         return parse_balances(response.content, endpoint=self.balance_path, used_weight=self.last_used_weight)
 
-    def _signed_get(self, path: str) -> requests.Response:
+    def _signed_get(self, path: str) -> _Answer:
         timestamp = round(self._wall_clock() * 1000) + (self._offset_ms or 0)
         query = urlencode({"recvWindow": self.recv_window, "timestamp": timestamp})
         # signature must be the last parameter, computed over exactly the bytes sent before it.
@@ -229,8 +286,8 @@ class BinanceFuturesClient:
         response = self._get(f"{path}?{signed}", path)
         return response
 
-    def _get(self, path_and_query: str, path: str) -> requests.Response:
-        """One GET with a timeout; every failure leaves as an ExchangeError naming only the path."""
+    def _get(self, path_and_query: str, path: str) -> _Answer:
+        """One GET to the configured host; every failure leaves as an ExchangeError naming only the path."""
         wait = self._blocked_until - self._monotonic()
         if wait > 0:
             if self._blocked_error is AuthError:
@@ -240,22 +297,59 @@ class BinanceFuturesClient:
                 )
             raise RateLimited(f"{path}: not sent: waiting {wait:.0f}s more for the rate limit", retry_after=wait)
         self._throttle(path)
-        try:
-            response = self._session.get(
-                self.base_url + path_and_query, timeout=(CONNECT_TIMEOUT_SECONDS, self.timeout)
-            )
-        except requests.Timeout:
-            # `from None`: the chained requests exception would print the signed URL.
-            raise ExchangeUnavailable(f"{path}: no answer within {self.timeout:g}s (timeout)") from None
-        except requests.ConnectionError as exc:
-            raise ExchangeUnavailable(f"{path}: {_connection_problem(exc)}") from None
-        except requests.RequestException as exc:
-            raise ExchangeUnavailable(f"{path}: {type(exc).__name__} during the request") from None
-        self.last_used_weight = _used_weight(response)
+        response = self._send(path_and_query, path)
+        self.last_used_weight = _used_weight(response.headers)
         self._weight_minute = self._server_minute()
+        if 300 <= response.status_code < 400:
+            # A redirect would carry the API key and the signed query to whatever host it names.
+            raise ExchangeUnavailable(
+                f"{path}: HTTP {response.status_code} redirect{_redirect_target(response.headers.get('Location'))}"
+                f", not followed (recorder sends requests only to {self.base_url})",
+                http_status=response.status_code,
+            )
         if response.status_code != 200:
             self._raise_for_status(response, path)
         return response
+
+    def _send(self, path_and_query: str, path: str) -> _Answer:
+        """The HTTP exchange itself: one GET, the whole of it (body included) within `timeout` seconds."""
+        seconds = self.timeout
+        if self._poll_ends_at is not None:
+            seconds = max(min(seconds, self._poll_ends_at - time.monotonic()), 0.001)
+        deadline = _Deadline(seconds)
+        _current.deadline = deadline
+        response: requests.Response | None = None
+        reusable = False
+        try:
+            deadline.start()
+            response = self._session.get(
+                self.base_url + path_and_query,
+                timeout=(min(CONNECT_TIMEOUT_SECONDS, seconds), seconds),
+                stream=True,
+                allow_redirects=False,
+            )
+            status = response.status_code
+            content = b"" if 300 <= status < 400 else _read_body(response, path, deadline)
+            if deadline.expired:
+                # A close-delimited body "ends" cleanly when the deadline shuts the socket.
+                raise ExchangeUnavailable(f"{path}: {_deadline_problem(seconds)}")
+            reusable = status == 200
+            return _Answer(status, response.headers, content)
+        except ExchangeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one boundary where the HTTP stack's errors are translated
+            # `from None`: the chained exception's text would carry the signed URL.
+            problem = _deadline_problem(seconds) if deadline.expired else _http_problem(exc, seconds)
+            raise ExchangeUnavailable(f"{path}: {problem}") from None
+        finally:
+            _current.deadline = None
+            deadline.finish()
+            if response is not None:
+                if not reusable:
+                    # Only a 200 read whole goes back to the pool: after a half-read, timed-out,
+                    # redirected or interim (1xx) answer the stream's position is not trustworthy.
+                    response.raw.close()
+                response.close()
 
     def _server_minute(self) -> int:
         return (round(self._wall_clock() * 1000) + (self._offset_ms or 0)) // 60000
@@ -277,13 +371,16 @@ class BinanceFuturesClient:
             retry_after=wait,
         )
 
-    def _raise_for_status(self, response: requests.Response, path: str) -> None:
+    def _server_seconds(self) -> float:
+        return self._wall_clock() + (self._offset_ms or 0) / 1000
+
+    def _raise_for_status(self, response: _Answer, path: str) -> None:
         status = response.status_code
         code, message = _error_body(response)
         where = f"{path}: HTTP {status}" + (f" code {code}" if code is not None else "")
         detail = f"{where}: {message}"
         if status in (418, 429) or code == TOO_MANY_REQUESTS_CODE or status == 403:
-            retry_after = _retry_after(response, message)
+            retry_after = _retry_after(response, message, self._server_seconds())
             self._blocked_until = self._monotonic() + retry_after
             self._blocked_error = RateLimited
             kind = "IP banned (418)" if status == 418 else "web application firewall (403)" if status == 403 else "rate limited"
@@ -297,10 +394,11 @@ class BinanceFuturesClient:
             # Hammering with a rejected key helps nobody and can get the IP banned: back off hard.
             # The first failure may be a key being rotated, so the next tick still tries.
             self._auth_failures += 1
+            # The exponent is capped too: 2 ** n as a float overflows after ~1000 failures.
             backoff = (
                 0.0
                 if self._auth_failures == 1
-                else min(AUTH_BACKOFF_SECONDS * 2 ** (self._auth_failures - 1), AUTH_BACKOFF_MAX_SECONDS)
+                else min(AUTH_BACKOFF_SECONDS * 2 ** min(self._auth_failures - 1, 32), AUTH_BACKOFF_MAX_SECONDS)
             )
             self._blocked_until = self._monotonic() + backoff
             self._blocked_error = AuthError
@@ -343,8 +441,11 @@ def parse_balances(body: bytes | str, *, endpoint: str, used_weight: int | None 
             raise BadPayload(f"{where}: listed twice")
         seen.add(asset)
         alias = row.get("accountAlias")
-        if not isinstance(alias, str) or len(alias) > 64:
+        if not isinstance(alias, str):
             raise BadPayload(f"{where}: field 'accountAlias' is missing or not a string")
+        if not 0 < len(alias) <= 64 or not alias.isprintable():
+            # An alias is the account's identity: refused, never cleaned into another one.
+            raise BadPayload(f"{where}: field 'accountAlias' is not 1 to 64 printable characters: {_clip(alias)}")
         aliases.add(alias)
         amounts = {name: _decimal_field(row, key, where) for key, name in _DECIMAL_FIELDS.items()}
         margin_available = row.get("marginAvailable", _MISSING)
@@ -406,24 +507,27 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def _error_body(response: requests.Response) -> tuple[int | None, str]:
+def _error_body(response: _Answer) -> tuple[int | None, str]:
     """Binance's {"code": -N, "msg": "..."}; for HTML or other bodies, a short description."""
     text = response.text[:20000]
     if _looks_like_html(response):
         return None, f"HTML page instead of JSON{_html_title(text)}"
     try:
         data = json.loads(text, parse_float=Decimal, parse_constant=_refuse_constant)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None, f"non-JSON body: {_clip(text)}" if text.strip() else "empty body"
     if isinstance(data, dict):
         code = data.get("code")
         message = data.get("msg")
         if isinstance(code, int) and not isinstance(code, bool):
-            return code, _clip(message) if message is not None else "(no msg)"
+            detail = _clip(message) if message is not None else "(no msg)"
+            if code not in _CODE_RANGE:
+                return None, f"error code {_clip(code)} out of range: {detail}"
+            return code, detail
     return None, f"unexpected body: {_clip(text)}"
 
 
-def _looks_like_html(response: requests.Response) -> bool:
+def _looks_like_html(response: _Answer) -> bool:
     return "html" in response.headers.get("Content-Type", "").lower() or response.content.lstrip()[:1] == b"<"
 
 
@@ -436,52 +540,141 @@ def _html_title(text: str) -> str:
     return f" ({_clip(' '.join(head[opened + 1:end].split()))})" if end >= 0 else ""
 
 
-def _retry_after(response: requests.Response, message: str) -> float:
-    header = response.headers.get("Retry-After", "")
-    try:
-        seconds = float(header)
-        if seconds >= 0 and seconds == seconds:
-            return max(seconds, 1.0)
-    except ValueError:
-        pass
+def _retry_after(response: _Answer, message: str, server_now: float) -> float:
+    """Seconds to send nothing, from Retry-After, else the ban's end in the message, else the default.
+
+    Parsed strictly and capped at MAX_WAIT_SECONDS; server_now is the exchange's clock (epoch s).
+    """
+    header = response.headers.get("Retry-After")
+    if header is not None:
+        seconds = _parse_retry_after(header, server_now)
+        if seconds is not None:
+            return _bounded_wait(seconds, f"Retry-After {_clip(header)}")
+        log.warning("ignoring Retry-After %s: neither a number of seconds nor an HTTP date", _clip(header))
     banned = _BANNED_UNTIL.search(message)
     if banned:
-        return max(int(banned.group(1)) / 1000 - time.time(), 1.0)
+        return _bounded_wait(int(banned.group(1)) / 1000 - server_now, "the ban's end")
     return DEFAULT_RETRY_AFTER.get(response.status_code, 60.0)
 
 
-def _used_weight(response: requests.Response) -> int | None:
-    value = response.headers.get(USED_WEIGHT_HEADER)
+def _parse_retry_after(value: str, server_now: float) -> float | None:
+    """RFC 9110 Retry-After: delay-seconds or an HTTP-date; None for anything else."""
+    text = value.strip()
+    if _DELAY_SECONDS.fullmatch(text):
+        return float(text)
     try:
-        return int(value) if value is not None else None
-    except ValueError:
+        when = parsedate_to_datetime(text)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)  # RFC 5322 "-0000": UTC, origin unknown
+        return when.timestamp() - server_now
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
 
 
-def _connection_problem(exc: requests.ConnectionError) -> str:
-    """Name the network failure without the exception text, which carries the signed URL."""
+def _bounded_wait(seconds: float, source: str) -> float:
+    """At least a second, at most MAX_WAIT_SECONDS; a cut is logged, since the exchange asked for more."""
+    if seconds > MAX_WAIT_SECONDS:
+        log.warning("%s asks for a %.0f s wait; waiting the maximum of %.0f s instead",
+                    source, seconds, MAX_WAIT_SECONDS)
+        return MAX_WAIT_SECONDS
+    return max(seconds, 1.0)
+
+
+def _used_weight(headers: Mapping[str, str]) -> int | None:
+    """X-MBX-USED-WEIGHT-1M as a count; None (unknown, so no throttling on it) unless a plain count."""
+    value = headers.get(USED_WEIGHT_HEADER)
+    if value is None:
+        return None
+    text = value.strip()
+    if _PLAIN_COUNT.fullmatch(text) and int(text) <= MAX_USED_WEIGHT:
+        return int(text)
+    log.info("ignoring %s %s: not a count from 0 to %d, so this IP's used weight is unknown",
+             USED_WEIGHT_HEADER, _clip(value), MAX_USED_WEIGHT)
+    return None
+
+
+def _redirect_target(location: str | None) -> str:
+    """Where a 3xx points, as scheme://host[:port] only: its path and query may carry our signed query."""
+    if location is None:
+        return " without a Location"
+    try:
+        parts = urlsplit(location.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return " with a malformed Location"
+    if not parts.netloc and not parts.scheme:
+        return " to a path on the same host"
+    if parts.scheme not in ("http", "https", "") or not host or not _HOST_NAME.fullmatch(host):
+        return " with a malformed Location"
+    shown = f"[{host}]" if ":" in host else host
+    scheme = f"{parts.scheme}:" if parts.scheme else ""  # "//host/..." keeps the current scheme
+    return f" to {scheme}//{shown}{f':{port}' if port is not None else ''}"
+
+
+def _deadline_problem(timeout: float) -> str:
+    return f"no complete answer within {round(timeout, 1):g}s (timeout)"
+
+
+def _http_problem(exc: BaseException, timeout: float) -> str:
+    """Name an HTTP-layer failure without the exception's text, which can carry the signed URL."""
+    chain = _exception_chain(exc)
+    for matches, problem in _HTTP_PROBLEMS:
+        if any(matches(current) for current in chain):
+            return problem.format(timeout=round(timeout, 1))
+    return f"{type(exc).__name__} during the request"
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """exc and every exception it wraps (cause, context, args, urllib3's .reason), outermost first."""
     seen: set[int] = set()
+    chain: list[BaseException] = []
     pending: list[BaseException | None] = [exc]
     while pending:
-        current = pending.pop()
+        current = pending.pop(0)
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, ConnectionResetError):
-            return "connection reset by the exchange"
-        if isinstance(current, ConnectionRefusedError):
-            return "connection refused"
-        if type(current).__name__ == "RemoteDisconnected":
-            return "the exchange closed the connection without answering"
-        if type(current).__name__ in ("NameResolutionError", "gaierror"):
-            return "cannot resolve the exchange's host name"
-        if "SSL" in type(current).__name__:
-            return "TLS error (certificate or handshake)"
-        pending.extend([current.__cause__, current.__context__, *[a for a in current.args if isinstance(a, BaseException)]])
+        chain.append(current)
         reason = getattr(current, "reason", None)
-        if isinstance(reason, BaseException):
-            pending.append(reason)
-    return "connection failed"
+        wrapped = [a for a in current.args if isinstance(a, BaseException)]
+        pending.extend([current.__cause__, current.__context__, *wrapped,
+                        reason if isinstance(reason, BaseException) else None])
+    return chain
+
+
+def _named(*names: str) -> Callable[[BaseException], bool]:
+    return lambda exc: type(exc).__name__ in names
+
+
+# The first rule that matches anything in the chain names the problem; the most specific come first.
+_HTTP_PROBLEMS: list[tuple[Callable[[BaseException], bool], str]] = [
+    # RemoteDisconnected is a ConnectionResetError too, so it comes first.
+    (lambda e: isinstance(e, http.client.RemoteDisconnected), "the exchange closed the connection without answering"),
+    (lambda e: isinstance(e, ConnectionResetError), "connection reset by the exchange"),
+    (lambda e: isinstance(e, ConnectionRefusedError), "connection refused"),
+    # urllib3's NewConnectionError subclasses ConnectTimeoutError for history's sake: not a timeout.
+    (lambda e: isinstance(e, (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError))
+     and not isinstance(e, urllib3.exceptions.NewConnectionError),
+     "no answer within {timeout:g}s (timeout)"),
+    (lambda e: isinstance(e, urllib3.exceptions.InvalidChunkLength), "the body's chunked encoding is broken"),
+    (lambda e: isinstance(e, (http.client.IncompleteRead, urllib3.exceptions.IncompleteRead)),
+     "the answer ended before its declared length"),
+    (lambda e: isinstance(e, http.client.LineTooLong), "an HTTP status or header line is too long"),
+    (lambda e: isinstance(e, (requests.exceptions.ContentDecodingError, urllib3.exceptions.DecodeError)),
+     "the body cannot be decoded (Content-Encoding)"),
+    (lambda e: isinstance(e, requests.exceptions.ChunkedEncodingError), "the body's chunked encoding is broken"),
+    (_named("NameResolutionError", "gaierror"), "cannot resolve the exchange's host name"),
+    (lambda e: "SSL" in type(e).__name__ or "Certificate" in type(e).__name__, "TLS error (certificate or handshake)"),
+    (lambda e: isinstance(e, (requests.exceptions.InvalidURL, requests.exceptions.InvalidHeader,
+                              requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+                              urllib3.exceptions.LocationValueError)),
+     "the request URL or a header is invalid"),
+    (lambda e: isinstance(e, requests.exceptions.TooManyRedirects), "a redirect, not followed"),
+    (lambda e: isinstance(e, (http.client.HTTPException, urllib3.exceptions.ProtocolError)),
+     "a malformed HTTP answer"),
+    (lambda e: isinstance(e, UnicodeError), "undecodable bytes in the HTTP answer"),
+    (lambda e: isinstance(e, (requests.ConnectionError, OSError)), "connection failed"),
+]
 
 
 def _json_type(value: Any) -> str:
@@ -501,6 +694,249 @@ def _json_type(value: Any) -> str:
 
 
 def _clip(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    text = " ".join(text.split())
+    """Text the exchange controls, fit for one line of a log, a message or a database column.
+
+    Whitespace runs fold to one space; other unprintable characters (NUL, escape sequences,
+    bidi overrides) show as Python escapes (`\\x00`, `\\u202e`); at most MAX_ERROR_TEXT characters.
+    """
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = repr(value)
+        except ValueError:  # an int past Python's digit limit
+            text = f"<{type(value).__name__} too long to show>"
+    window = MAX_ERROR_TEXT * 4
+    text = " ".join(text[:window].split()) + (" ..." if len(text) > window else "")
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
     return text if len(text) <= MAX_ERROR_TEXT else text[: MAX_ERROR_TEXT - 3] + "..."
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """An HTTP answer read whole within the deadline: status, headers and the (size-capped) body."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        """The body as text; undecodable bytes become U+FFFD."""
+        return self.content.decode("utf-8", errors="replace")
+
+
+def _read_body(response: requests.Response, path: str, deadline: _Deadline) -> bytes:
+    """Read the body in chunks, up to MAX_BODY_BYTES (a 200) or the head of an error answer."""
+    status = response.status_code
+    limit = MAX_BODY_BYTES if status == 200 else MAX_ERROR_BODY_BYTES
+    too_big = f"{path}: HTTP 200 body larger than {MAX_BODY_BYTES // 2**20} MiB; not read"
+    declared = response.headers.get("Content-Length", "").strip()
+    if status == 200 and _PLAIN_COUNT.fullmatch(declared) and int(declared) > limit:
+        raise BadPayload(too_big, http_status=status)
+    body = bytearray()
+    for chunk in response.iter_content(_BODY_CHUNK_BYTES):
+        body += chunk
+        if deadline.expired:
+            break
+        if len(body) > limit:
+            if status != 200:
+                return bytes(body[:limit])  # its head describes the error; the rest is dropped
+            raise BadPayload(too_big, http_status=status)
+    return bytes(body)
+
+
+class _Deadline:
+    """One request's deadline: when it passes, the request's socket is shut down.
+
+    Socket timeouts bound each recv(), not a request: a status line, headers or body trickling
+    a byte just inside the read timeout would hold a poll for minutes. The watchdog thread shuts
+    the socket down at the deadline, which wakes a blocked recv() at once. It shuts down a
+    duplicate of the descriptor, so an SSL object is never touched from two threads.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends_at = 0.0
+        self.expired = False
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+
+    def start(self) -> None:
+        """Start the clock (monotonic)."""
+        self.ends_at = time.monotonic() + self.seconds
+        _WATCHDOG.add(self)
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Shut `sock` down when the deadline passes, or now if it has passed."""
+        if sock is None:
+            return
+        try:
+            duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        except OSError:
+            return  # already closed: nothing left to interrupt
+        with self._lock:
+            previous, self._socket = self._socket, duplicate
+            if previous is not None:
+                previous.close()
+            if self.expired:
+                _shut_down(duplicate)
+
+    def expire(self) -> None:
+        """The deadline has passed: shut the socket down (the watchdog calls this)."""
+        with self._lock:
+            self.expired = True
+            if self._socket is not None:
+                _shut_down(self._socket)
+
+    def finish(self) -> None:
+        """Leave the watchdog and let go of the socket."""
+        _WATCHDOG.remove(self)
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
+
+
+class _Watchdog:
+    """One daemon thread for every request's deadline.
+
+    A thread per request cost ~1 ms to start on a busy 2-core host, more than the request
+    itself; this one is started once, and sleeps without waking while no request is running.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._pending: list[tuple[float, int, _Deadline]] = []  # a heap by ends_at
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: _Deadline) -> None:
+        """Expire `deadline` at its ends_at unless removed first."""
+        with self._condition:
+            heapq.heappush(self._pending, (deadline.ends_at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():  # not started, or lost in a fork
+                self._thread = threading.Thread(target=self._run, name="recorder-http-deadlines", daemon=True)
+                self._thread.start()
+            if self._pending[0][2] is deadline:
+                self._condition.notify()
+
+    def remove(self, deadline: _Deadline) -> None:
+        """Forget `deadline` (its request is over)."""
+        with self._condition:
+            self._pending = [entry for entry in self._pending if entry[2] is not deadline]
+            heapq.heapify(self._pending)
+
+    def _run(self) -> None:
+        with self._condition:
+            while True:
+                if not self._pending:
+                    self._condition.wait()
+                    continue
+                delay = self._pending[0][0] - time.monotonic()
+                if delay > 0:
+                    self._condition.wait(delay)
+                    continue
+                heapq.heappop(self._pending)[2].expire()
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _shut_down(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # the peer or the pool closed it first
+
+
+# The deadline of the request this thread is making; the connections below report their sockets to it.
+_current = threading.local()
+
+
+def _watch_socket(sock: socket.socket | None) -> None:
+    deadline: _Deadline | None = getattr(_current, "deadline", None)
+    if deadline is not None:
+        deadline.watch(sock)
+
+
+class _WatchedConnection(HTTPConnection):
+    """A connection whose socket the current request's deadline can shut down."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch_socket(sock)  # before the TLS handshake, which the deadline covers too
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        _watch_socket(self.sock)  # a kept-alive connection opens no new socket
+        super().request(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(_WatchedConnection, HTTPSConnection):
+    """HTTPS flavour of _WatchedConnection."""
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """requests' adapter with connections a _Deadline can interrupt (direct and via an HTTP(S) proxy)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        """Pools of watched connections."""
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        """The same for a proxy; a SOCKS proxy keeps its own pools (bounded per read only)."""
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if isinstance(manager, ProxyManager):
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
+class _NoAuth(requests.auth.AuthBase):
+    """Adds nothing: with an auth set, requests never reads ~/.netrc for the exchange's host."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+class _RedactQueries(logging.Filter):
+    """Cuts query strings out of urllib3's own log lines (e.g. "Failed to parse headers (url=...)")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record without its query strings; never drops it."""
+        message = record.getMessage()
+        if "?" in message:
+            record.msg, record.args = _QUERY_STRING.sub("?<query removed>", message), ()
+        return True
+
+
+_QUERY_STRING = re.compile(r"\?[^\s\"'()]*")
+_REDACT_QUERIES = _RedactQueries()
+
+
+def _confine(session: requests.Session) -> requests.Session:
+    """Make `session` unable to leave the configured host and give its requests a whole deadline."""
+    # Belt and braces around allow_redirects=False: requests still works out the next URL of a
+    # 3xx (and raises on a malformed Location) unless it is told there is none.
+    session.get_redirect_target = lambda response: None  # type: ignore[method-assign]
+    session.max_redirects = 0
+    session.auth = _NoAuth()
+    adapter = _DeadlineAdapter()
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    # urllib3 logs a signed URL itself at WARNING when an answer's headers do not parse.
+    for name in ("urllib3.connection", "urllib3.connectionpool", "urllib3.response"):
+        logging.getLogger(name).addFilter(_REDACT_QUERIES)
+    return session

@@ -82,7 +82,7 @@ SQLITE_MIN_OUTAGE = 13.0  # > the recorder's 10 s busy timeout, so writes really
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 # They block the client for Retry-After seconds: one at a time, and a short Retry-After.
-RATE_FAULTS = ("ban-418", "rate-429", "rate-1003", "waf-403")
+RATE_FAULTS = ("ban-418", "rate-429", "rate-1003", "waf-403", "retry-after-inf")  # the last: the 60 s default
 # They make the client back off for minutes if repeated: a few per run, one at a time.
 AUTH_FAULTS = ("auth-2015", "auth-1022")
 COMMON_FAULTS = tuple(sorted(FAULTS - set(RATE_FAULTS) - set(AUTH_FAULTS)))

@@ -51,7 +51,10 @@ def exchange_options(function: Any) -> Any:
                 help="recvWindow in ms, at most 60000 [env RECORDER_RECV_WINDOW; default 5000].",
             ),
             click.option(
-                "--timeout", type=float, help="HTTP read timeout in seconds [env RECORDER_TIMEOUT; default 10]."
+                "--timeout",
+                type=float,
+                help="Deadline of each HTTP request, connect to last byte, in seconds, at most 3600 "
+                "[env RECORDER_TIMEOUT; default 10].",
             ),
             click.option(
                 "--api-secret-file",

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from recorder.simulator.faults import FAULTS, _Fault, _fault_response
+from recorder.simulator.faults import DECORATING_FAULTS, FAULTS, _decorate, _Fault, _fault_response
 from recorder.simulator.market import _Account, _default_rows, _move, _wire_rows
 from recorder.simulator.responses import _Response, _error, _json
 from recorder.simulator.rules import _WEIGHTS, _authenticate, _load_public_key, _WeightLimiter
@@ -136,14 +136,23 @@ class ExchangeSimulator:
 
     # -- faults ---------------------------------------------------------------------------------
 
-    def inject(self, fault: str, times: int = 1, *, seconds: float = 30.0, retry_after: int = 60) -> None:
-        """Make the next `times` balance requests fail with `fault` (see FAULTS), before auth checks."""
+    def inject(self, fault: str, times: int = 1, *, seconds: float = 30.0, retry_after: int | str = 60,
+               location: str | None = None) -> None:
+        """Make the next `times` balance requests fail with `fault` (see FAULTS), before auth checks.
+
+        seconds: how long "stall" holds the answer, or the gap between bytes for "trickle"/"trickle-head";
+        retry_after: the Retry-After header of "rate-*"/"ban-418", sent verbatim (a str may be "inf", a date);
+        location: the scheme://host[:port] a "redirect-3xx" sends the client to, with the request's own path
+        and signed query appended, as a hostile redirect would.
+        """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
         if times < 1:
             raise ValueError("times must be >= 1")
+        if isinstance(retry_after, str) and any(ch in retry_after for ch in "\r\n"):
+            raise ValueError("retry_after must be one header line")
         with self._lock:
-            self._faults.extend([_Fault(fault, seconds, retry_after)] * times)
+            self._faults.extend([_Fault(fault, seconds, retry_after, location)] * times)
 
     def clear_faults(self) -> None:
         """Drop every queued fault."""
@@ -175,13 +184,14 @@ class ExchangeSimulator:
         if response is None:
             if fault is not None and fault.name == "stall" and self._stopping.wait(fault.seconds):
                 return None
-            response = self._route(method, path, query, api_key, fault)
-        response.headers["X-MBX-USED-WEIGHT-1M"] = str(used)
+            response = self._route(method, path, query, api_key, fault, target)
+        response.headers.setdefault("X-MBX-USED-WEIGHT-1M", str(used))  # "huge-weight" sets its own
         with self._lock:
             self._requests.append(RequestRecord(method, path, response.status, response.code, used))
         return response
 
-    def _route(self, method: str, path: str, query: str, api_key: str, fault: _Fault | None) -> _Response:
+    def _route(self, method: str, path: str, query: str, api_key: str, fault: _Fault | None,
+               target: str) -> _Response:
         if method != "GET":
             return _error(405, -5000, f"Request method '{method}' not supported")
         if path == "/fapi/v1/ping":
@@ -190,9 +200,9 @@ class ExchangeSimulator:
             return _json(200, {"serverTime": self.server_time_ms()})
         if path not in _BALANCE_PATHS:
             return _error(404, -5000, f"Path {path} not found")
-        if fault is not None and fault.name != "stall":
+        if fault is not None and fault.name != "stall" and fault.name not in DECORATING_FAULTS:
             return _fault_response(fault, self.weight_limit, self.server_time_ms,
-                                   lambda: self._fault_rows(api_key))
+                                   lambda: self._fault_rows(api_key), target)
         with self._lock:
             known = self._accounts.get(api_key)
         account = _authenticate(api_key, known, query, self.server_time_ms)
@@ -202,11 +212,12 @@ class ExchangeSimulator:
             if self.auto_move:
                 _move(account, self.server_time_ms())
             rows = _wire_rows(account)
-            if fault is None:
-                # Stalled answers are left out: the client has usually given up on them.
+            if fault is None or fault.name == "huge-weight":
+                # Stalled and trickled answers are left out: the client has usually given up on them.
                 snapshot = ServedSnapshot(account.api_key, self.server_time_ms(), tuple(copy.deepcopy(rows)))
                 self._served.append(snapshot)
-        return _json(200, rows)
+        response = _json(200, rows)
+        return response if fault is None or fault.name == "stall" else _decorate(fault, response)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -271,6 +282,10 @@ class ExchangeSimulator:
             conn.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait `seconds` between trickled bytes; True when the exchange is stopping instead."""
+        return self._stopping.wait(seconds)
 
     def _untrack(self, conn: socket.socket) -> None:
         with self._lock:

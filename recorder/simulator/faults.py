@@ -1,6 +1,7 @@
 """The faults the exchange injects on demand, and the response each one sends in place of the real one.
 
-"reset" and "stall" act on the connection instead; ExchangeSimulator._handle carries them out.
+"reset" and "stall" act on the connection instead; ExchangeSimulator._handle carries them out. "trickle",
+"trickle-head" and "huge-weight" decorate the real (authenticated) answer; ExchangeSimulator._route applies them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ FAULTS = frozenset({
     "html-200", "malformed-json", "truncated-json", "not-a-list", "empty-list", "bad-decimal",
     "wrong-type", "missing-field", "reset", "stall", "clock-1021", "auth-2015", "auth-1022",
     "rate-1003",
+    # A hostile or broken exchange: redirects elsewhere, slow and huge bodies, odd headers and text.
+    "redirect-300", "redirect-301", "redirect-302", "redirect-303", "redirect-304", "redirect-307",
+    "redirect-308", "bad-location", "trickle", "trickle-head", "huge-body", "retry-after-inf", "nul-msg",
+    "huge-code", "huge-weight", "alias-nul",
 })
+# Faults whose response is the real answer, changed: they pass the SIGNED checks first.
+DECORATING_FAULTS = frozenset({"trickle", "trickle-head", "huge-weight"})
+# Where a redirect points when the test names no other place: a name that never resolves (RFC 2606).
+DEFAULT_REDIRECT_ORIGIN = "http://redirect.invalid"
+_HUGE_NUMBER = "-98765432109876543210987654321"  # beyond 2^63: fits no database integer column
 
 _HTML_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
              "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
@@ -42,17 +52,36 @@ _HTML_200 = ("<!DOCTYPE html><html><head><title>Binance</title></head><body>"
 class _Fault:
     name: str
     seconds: float
-    retry_after: int
+    retry_after: int | str  # sent verbatim as Retry-After; a str may be anything ("inf", an HTTP date)
+    location: str | None = None  # redirects: scheme://host[:port] the Location points to
 
 
 def _fault_response(fault: _Fault, weight_limit: int, clock: Callable[[], int],
-                    fault_rows: Callable[[], list[dict[str, Any]]]) -> _Response:
+                    fault_rows: Callable[[], list[dict[str, Any]]], target: str = "/") -> _Response:
     """The response a balance request gets instead of its own.
 
     weight_limit is the exchange's, for the 429 text; clock reads the exchange clock (epoch ms); fault_rows
-    gives wire rows to corrupt, called only by the faults that corrupt a real body.
+    gives wire rows to corrupt, called only by the faults that corrupt a real body; target is the request's
+    path and signed query, which a hostile redirect carries along to another host.
     """
     retry = str(fault.retry_after)
+    if fault.name.startswith("redirect-"):
+        location = (fault.location or DEFAULT_REDIRECT_ORIGIN).rstrip("/") + target
+        return _Response(int(fault.name.removeprefix("redirect-")), b"", headers={"Location": location})
+    match fault.name:
+        case "bad-location":
+            # An unclosed IPv6 bracket: no URL parser accepts it, and it still carries the signed query.
+            return _Response(302, b"", headers={"Location": f"http://[{target}"})
+        case "huge-body":
+            # Close-delimited (no Content-Length), so only counting what arrives can stop it.
+            return _Response(200, b"", stream_bytes=1 << 40)
+        case "retry-after-inf":
+            return _error(429, -1003, _MSG_429.format(limit=weight_limit), **{"Retry-After": "inf"})
+        case "nul-msg":
+            return _error(400, -1000, "An unknown\u0000 error\x1b[2J occured\r\nInjected-Line: yes\x07\u202e.")
+        case "huge-code":
+            body = '{"code":%s,"msg":"An error with a code no database integer holds."}' % _HUGE_NUMBER
+            return _Response(400, body.encode())
     match fault.name:
         case "http-500":
             return _error(500, -1000, "An unknown error occured while processing the request.")
@@ -67,7 +96,8 @@ def _fault_response(fault: _Fault, weight_limit: int, clock: Callable[[], int],
         case "rate-429" | "rate-1003":
             return _error(429, -1003, _MSG_429.format(limit=weight_limit), **{"Retry-After": retry})
         case "ban-418":
-            until = clock() + fault.retry_after * 1000
+            seconds = fault.retry_after if isinstance(fault.retry_after, int) else 120
+            until = clock() + seconds * 1000
             return _error(418, -1003, _MSG_418.format(until=until), **{"Retry-After": retry})
         case "html-200":
             return _html(200, _HTML_200)
@@ -94,4 +124,21 @@ def _fault_response(fault: _Fault, weight_limit: int, clock: Callable[[], int],
             rows[0]["balance"] = 1.5  # a JSON number where Binance always sends a string
         case "missing-field":
             del rows[0]["crossUnPnl"]
+        case "alias-nul":
+            for row in rows:
+                alias = str(row.get("accountAlias", ""))
+                row["accountAlias"] = alias[:1] + "\u0000" + alias[1:]
     return _json(200, rows)
+
+
+def _decorate(fault: _Fault, response: _Response) -> _Response:
+    """The real answer, changed by a decorating fault (see DECORATING_FAULTS)."""
+    match fault.name:
+        case "trickle":
+            response.trickle_seconds = fault.seconds
+        case "trickle-head":
+            response.trickle_seconds = fault.seconds
+            response.trickle_head = True
+        case "huge-weight":
+            response.headers["X-MBX-USED-WEIGHT-1M"] = _HUGE_NUMBER.lstrip("-")
+    return response

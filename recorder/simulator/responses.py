@@ -14,6 +14,11 @@ class _Response:
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     code: int | None = None
+    # Hostile sending, for faults: one byte every trickle_seconds (of the body, or with trickle_head of the
+    # whole response from the status line on); stream_bytes of filler with no Content-Length, then close.
+    trickle_seconds: float = 0.0
+    trickle_head: bool = False
+    stream_bytes: int = 0
 
 
 def _json(status: int, payload: Any, **headers: str) -> _Response:

@@ -20,6 +20,8 @@ class _Exchange(Protocol):
 
     def _untrack(self, conn: socket.socket) -> None: ...
 
+    def _pause(self, seconds: float) -> bool: ...
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -76,9 +78,39 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.send_response(response.status)
         self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
+        if response.stream_bytes:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(response.body)))
         for name, value in response.headers.items():
             self.send_header(name, value)
+        body = b"" if self.command == "HEAD" else response.body
+        if response.trickle_head:
+            self._headers_buffer.append(b"\r\n")
+            head, self._headers_buffer = b"".join(self._headers_buffer), []
+            self._trickle(head + body, response.trickle_seconds)
+            return
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(response.body)
+        if response.stream_bytes:
+            self._stream(response.stream_bytes)
+        elif response.trickle_seconds:
+            self._trickle(body, response.trickle_seconds)
+        else:
+            self.wfile.write(body)
+
+    def _trickle(self, data: bytes, seconds: float) -> None:
+        """Send one byte every `seconds`; the client's patience is what is under test."""
+        for index in range(len(data)):
+            self.wfile.write(data[index:index + 1])
+            if index + 1 < len(data) and self.server.sim._pause(seconds):
+                self.close_connection = True
+                return
+
+    def _stream(self, size: int) -> None:
+        """Send `size` bytes of JSON whitespace; stops when the client hangs up (an OSError here)."""
+        chunk = b" " * 65536
+        sent = 0
+        while sent < size:
+            self.wfile.write(chunk)
+            sent += len(chunk)

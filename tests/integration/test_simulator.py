@@ -349,7 +349,7 @@ def test_faults_apply_before_auth_and_in_order(sim: ExchangeSimulator, http: req
 def test_inject_rejects_unknown_fault(sim: ExchangeSimulator) -> None:
     with pytest.raises(ValueError, match="unknown fault"):
         sim.inject("http-504")
-    assert len(FAULTS) == 21
+    assert len(FAULTS) == 37
 
 
 def test_rate_limiter_429_then_ban() -> None:
@@ -460,3 +460,96 @@ def test_serve_until_stops_on_event() -> None:
     stop.set()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+# -- hostile-exchange faults ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [300, 301, 302, 303, 304, 307, 308])
+def test_redirect_faults_point_elsewhere_with_the_signed_query(sim: ExchangeSimulator, http: requests.Session,
+                                                              status: int) -> None:
+    sim.inject(f"redirect-{status}", location="http://127.0.0.1:9/")
+    query = f"timestamp={server_now(sim)}"
+    response = unfollowed_get(http, sim, query)
+    assert response.status_code == status and response.content == b""
+    assert response.headers["Location"] == f"http://127.0.0.1:9/fapi/v3/balance?{query}&signature={sign(SECRET, query)}"
+    sim.inject("redirect-302")
+    location = unfollowed_get(http, sim, f"timestamp={server_now(sim)}").headers["Location"]
+    assert location.startswith("http://redirect.invalid/fapi/v3/balance?timestamp=")
+    assert sim.served == []
+
+
+def unfollowed_get(http: requests.Session, sim: ExchangeSimulator, query: str) -> requests.Response:
+    return http.get(f"{sim.base_url}/fapi/v3/balance?{query}&signature={sign(SECRET, query)}",
+                    headers={"X-MBX-APIKEY": KEY}, timeout=5, allow_redirects=False)
+
+
+def test_bad_location_fault_is_unparseable(sim: ExchangeSimulator) -> None:
+    from urllib.parse import urlsplit
+
+    sim.inject("bad-location")
+    with requests.Session() as session:
+        session.get_redirect_target = lambda response: None  # requests would parse it even unfollowed
+        response = signed_get(session, sim)
+    assert response.status_code == 302 and response.headers["Location"].startswith("http://[/fapi/v3/balance?")
+    with pytest.raises(ValueError):
+        urlsplit(response.headers["Location"])
+
+
+@pytest.mark.parametrize(("fault", "retry_after", "header"), [
+    ("retry-after-inf", 60, "inf"), ("rate-429", "99999999999", "99999999999"),
+    ("rate-429", "Wed, 21 Oct 2099 07:28:00 GMT", "Wed, 21 Oct 2099 07:28:00 GMT"), ("ban-418", "nan", "nan"),
+])
+def test_retry_after_is_sent_verbatim(sim: ExchangeSimulator, http: requests.Session, fault: str,
+                                      retry_after: int | str, header: str) -> None:
+    sim.inject(fault, retry_after=retry_after)
+    response = signed_get(http, sim)
+    assert response.status_code in (418, 429) and response.headers["Retry-After"] == header
+    assert response.json()["code"] == -1003
+
+
+def test_retry_after_must_be_one_header_line(sim: ExchangeSimulator) -> None:
+    with pytest.raises(ValueError, match="one header line"):
+        sim.inject("rate-429", retry_after="1\r\nX-Injected: yes")
+
+
+def test_hostile_text_and_number_faults(sim: ExchangeSimulator, http: requests.Session) -> None:
+    sim.inject("nul-msg")
+    nul = signed_get(http, sim)
+    assert nul.status_code == 400 and "\x00" in nul.json()["msg"] and "\x1b[2J" in nul.json()["msg"]
+    sim.inject("huge-code")
+    huge = signed_get(http, sim)
+    assert huge.status_code == 400 and huge.json()["code"] == -98765432109876543210987654321
+    sim.inject("huge-weight")
+    weight = signed_get(http, sim)
+    assert weight.status_code == 200 and weight.headers["X-MBX-USED-WEIGHT-1M"] == "98765432109876543210987654321"
+    assert weight.json() == [{"accountAlias": "SimA", **r} for r in ROWS]
+    assert len(sim.served) == 1  # a real answer with an odd header: served
+    sim.inject("alias-nul")
+    alias = signed_get(http, sim)
+    assert {row["accountAlias"] for row in alias.json()} == {"S\x00imA"}
+    assert len(sim.served) == 1
+
+
+def test_trickle_faults_send_the_real_answer_slowly(sim: ExchangeSimulator, http: requests.Session) -> None:
+    normal = signed_get(http, sim).content
+    for fault in ("trickle", "trickle-head"):
+        sim.inject(fault, seconds=0.0005)
+        response = signed_get(http, sim, timeout=30)
+        assert response.status_code == 200 and response.content == normal
+    assert len(sim.served) == 1  # trickled answers are not recorded as served
+
+
+def test_huge_body_fault_streams_without_length(sim: ExchangeSimulator, http: requests.Session) -> None:
+    sim.inject("huge-body")
+    query = f"timestamp={server_now(sim)}"
+    with http.get(f"{sim.base_url}/fapi/v3/balance?{query}&signature={sign(SECRET, query)}",
+                  headers={"X-MBX-APIKEY": KEY}, timeout=5, stream=True) as response:
+        assert response.status_code == 200 and "Content-Length" not in response.headers
+        received = 0
+        for chunk in response.iter_content(1 << 16):
+            received += len(chunk)
+            if received > 32 << 20:
+                break
+    assert received > 32 << 20
+    assert signed_get(http, sim).status_code == 200

@@ -156,10 +156,15 @@ def test_arbitrary_json_parse_or_raise_bad_payload(value: Any, as_bytes: bool) -
 # -- (3) valid responses ---------------------------------------------------------------------------
 
 
+# What str.isprintable() refuses: control, format (bidi overrides), surrogate, private, unassigned, separators.
+UNPRINTABLE = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs")
+ALIASES = st.text(st.characters(exclude_categories=UNPRINTABLE) | st.just(" "), min_size=1, max_size=64)
+
+
 @st.composite
 def valid_responses(draw: st.DrawFn, max_assets: int = 8) -> list[dict[str, Any]]:
     """A well-formed balance array: unique assets, one accountAlias, plain decimal strings."""
-    alias = draw(st.text(max_size=64))
+    alias = draw(ALIASES)
     assets = draw(st.lists(asset_names, min_size=1, max_size=max_assets, unique=True))
     return [
         {
@@ -284,3 +289,19 @@ def test_one_broken_field_is_named_with_its_asset(case: tuple[list[dict[str, Any
         assert f"{ENDPOINT}: item {index}: field 'asset' " in message
     else:
         assert f"{ENDPOINT}: asset {asset}: field '{field}' " in message
+
+
+@PROPERTY
+@given(valid_responses(max_assets=2), st.text(st.characters(categories=UNPRINTABLE, exclude_characters=" "),
+                                              min_size=1, max_size=3), st.integers(min_value=0, max_value=4))
+def test_alias_with_unprintable_characters_is_refused_by_name(rows: list[dict[str, Any]], bad: str, at: int) -> None:
+    """An alias is an identity: NUL, control or bidi characters in it are refused, never cleaned away."""
+    alias = rows[0]["accountAlias"]
+    for row in rows:
+        row["accountAlias"] = (alias[:at] + bad + alias[at:])[:64]
+    with pytest.raises(BadPayload) as caught:
+        parse_balances(json.dumps(rows), endpoint=ENDPOINT)
+    message = str(caught.value)
+    assert_one_line(message)
+    assert "field 'accountAlias' is not 1 to 64 printable characters" in message
+    assert message.isprintable()
