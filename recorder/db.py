@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import decimal
+import os
 import sqlite3
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from recorder.db_types import decimal_text
+from recorder.errors import StorageError
 
 # Enough digits that no sum of Binance amounts (8 decimals, < 10^20) is ever rounded.
 _EXACT = decimal.Context(prec=200, traps=[InvalidOperation, decimal.Overflow])
@@ -30,6 +35,103 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_M
         event.listen(engine, "begin", _begin_sqlite_transaction)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+@dataclass
+class ReadEngine:
+    """A read-only engine; `verify_unchanged()` after reading when SQLite read without locks."""
+
+    engine: Engine
+    unlocked_file: Path | None = None
+    fingerprint: tuple[int, ...] | None = None
+
+    def verify_unchanged(self) -> None:
+        """Raise StorageError if the file read without locks was written meanwhile."""
+        if self.unlocked_file is not None and _fingerprint(self.unlocked_file) != self.fingerprint:
+            raise StorageError("the database was written while it was being read: run the command again")
+
+
+def sqlite_file_path(url: str | URL) -> Path | None:
+    """The file a SQLite URL names (plain path or `file:` URI), or None for memory / not SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    database = parsed.database
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        location = database[len("file:"):]
+        if location.startswith("//"):
+            # file://host/path: SQLite accepts only an empty host or localhost.
+            location = "/" + location[2:].partition("/")[2]
+        location = unquote(location)
+        return None if location in ("", ":memory:") else Path(location)
+    return Path(database)
+
+
+def make_read_engine(url: str) -> ReadEngine:
+    """An engine that cannot write: SQLite opened `mode=ro`, PostgreSQL read-only transactions.
+
+    SQLite gets no WAL or synchronous pragma (those write) and creates no file: not the
+    database, not a -wal or -shm beside it. A WAL database is read one of two ways:
+    - its -wal exists (a recorder has it open, or one crashed): through the -wal and a
+      read-only -shm (`readonly_shm=1`), which leaves both files untouched and still sees
+      every committed poll;
+    - no -wal: then no connection has it open and every committed page is in the file, so
+      it is read `immutable=1`: without the locks, which would create -wal and -shm. The
+      one risk, a writer that starts and checkpoints into the file during this read, is
+      caught by comparing the file's size, mtime and inode before and after
+      (ReadEngine.verify_unchanged); the reader then asks to run the command again.
+    """
+    path = sqlite_file_path(url)
+    if path is None:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "postgresql":
+            return ReadEngine(_read_only_postgres_engine(parsed))
+        return ReadEngine(make_engine(url))
+    query = dict(make_url(url).query)
+    query.update(uri="true", mode="ro")
+    unlocked = None
+    if str(query.get("immutable", "")).lower() not in ("1", "true"):
+        if _is_wal_file(path) and not Path(f"{path}-wal").exists():
+            query["immutable"] = "1"
+            unlocked = path
+        elif _is_wal_file(path) and Path(f"{path}-shm").exists():
+            query["readonly_shm"] = "1"
+    location = "file:" + quote(os.path.abspath(path))
+    engine = create_engine(make_url(url).set(database=location, query=query))
+    event.listen(engine, "connect", lambda connection, record: _configure_read_only_sqlite(connection))
+    event.listen(engine, "begin", _begin_sqlite_transaction)
+    return ReadEngine(engine, unlocked, _fingerprint(unlocked) if unlocked else None)
+
+
+def _read_only_postgres_engine(url: URL) -> Engine:
+    # Belt and braces beside a read-only role: every transaction of this engine is READ ONLY.
+    options = " ".join(filter(None, [str(url.query.get("options", "")), "-c default_transaction_read_only=on"]))
+    return create_engine(url.update_query_dict({"options": options}), pool_pre_ping=True)
+
+
+def _is_wal_file(path: Path) -> bool:
+    # Header bytes 18 and 19 (file format write/read version) are 2 in WAL mode.
+    try:
+        with open(path, "rb") as file:
+            header = file.read(20)
+    except OSError:
+        return False
+    return len(header) == 20 and header[18] == 2 and header[19] == 2
+
+
+def _fingerprint(path: Path) -> tuple[int, ...]:
+    stat = path.stat()
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _configure_read_only_sqlite(dbapi_connection: sqlite3.Connection) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # Connection-local settings only: none of these writes to the file.
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+    register_decimal_functions(dbapi_connection)
 
 
 def database_error_line(exc: BaseException) -> str:
@@ -54,9 +156,11 @@ def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, busy_time
     # SQLAlchemy emits BEGIN itself in _begin_sqlite_transaction.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # The timeout first: switching a new file to WAL needs the write lock, which a second
+    # recorder started at the same moment must wait for rather than fail on.
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     # WAL: a user's sqlite3 session reading the file never blocks the recorder's writes.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     # FULL: a committed poll survives power loss too, at one more fsync per commit.
     cursor.execute("PRAGMA synchronous=FULL")
