@@ -9,7 +9,7 @@ command must import. Target: a read command on a year of data costs at most 1.5x
 The year of 1-minute polls (2 accounts x 360 days, the busy account's USDT changing every
 poll, a 20-minute outage every 10 days) comes from scripts/bench_queries.py's generator.
 Building it takes a minute or two, so the SQLite file is cached in the temp folder
-(recorder-bench-startup/) and reused while its schema matches this checkout's head;
+(recorder-bench-startup/bench-year-12m.db) and reused while its schema matches this checkout's head;
 --rebuild forces a new one. --postgres also measures on a PostgreSQL copy (built each run).
 
     .venv/bin/python scripts/bench_startup.py                 # SQLite, 15 runs per command
@@ -47,16 +47,17 @@ def cached_year(rebuild: bool) -> tuple[str, str]:
     """The cached SQLite year of polls (built when missing or stale) and how it was obtained."""
     folder = Path(tempfile.gettempdir()) / "recorder-bench-startup"
     folder.mkdir(exist_ok=True)
-    path = folder / f"year-{MONTHS}m.db"
+    backend = SqliteBackend(folder)
+    path = folder / f"bench-year-{MONTHS}m.db"  # SqliteBackend's name for label year-12m
     if path.exists() and not rebuild:
         try:
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as connection:
+            # immutable: our own cache, never written while we run; creates no -wal/-shm.
+            with sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True) as connection:
                 found = connection.execute("SELECT version_num FROM alembic_version").fetchone()
         except sqlite3.Error:
             found = None
         if found and found[0] == schema_head():
             return f"sqlite:///{path}", f"reused {path}"
-    backend = SqliteBackend(folder)
     url = backend.create(f"year-{MONTHS}m")
     started = time.perf_counter()
     backend.load(url, Rows(History(MONTHS), sqlite_time, 1, 0), naive=False)

@@ -22,6 +22,7 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from recorder.db import make_engine, make_read_engine, make_sessions
 from recorder.errors import StorageError
@@ -172,6 +173,25 @@ def test_read_commands_never_create_a_missing_sqlite_file(tmp_path, spelling):
         f"error: StorageError: no database at {missing}: check --database-url / RECORDER_DATABASE_URL"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_read_engine_refuses_every_write(db_url):
+    """Belt and braces: even a statement that writes fails on the read engine, on both backends."""
+    recorded(db_url)
+    reader = make_read_engine(db_url)
+    try:
+        with reader.engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM polls")).scalar_one() == 2
+            with pytest.raises(DBAPIError, match="read-?only"):
+                connection.execute(text("DELETE FROM polls"))
+    finally:
+        reader.engine.dispose()
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM polls")).scalar_one() == 2
+    finally:
+        engine.dispose()
 
 
 # --- read-only SQLite files -----------------------------------------------------------------
