@@ -94,7 +94,7 @@ def reading(database_url: str | None, account: str | None, assets: Sequence[str]
         # Checked before anything is printed: the command renders only after this returns.
         read_engine.verify_unchanged()
     finally:
-        read_engine.engine.dispose()
+        read_engine.close()
 
 
 def _require_existing_sqlite_file(url: str) -> None:

@@ -31,6 +31,7 @@ from recorder.schema import alembic_config, head_revision, shipped_revisions, up
 from recorder.store import ensure_account, record_poll
 
 RECORDER = str(Path(sys.executable).with_name("recorder"))
+ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 # Every read command, with the options it needs; each must refuse an older schema alike.
 READ_COMMANDS = [
@@ -185,7 +186,7 @@ def test_read_engine_refuses_every_write(db_url):
             with pytest.raises(DBAPIError, match="read-?only"):
                 connection.execute(text("DELETE FROM polls"))
     finally:
-        reader.engine.dispose()
+        reader.close()
     engine = make_engine(db_url)
     try:
         with engine.connect() as connection:
@@ -298,8 +299,44 @@ def test_read_only_sqlite_folder_is_really_read_only_for_the_reader():
         assert not (folder / "probe").exists()
 
 
+def polls_seen(url: str) -> int:
+    reader = make_read_engine(url)
+    try:
+        with reader.engine.connect() as connection:
+            return connection.execute(text("SELECT count(*) FROM polls")).scalar_one()
+    finally:
+        reader.close()
+
+
+def test_unlocked_read_keeps_a_closing_writer_from_checkpointing_into_the_file(tmp_path):
+    """A WAL file without -wal is read immutable, under SQLite's SHARED lock: a writer that
+    polls and closes meanwhile leaves its poll in the -wal instead of rewriting the file."""
+    path = tmp_path / "recorder.db"
+    url = recorded(f"sqlite:///{path}")
+    reader = make_read_engine(url)
+    try:
+        assert reader.unlocked_file == path
+        with reader.engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM polls")).scalar_one() == 2
+            # Another process: POSIX locks never block their own process.
+            writer = subprocess.run(
+                [sys.executable, "-c", "import sys; from recorder.db import make_engine; "
+                 "from tests.e2e.test_read_only import poll; engine = make_engine(sys.argv[1]); "
+                 "poll(engine, 2, '12'); engine.dispose()", url],
+                cwd=ROOT, capture_output=True, text=True, timeout=120,
+            )
+            assert writer.returncode == 0, writer.stderr
+            assert Path(f"{path}-wal").stat().st_size > 0
+            assert connection.execute(text("SELECT count(*) FROM polls")).scalar_one() == 2
+        reader.verify_unchanged()
+    finally:
+        reader.close()
+    # The next read goes through the -wal the writer left, and sees its poll.
+    assert polls_seen(url) == 3
+
+
 def test_unlocked_read_is_refused_when_the_file_changes_underneath(tmp_path):
-    """A WAL file without -wal is read without locks; a write meanwhile must not go unnoticed."""
+    """A checkpoint needs no lock on the file itself; a change during the read is caught."""
     url = recorded(f"sqlite:///{tmp_path / 'recorder.db'}")
     reader = make_read_engine(url)
     try:
@@ -309,11 +346,13 @@ def test_unlocked_read_is_refused_when_the_file_changes_underneath(tmp_path):
         reader.verify_unchanged()
         writer = make_engine(url)
         poll(writer, 2, "12")
+        with writer.connect() as connection:
+            connection.exec_driver_sql("PRAGMA wal_checkpoint(FULL)")
         writer.dispose()
         with pytest.raises(StorageError, match="written while it was being read: run the command again"):
             reader.verify_unchanged()
     finally:
-        reader.engine.dispose()
+        reader.close()
 
 
 # --- read-only PostgreSQL role --------------------------------------------------------------
