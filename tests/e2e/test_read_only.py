@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -227,10 +228,11 @@ def read_only_mount(folder: Path) -> Iterator[Path]:
 
 @contextmanager
 def database_in(folder: Path, state: str) -> Iterator[Path]:
-    """A WAL database in `folder`, closed cleanly, held open by a writer, or left by a crash.
+    """A WAL database in `folder`, closed cleanly, held open by a writer, or left by a crash;
+    or the same file switched back to a rollback journal (a copy made with `sqlite3 .backup`).
 
-    In the last two the second poll (USDT 11) lives only in the -wal file, so a reader
-    that ignored the WAL would show 10.
+    In "open" and "crashed" the second poll (USDT 11) lives only in the -wal file, so a
+    reader that ignored the WAL would show 10.
     """
     path = folder / "recorder.db"
     url = f"sqlite:///{path}"
@@ -241,8 +243,12 @@ def database_in(folder: Path, state: str) -> Iterator[Path]:
     engine = make_engine(url)
     poll(engine, 1, "11")
     try:
-        if state == "clean":
+        if state in ("clean", "rollback-journal"):
             engine.dispose()
+            if state == "rollback-journal":
+                with sqlite3.connect(path) as connection:
+                    assert connection.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+                connection.close()
             assert sorted(p.name for p in folder.iterdir()) == ["recorder.db"]
         elif state == "crashed":
             # Copies taken while the writer is idle are what a killed recorder leaves behind.
@@ -258,7 +264,7 @@ def database_in(folder: Path, state: str) -> Iterator[Path]:
                 copy.rename(folder / copy.name)
             crashed.rmdir()
             assert sorted(p.name for p in folder.iterdir()) == ["recorder.db", "recorder.db-shm", "recorder.db-wal"]
-        if state != "clean":
+        if state in ("open", "crashed"):
             assert (folder / "recorder.db-wal").stat().st_size > 0
         for file in folder.iterdir():
             file.chmod(0o444)
@@ -267,7 +273,7 @@ def database_in(folder: Path, state: str) -> Iterator[Path]:
         engine.dispose()
 
 
-@pytest.mark.parametrize("state", ["clean", "open", "crashed"])
+@pytest.mark.parametrize("state", ["clean", "open", "crashed", "rollback-journal"])
 @pytest.mark.parametrize("access", ["chmod-444", "uri-mode-ro", "read-only-mount", "other-user-read-only-dir"])
 def test_read_commands_answer_on_a_read_only_sqlite_database_and_change_no_byte(state, access):
     with shared_folder() as folder, database_in(folder, state) as path:
