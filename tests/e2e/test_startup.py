@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -87,3 +88,17 @@ def test_help_lists_every_command_with_its_short_help():
         shown = listed[name].removesuffix("...")
         assert shown, name
         assert " ".join(command.help.split()).startswith(shown), name
+
+
+def test_version_in_a_checkout_never_installed_comes_from_pyproject():
+    """Without site-packages (-S) no distribution metadata is found: pyproject.toml answers."""
+    root = Path(__file__).resolve().parents[2]
+    declared = re.search(r'^version = "([^"]+)"', (root / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+         "import importlib.metadata as m; from recorder import package_version; "
+         "print(package_version(), [d.name for d in m.distributions() if d.name == 'recorder'])", str(root)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split(" ", 1) == [declared, "[]\n"]
