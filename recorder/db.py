@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import decimal
+import fcntl
+import os
 import sqlite3
+import time
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from recorder.db_types import decimal_text
+from recorder.errors import StorageError
 
 # Enough digits that no sum of Binance amounts (8 decimals, < 10^20) is ever rounded.
 _EXACT = decimal.Context(prec=200, traps=[InvalidOperation, decimal.Overflow])
@@ -30,6 +37,149 @@ def make_engine(url: str, *, sqlite_busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_M
         event.listen(engine, "begin", _begin_sqlite_transaction)
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+@dataclass
+class ReadEngine:
+    """A read-only engine; call `close()` when done, after `verify_unchanged()` if it read unlocked."""
+
+    engine: Engine
+    unlocked_file: Path | None = None
+    fingerprint: tuple[int, ...] | None = None
+    # Holds SQLite's SHARED lock on the file while it is read without SQLite's own locks.
+    lock_fd: int | None = None
+
+    def verify_unchanged(self) -> None:
+        """Raise StorageError if the file read without locks was written meanwhile."""
+        if self.unlocked_file is not None and _fingerprint(self.unlocked_file) != self.fingerprint:
+            raise StorageError("the database was written while it was being read: run the command again")
+
+    def close(self) -> None:
+        """Dispose of the engine and let go of the file lock."""
+        self.engine.dispose()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
+
+
+def sqlite_file_path(url: str | URL) -> Path | None:
+    """The file a SQLite URL names (plain path or `file:` URI), or None for memory / not SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    database = parsed.database
+    if str(parsed.query.get("uri", "")).lower() in ("true", "1") and database.startswith("file:"):
+        location = database[len("file:"):]
+        if location.startswith("//"):
+            # file://host/path: SQLite accepts only an empty host or localhost.
+            location = "/" + location[2:].partition("/")[2]
+        location = unquote(location)
+        return None if location in ("", ":memory:") else Path(location)
+    return Path(database)
+
+
+def make_read_engine(url: str) -> ReadEngine:
+    """An engine that cannot write: SQLite opened `mode=ro`, PostgreSQL read-only transactions.
+
+    SQLite gets no WAL or synchronous pragma (those write) and creates no file: not the
+    database, not a -wal or -shm beside it. A WAL database is read one of two ways:
+    - its -wal exists (a recorder has it open, or one crashed): through the -wal and a
+      read-only -shm (`readonly_shm=1`), which leaves both files untouched and still sees
+      every committed poll;
+    - no -wal: then no connection has it open and every committed page is in the file, so
+      it is read `immutable=1`, without SQLite's locks (taking them would create -wal and
+      -shm). Instead this process holds SQLite's SHARED lock on the file itself, so a
+      writer that starts meanwhile and closes cannot checkpoint into it (it leaves its
+      -wal for later). A checkpoint while the writer is still open (after ~1,000 pages of
+      writes) needs no such lock; that change is caught by comparing the file's size,
+      mtime and inode before and after (ReadEngine.verify_unchanged), and the reader asks
+      to run the command again.
+    """
+    path = sqlite_file_path(url)
+    if path is None:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "postgresql":
+            return ReadEngine(_read_only_postgres_engine(parsed))
+        return ReadEngine(make_engine(url))
+    query = dict(make_url(url).query)
+    query.update(uri="true", mode="ro")
+    unlocked, fingerprint, lock_fd = None, None, None
+    if str(query.get("immutable", "")).lower() not in ("1", "true"):
+        lock_fd, wal = _open_and_share_lock(path)
+        # Fingerprint and -wal check after the lock: a writer closing from now on cannot
+        # checkpoint into the file (it needs an exclusive lock for that), only add a -wal.
+        fingerprint = _fingerprint(path) if lock_fd is not None else None
+        if wal and not Path(f"{path}-wal").exists():
+            query["immutable"] = "1"
+            unlocked = path
+        else:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            lock_fd, fingerprint = None, None
+            if wal and Path(f"{path}-shm").exists():
+                query["readonly_shm"] = "1"
+    location = "file:" + quote(os.path.abspath(path))
+    engine = create_engine(make_url(url).set(database=location, query=query))
+    event.listen(engine, "connect", lambda connection, record: _configure_read_only_sqlite(connection))
+    event.listen(engine, "begin", _begin_sqlite_transaction)
+    return ReadEngine(engine, unlocked, fingerprint, lock_fd)
+
+
+def _read_only_postgres_engine(url: URL) -> Engine:
+    # Belt and braces beside a read-only role: every transaction of this engine is READ ONLY.
+    options = " ".join(filter(None, [str(url.query.get("options", "")), "-c default_transaction_read_only=on"]))
+    return create_engine(url.update_query_dict({"options": options}), pool_pre_ping=True)
+
+
+# SQLite's unix locking protocol (os_unix.c): a SHARED lock is a read lock on these bytes.
+_SQLITE_SHARED_FIRST = 0x40000000 + 2
+_SQLITE_SHARED_SIZE = 510
+
+
+def _open_and_share_lock(path: Path) -> tuple[int | None, bool]:
+    """Open the file, take SQLite's SHARED lock on it, and say whether it is in WAL mode.
+
+    The lock is what any SQLite reader holds: writers go on, but the last connection to
+    close cannot take the exclusive lock it needs to checkpoint into the file and delete the
+    -wal, so it leaves them for later. Returns (None, False) for a file that is not WAL.
+    The descriptor must stay open while the lock is needed: POSIX drops a process's
+    locks on a file when any of its descriptors for that file is closed.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None, False
+    # Header bytes 18 and 19 (file format write/read version) are 2 in WAL mode.
+    header = os.pread(fd, 20, 0)
+    if not (len(header) == 20 and header[18] == 2 and header[19] == 2):
+        os.close(fd)
+        return None, False
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB, _SQLITE_SHARED_SIZE, _SQLITE_SHARED_FIRST)
+            return fd, True
+        except OSError:
+            # A closing writer holds the exclusive lock for its final checkpoint: a moment.
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise StorageError("the database is locked by a writer: try again") from None
+            time.sleep(0.01)
+
+
+def _fingerprint(path: Path) -> tuple[int, ...]:
+    stat = path.stat()
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def _configure_read_only_sqlite(dbapi_connection: sqlite3.Connection) -> None:
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    # Connection-local settings only: none of these writes to the file.
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+    register_decimal_functions(dbapi_connection)
 
 
 def database_error_line(exc: BaseException) -> str:
@@ -54,9 +204,11 @@ def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, busy_time
     # SQLAlchemy emits BEGIN itself in _begin_sqlite_transaction.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
+    # The timeout first: switching a new file to WAL needs the write lock, which a second
+    # recorder started at the same moment must wait for rather than fail on.
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     # WAL: a user's sqlite3 session reading the file never blocks the recorder's writes.
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.execute("PRAGMA foreign_keys=ON")
     # FULL: a committed poll survives power loss too, at one more fsync per commit.
     cursor.execute("PRAGMA synchronous=FULL")

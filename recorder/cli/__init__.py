@@ -18,7 +18,24 @@ log = logging.getLogger("recorder")
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def _print_version(context: click.Context, _parameter: click.Parameter, value: bool) -> None:
+    if not value or context.resilient_parsing:
+        return
+    from recorder import package_version
+
+    click.echo(f"recorder {package_version()}")
+    context.exit()
+
+
 @click.group(context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the version and exit.",
+)
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -68,6 +85,8 @@ def main() -> None:
         sys.exit(1)
 
 
-# Command modules register themselves on `cli`; imported last to avoid a cycle.
+# Command modules register themselves on `cli`; imported last to avoid a cycle. Both are
+# cheap to import: whatever needs requests, APScheduler, Alembic or cryptography is
+# imported inside the command that uses it, so a read command starts without them.
 from recorder.cli import recording  # noqa: E402,F401
 from recorder.cli import querying  # noqa: E402,F401

@@ -11,11 +11,9 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -23,10 +21,10 @@ from recorder import queries, reports
 from recorder.cli import cli
 from recorder.cli.options import database_options
 from recorder.config import Settings, load_settings
-from recorder.db import database_error_line, make_engine, make_sessions
+from recorder.db import database_error_line, make_read_engine, make_sessions, sqlite_file_path
 from recorder.errors import StorageError
 from recorder.models import AMOUNT_FIELDS
-from recorder.schema import upgrade_to_head
+from recorder.schema import require_current_schema
 from recorder.timespec import TIME_HELP, TimeSpec, TimeZoneParam
 
 F = Callable[..., Any]
@@ -70,14 +68,18 @@ def range_options(function: F) -> F:
 
 @contextmanager
 def reading(database_url: str | None, account: str | None, assets: Sequence[str]) -> Iterator[tuple[Settings, Session, list[str]]]:
-    """Open the database read-only, check the account and assets, and yield a session."""
+    """Open the database read-only, check its schema, the account and assets, and yield a session.
+
+    Never migrates and never writes: a schema behind this recorder's is a one-line error
+    telling the user to run `recorder migrate`, and the database stays byte-identical.
+    """
     settings = load_settings({"database_url": database_url, "account": account})
     _require_existing_sqlite_file(settings.database_url)
-    engine = make_engine(settings.database_url)
+    read_engine = make_read_engine(settings.database_url)
     try:
-        upgrade_to_head(engine)
-        with make_sessions(engine)() as session:
+        with make_sessions(read_engine.engine)() as session:
             try:
+                require_current_schema(session.connection())
                 known = queries.list_assets(session, settings.account)
                 wanted = sorted({asset.strip().upper() for asset in assets})
                 unknown = [asset for asset in wanted if asset not in known]
@@ -89,17 +91,18 @@ def reading(database_url: str | None, account: str | None, assets: Sequence[str]
                 yield settings, session, wanted
             except SQLAlchemyError as exc:
                 raise StorageError(f"cannot read the database: {database_error_line(exc)}") from None
+        # Checked before anything is printed: the command renders only after this returns.
+        read_engine.verify_unchanged()
     finally:
-        engine.dispose()
+        read_engine.close()
 
 
 def _require_existing_sqlite_file(url: str) -> None:
-    # make_engine would create an empty file, and the user would see "no account" instead
-    # of the real problem: a wrong path.
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        if not Path(parsed.database).exists():
-            raise StorageError(f"no database at {parsed.database}: check --database-url / RECORDER_DATABASE_URL")
+    # A read must never create a file; without this check the user would see "unable to
+    # open database file" instead of the real problem: a wrong path.
+    path = sqlite_file_path(url)
+    if path is not None and not path.is_file():
+        raise StorageError(f"no database at {path}: check --database-url / RECORDER_DATABASE_URL")
 
 
 @cli.command()

@@ -7,7 +7,7 @@ import os
 import secrets
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -15,11 +15,14 @@ from recorder.cli import cli
 from recorder.cli.options import database_options
 from recorder.config import TESTNET_BASE_URL, Settings, load_settings
 from recorder.db import make_engine, make_sessions
-from recorder.exchange import BinanceFuturesClient
 from recorder.schema import upgrade_to_head
 from recorder.locks import WriterLock
-from recorder.service import Recorder, run
 from recorder.spool import Spool, spool_dir_for
+
+if TYPE_CHECKING:
+    # requests and APScheduler are imported inside the commands that poll, so `recorder
+    # --help` and the read commands start without them.
+    from recorder.service import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,9 @@ def _settings(values: dict[str, Any]) -> Settings:
 
 
 def _recorder(settings: Settings) -> Recorder:
+    from recorder.exchange import BinanceFuturesClient
+    from recorder.service import Recorder
+
     client = BinanceFuturesClient.from_settings(settings)
     engine = make_engine(settings.database_url)
     upgrade_to_head(engine)
@@ -138,6 +144,8 @@ def poll(**values: Any) -> None:
 )
 def run_command(**values: Any) -> None:
     """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""
+    from recorder.service import run
+
     settings = _settings(values)
     recorder = _recorder(settings)
     result = run(recorder, settings.interval)
