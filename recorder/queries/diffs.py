@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+import decimal
 from decimal import Decimal
 
 from sqlalchemy.orm import Session
@@ -12,6 +13,17 @@ from sqlalchemy.orm import Session
 from recorder.models import AMOUNT_FIELDS, STATE_FIELDS
 from recorder.queries.snapshots import Freshness, _as_of
 from recorder.queries.states import DEFAULT_TOLERANCE, AssetState
+
+# Exact arithmetic for any two amounts a database can hold: the default context keeps 28
+# significant digits and would silently round 123456789012345678901.12345678 - 0.00000001.
+# Unbounded precision and exponent make every sum and difference exact; Inexact and
+# Rounded are trapped, so a rounding can never pass unnoticed.
+EXACT = decimal.Context(
+    prec=decimal.MAX_PREC,
+    Emax=decimal.MAX_EMAX,
+    Emin=decimal.MIN_EMIN,
+    traps=[decimal.Inexact, decimal.Rounded, decimal.InvalidOperation, decimal.Overflow],
+)
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,9 @@ def _diff_status(old: AssetState | None, new: AssetState | None) -> str:
 def _delta(old: AssetState | None, new: AssetState | None) -> dict[str, Decimal] | None:
     if old is None or new is None or not old.present or not new.present:
         return None
-    # Decimal subtraction is exact here: the default context's 28 digits cover Binance's
-    # amounts (at most 20 integer + 8 fraction digits).
-    return {name: new.amount(name) - old.amount(name) for name in AMOUNT_FIELDS}
+    return {name: subtract(new.amount(name), old.amount(name)) for name in AMOUNT_FIELDS}
+
+
+def subtract(new: Decimal, old: Decimal) -> Decimal:
+    """new - old, exactly, whatever the number of digits."""
+    return EXACT.subtract(new, old)
