@@ -28,6 +28,9 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # A leading year with the wrong number of digits (0, 10000, -5): name the range, not the format.
 _YEAR = re.compile(r"^([+-]?\d+)-\d{1,2}-\d{1,2}(?:$|[T ])")
 RANGE_HELP = "times run from 0001-01-01 to 9999-12-31 UTC"
+# Any span longer than 10000 years lands before year 1; checked first, so a 30-digit span
+# never reaches Decimal's or timedelta's own limits.
+_LONGEST_SPAN_SECONDS = Decimal(10_000 * 366 * 86400)
 
 
 def utcnow() -> datetime:
@@ -46,6 +49,8 @@ def parse_time(text: str, now: datetime) -> datetime:
         # Decimal, not float: `99999999999d` must fail as too far back, not lose digits first.
         seconds = Decimal(span.group(1)) * _UNIT_SECONDS[span.group(2)]
         try:
+            if seconds > _LONGEST_SPAN_SECONDS:
+                raise OverflowError
             return now.astimezone(timezone.utc) - timedelta(seconds=int(seconds), microseconds=int(seconds % 1 * 10**6))
         except OverflowError:
             raise ValueError(f"{text!r} reaches back before year 1: {RANGE_HELP}") from None
