@@ -28,9 +28,11 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 # A leading year with the wrong number of digits (0, 10000, -5): name the range, not the format.
 _YEAR = re.compile(r"^([+-]?\d+)-\d{1,2}-\d{1,2}(?:$|[T ])")
 RANGE_HELP = "times run from 0001-01-01 to 9999-12-31 UTC"
+_SUBMICROSECOND = re.compile(r"[T ]\d{1,2}:\d{2}(?::\d{2})?[.,]\d{6}0*[1-9]")
 # Any span longer than 10000 years lands before year 1; checked first, so a 30-digit span
 # never reaches Decimal's or timedelta's own limits.
 _LONGEST_SPAN_SECONDS = Decimal(10_000 * 366 * 86400)
+_MICROSECOND = Decimal("0.000001")
 
 
 def utcnow() -> datetime:
@@ -51,6 +53,8 @@ def parse_time(text: str, now: datetime) -> datetime:
         try:
             if seconds > _LONGEST_SPAN_SECONDS:
                 raise OverflowError
+            if seconds % _MICROSECOND:
+                raise ValueError(f"{text!r} is more precise than a microsecond")
             return now.astimezone(timezone.utc) - timedelta(seconds=int(seconds), microseconds=int(seconds % 1 * 10**6))
         except OverflowError:
             raise ValueError(f"{text!r} reaches back before year 1: {RANGE_HELP}") from None
@@ -60,6 +64,9 @@ def parse_time(text: str, now: datetime) -> datetime:
         except ValueError as exc:
             raise ValueError(f"{text!r} is not a valid date ({exc})") from None
         return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    if _SUBMICROSECOND.search(spec):
+        # Python would drop the 7th digit, and a range bound would move without a word.
+        raise ValueError(f"{text!r} is more precise than a microsecond: use at most 6 fraction digits")
     try:
         parsed = datetime.fromisoformat(spec)
     except ValueError:
@@ -85,7 +92,8 @@ def parse_zone(name: str) -> timezone | ZoneInfo:
     if offset:
         sign = 1 if offset.group(1) == "+" else -1
         delta = timedelta(hours=int(offset.group(2)), minutes=int(offset.group(3)))
-        if delta >= timedelta(hours=24):
+        # +00:99 would otherwise become +01:39 without a word.
+        if delta >= timedelta(hours=24) or int(offset.group(3)) >= 60:
             raise ValueError(f"{name!r} is not a valid UTC offset")
         return timezone(sign * delta)
     try:

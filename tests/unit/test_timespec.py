@@ -113,3 +113,16 @@ def test_require_showable_refuses_times_the_zone_cannot_write():
     require_showable(parse_zone("-05:00"), at=far)
     with pytest.raises(click.UsageError, match=r"--at 9999-12-31T23:00:00.000000Z cannot be shown in --tz UTC\+14:00"):
         require_showable(parse_zone("+14:00"), at=far)
+
+
+@pytest.mark.parametrize("text", ["2026-01-02T00:00:00.1234567", "2026-01-02 00:00:00,123456789+01:00", "0.0000001s"])
+def test_parse_time_refuses_digits_below_a_microsecond_instead_of_dropping_them(text):
+    with pytest.raises(ValueError, match="more precise than a microsecond"):
+        parse_time(text, NOW)
+    assert parse_time("2026-01-02T00:00:00.1234560", NOW).microsecond == 123456
+
+
+@pytest.mark.parametrize("text", ["+00:99", "+05:60", "-24:00", "+2400"])
+def test_parse_zone_refuses_offsets_that_are_no_clock_time(text):
+    with pytest.raises(ValueError, match="not a valid UTC offset"):
+        parse_zone(text)
