@@ -50,14 +50,15 @@ def parse_time(text: str, now: datetime) -> datetime:
     if span:
         # Decimal, not float: `99999999999d` must fail as too far back, not lose digits first.
         seconds = Decimal(span.group(1)) * _UNIT_SECONDS[span.group(2)]
+        too_far = f"{text!r} reaches back before year 1: {RANGE_HELP}"
+        if seconds > _LONGEST_SPAN_SECONDS:
+            raise ValueError(too_far)
+        if seconds % _MICROSECOND:
+            raise ValueError(f"{text!r} is more precise than a microsecond")
         try:
-            if seconds > _LONGEST_SPAN_SECONDS:
-                raise OverflowError
-            if seconds % _MICROSECOND:
-                raise ValueError(f"{text!r} is more precise than a microsecond")
             return now.astimezone(timezone.utc) - timedelta(seconds=int(seconds), microseconds=int(seconds % 1 * 10**6))
         except OverflowError:
-            raise ValueError(f"{text!r} reaches back before year 1: {RANGE_HELP}") from None
+            raise ValueError(too_far) from None
     if _DATE.match(spec):
         try:
             day = date.fromisoformat(spec)
