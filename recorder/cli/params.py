@@ -23,7 +23,8 @@ class OneValueCommand(click.Command):
 
         def parse_once(args: list[str]) -> Any:
             opts, rest, order = parse(args=args)
-            refuse_repeated(ctx, order)
+            if not ctx.resilient_parsing:  # shell completion parses half-typed lines
+                refuse_repeated(ctx, order)
             return opts, rest, order
 
         parser.parse_args = parse_once
