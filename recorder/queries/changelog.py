@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 
 from sqlalchemy.orm import Session
 
@@ -13,6 +14,11 @@ from recorder.models import STATE_FIELDS
 from recorder.queries.diffs import _delta
 from recorder.queries.snapshots import _snapshot
 from recorder.queries.states import AssetState, history
+
+_FIELDS = ("present", *STATE_FIELDS)
+# One attrgetter call per record: `changes` runs this on every row of a long history.
+_VALUES = attrgetter(*_FIELDS)
+_ABSENT = (False, *(None for _ in STATE_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -64,15 +70,11 @@ def changes(
 
 def changed_fields(before: AssetState | None, after: AssetState | None) -> tuple[str, ...]:
     """The fields that differ between two records of an asset; None counts as absent."""
-    old = {name: getattr(before, name) if before is not None else None for name in ("present", *STATE_FIELDS)}
-    new = {name: getattr(after, name) if after is not None else None for name in ("present", *STATE_FIELDS)}
-    old["present"] = bool(old["present"])
-    new["present"] = bool(new["present"])
-    return tuple(name for name in old if _differs(old[name], new[name]))
-
-
-def _differs(old: object, new: object) -> bool:
-    # 10.0 == 10.00 as numbers, but Binance sent another text: show it, the row exists for it.
-    if isinstance(old, Decimal) and isinstance(new, Decimal):
-        return old != new or str(old) != str(new)
-    return old != new
+    old = _ABSENT if before is None else _VALUES(before)
+    new = _ABSENT if after is None else _VALUES(after)
+    # Equal Decimals are still compared by text: 10.0 == 10.00 as numbers, but Binance sent
+    # another text and the row exists for it.
+    return tuple(
+        name for name, a, b in zip(_FIELDS, old, new)
+        if a != b or (a.__class__ is Decimal and str(a) != str(b))
+    )

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 import decimal
 from decimal import Decimal
+from operator import attrgetter
 
 from sqlalchemy.orm import Session
 
@@ -24,6 +25,7 @@ EXACT = decimal.Context(
     Emin=decimal.MIN_EMIN,
     traps=[decimal.Inexact, decimal.Rounded, decimal.InvalidOperation, decimal.Overflow],
 )
+_AMOUNTS = attrgetter(*AMOUNT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -91,9 +93,4 @@ def _diff_status(old: AssetState | None, new: AssetState | None) -> str:
 def _delta(old: AssetState | None, new: AssetState | None) -> dict[str, Decimal] | None:
     if old is None or new is None or not old.present or not new.present:
         return None
-    return {name: subtract(new.amount(name), old.amount(name)) for name in AMOUNT_FIELDS}
-
-
-def subtract(new: Decimal, old: Decimal) -> Decimal:
-    """new - old, exactly, whatever the number of digits."""
-    return EXACT.subtract(new, old)
+    return dict(zip(AMOUNT_FIELDS, map(EXACT.subtract, _AMOUNTS(new), _AMOUNTS(old))))
