@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-import decimal
 from decimal import Decimal
 from operator import attrgetter
 
