@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -11,7 +12,6 @@ from urllib.parse import urlsplit
 from recorder.errors import ConfigError
 
 LIVE_BASE_URL = "https://fapi.binance.com"
-MAX_TIMEOUT_SECONDS = 3600.0
 TESTNET_BASE_URL = "https://demo-fapi.binance.com"
 DEFAULT_DATABASE_URL = "sqlite:///recorder.db"
 DEFAULT_INTERVAL_SECONDS = 60.0
@@ -40,6 +40,11 @@ ENVIRONMENT = {
 DEFAULT_SPOOL_DIR = ".recorder-spool"
 # Binance's REQUEST_WEIGHT limit per IP per minute (exchangeInfo rateLimits).
 DEFAULT_WEIGHT_LIMIT = 2400
+# Sane ranges for the numbers people type: past these a value is a typo (`inf`, `1e300`,
+# an extra zero), and a guess would run a service that never polls or never times out.
+MIN_INTERVAL_SECONDS, MAX_INTERVAL_SECONDS = 0.2, 86400.0
+MIN_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS = 0.1, 600.0
+MIN_WEIGHT_LIMIT, MAX_WEIGHT_LIMIT = 20, 1_000_000
 
 
 @dataclass(frozen=True)
@@ -104,7 +109,8 @@ def _validated(raw: dict[str, Any]) -> Settings:
     if "database_url" in raw:
         values["database_url"] = normalize_database_url(str(raw["database_url"]))
     if "interval" in raw:
-        values["interval"] = _number(raw["interval"], "RECORDER_INTERVAL (--interval)", float, minimum=0.2)
+        values["interval"] = _number(raw["interval"], "RECORDER_INTERVAL (--interval)", float,
+                                     minimum=MIN_INTERVAL_SECONDS, maximum=MAX_INTERVAL_SECONDS, unit="s")
     if "account" in raw:
         account = str(raw["account"]).strip()
         if not account or len(account) > 64:
@@ -116,15 +122,11 @@ def _validated(raw: dict[str, Any]) -> Settings:
             raise ConfigError(f"RECORDER_BALANCE_ENDPOINT (--endpoint) must be v2 or v3, not {endpoint!r}")
         values["endpoint"] = endpoint
     if "recv_window" in raw:
-        recv_window = _number(raw["recv_window"], "RECORDER_RECV_WINDOW (--recv-window)", int, minimum=1)
-        if recv_window > MAX_RECV_WINDOW_MS:
-            raise ConfigError(f"RECORDER_RECV_WINDOW (--recv-window) must be at most {MAX_RECV_WINDOW_MS} ms")
-        values["recv_window"] = recv_window
+        values["recv_window"] = _number(raw["recv_window"], "RECORDER_RECV_WINDOW (--recv-window)", int,
+                                        minimum=1, maximum=MAX_RECV_WINDOW_MS, unit="ms")
     if "timeout" in raw:
-        values["timeout"] = _number(raw["timeout"], "RECORDER_TIMEOUT (--timeout)", float, minimum=0.1)
-        # An infinite deadline ("inf") is none at all; an hour is already far past any useful one.
-        if values["timeout"] > MAX_TIMEOUT_SECONDS:
-            raise ConfigError(f"RECORDER_TIMEOUT (--timeout) must be at most {MAX_TIMEOUT_SECONDS:g} seconds")
+        values["timeout"] = _number(raw["timeout"], "RECORDER_TIMEOUT (--timeout)", float,
+                                    minimum=MIN_TIMEOUT_SECONDS, maximum=MAX_TIMEOUT_SECONDS, unit="s")
     if "api_secret_file" in raw:
         if values.get("api_secret"):
             raise ConfigError("set BINANCE_API_SECRET or BINANCE_API_SECRET_FILE, not both")
@@ -141,18 +143,29 @@ def _validated(raw: dict[str, Any]) -> Settings:
     if "spool_dir" in raw:
         values["spool_dir"] = str(raw["spool_dir"])
     if "weight_limit" in raw:
-        values["weight_limit"] = _number(raw["weight_limit"], "RECORDER_WEIGHT_LIMIT (--weight-limit)", int, minimum=20)
+        values["weight_limit"] = _number(raw["weight_limit"], "RECORDER_WEIGHT_LIMIT (--weight-limit)", int,
+                                         minimum=MIN_WEIGHT_LIMIT, maximum=MAX_WEIGHT_LIMIT)
     return Settings(**values)
 
 
-def _number(value: Any, label: str, kind: type, *, minimum: float) -> Any:
+def _number(value: Any, label: str, kind: type, *, minimum: float, maximum: float, unit: str = "") -> Any:
     try:
-        number = kind(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{label} must be a number, not {value!r}") from None
-    if number != number or number < minimum:  # NaN fails the first test
-        raise ConfigError(f"{label} must be at least {minimum}, not {value!r}")
+        number = kind(str(value).strip()) if isinstance(value, str) else kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{label} must be {'an integer' if kind is int else 'a number'}, not {value!r}") from None
+    unit = f" {unit}" if unit else ""
+    # NaN fails every comparison and inf is past any bound: both are refused, never clamped.
+    if not math.isfinite(number):
+        raise ConfigError(f"{label} must be a finite number from {_plain(minimum)} to {_plain(maximum)}{unit}, not {value!r}")
+    if number < minimum:
+        raise ConfigError(f"{label} must be at least {_plain(minimum)}{unit}, not {value!r}")
+    if number > maximum:
+        raise ConfigError(f"{label} must be at most {_plain(maximum)}{unit}, not {value!r}")
     return number
+
+
+def _plain(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
 
 
 def validate_base_url(url: str) -> str:
@@ -176,16 +189,32 @@ def is_loopback(hostname: str) -> bool:
 
 
 def normalize_database_url(url: str) -> str:
-    """Pick the psycopg 3 driver for plain postgresql:// URLs, since psycopg2 is not a dependency."""
+    """Pick the psycopg 3 driver for plain postgresql:// URLs, since psycopg2 is not a dependency;
+    refuse a URL of another kind or with a port that is not 1 to 65535."""
     url = url.strip()
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            url = "postgresql+psycopg://" + url[len(prefix):]
     if not (url.startswith("sqlite") or url.startswith("postgresql+psycopg://")):
         raise ConfigError(
             "RECORDER_DATABASE_URL (--database-url) must be sqlite:///PATH or postgresql://USER@HOST/DB"
         )
+    if url.startswith("postgresql+psycopg://"):
+        _require_port(url)
     return url
+
+
+def _require_port(url: str) -> None:
+    # SQLAlchemy would fail later with a traceback ("invalid literal for int()"), or libpq
+    # with a message that hides which setting was wrong.
+    parts = urlsplit(url)
+    try:
+        port = parts.port  # ValueError for text, a negative number or past 65535
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        shown = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ConfigError(f"RECORDER_DATABASE_URL (--database-url) has an invalid port {shown!r}: use 1 to 65535")
 
 
 def environment_of(base_url: str) -> str:

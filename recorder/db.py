@@ -286,3 +286,21 @@ def register_decimal_functions(connection: sqlite3.Connection) -> None:
     connection.create_function("decimal_cmp", 2, _cmp, deterministic=True)
     connection.create_aggregate("decimal_sum", 1, _DecimalSum)
     connection.create_collation("decimal", _collate)
+
+
+def connect_sqlite(database: str | os.PathLike[str], *, read_only: bool = True) -> sqlite3.Connection:
+    """A plain sqlite3 connection to a recorder database, with the decimal functions its views use.
+
+    For pandas and scripts: `pd.read_sql("SELECT * FROM latest_balances", connect_sqlite("recorder.db"))`.
+    Takes a file path or a sqlite:/// URL; read-only unless asked, so a script can never
+    write into the recorder's history. A missing file is an error, never a new empty database.
+    """
+    path = make_url(database).database if str(database).startswith("sqlite:") else os.fspath(database)
+    if not path or path == ":memory:" or not os.path.exists(path):
+        raise FileNotFoundError(f"no recorder database at {path!r}")
+    mode = "ro" if read_only else "rw"
+    connection = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode={mode}", uri=True)
+    # The recorder may be committing a poll: wait for its lock instead of failing at once.
+    connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    register_decimal_functions(connection)
+    return connection

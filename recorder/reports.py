@@ -149,6 +149,8 @@ def write_balances(result: AsOf, fmt: str, stream: TextIO, tz: tzinfo = UTC) -> 
     records = []
     for position in result.positions:
         fields = state_fields(position.state)
+        # The asset is named even with no state yet (an instant before its first record).
+        del fields["asset"]
         records.append({
             "account": result.account,
             "asset": position.asset,
@@ -169,7 +171,8 @@ def describe_freshness(freshness: Freshness, label: str, tz: tzinfo = UTC) -> st
     if freshness.in_gap:
         return (
             f"note: {label} {format_time(freshness.at, tz)} is inside a gap: the last successful poll was "
-            f"{format_time(freshness.last_poll_at, tz)}, {freshness.stale_seconds:g} s earlier, so values may be stale"
+            f"{format_time(freshness.last_poll_at, tz)}, {_cell('', freshness.stale_seconds, tz, blank='')} s earlier, "
+            "so values may be stale"
         )
     return None
 
@@ -219,6 +222,7 @@ def write_changes(events: Sequence[Change], account: str, fmt: str, stream: Text
             "asset": event.asset,
             "observed_at": event.observed_at,
             "kind": event.kind,
+            "changed": list(event.changed),
             "previous": _state_document(event.previous),
             "current": _state_document(event.current),
             "delta": delta,
@@ -230,12 +234,16 @@ def write_changes(events: Sequence[Change], account: str, fmt: str, stream: Text
             record[f"previous_{name}"] = previous[name]
             if name in AMOUNT_FIELDS:
                 record[f"delta_{name}"] = delta[name] if delta is not None else None
+        record["changed"] = ",".join(event.changed)
         records.append(record)
     columns = ("account", "asset", "observed_at", "kind")
     for name in (*AMOUNT_FIELDS, "margin_available", "update_time"):
         columns += (name, f"previous_{name}") + ((f"delta_{name}",) if name in AMOUNT_FIELDS else ())
+    # Last, so CSV readers that address the older columns by position keep working.
+    columns += ("changed",)
+    # `changed` last: for an appearing asset it names every field, and would push the numbers aside.
     table = ("observed_at", "asset", "kind", "balance", "delta_balance", "delta_cross_wallet_balance",
-             "delta_cross_un_pnl", "delta_available_balance", "delta_max_withdraw_amount", "margin_available")
+             "delta_cross_un_pnl", "delta_available_balance", "delta_max_withdraw_amount", "margin_available", "changed")
     write(fmt, stream, columns, records, documents, tz, table)
 
 

@@ -1,7 +1,8 @@
 """The `recorder` command: parse, one library call, render.
 
 Every RecorderError becomes one line on stderr and exit code 1; usage and configuration
-errors (bad option values, malformed times, ConfigError) exit 2. Logging is configured here, once.
+errors (bad option values, malformed or out-of-range times, an option given twice,
+ConfigError) are one line too and exit 2. Logging is configured here, once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 
 import click
 
+from recorder.cli.params import OneValueGroup
 from recorder.errors import ConfigError, RecorderError
 
 log = logging.getLogger("recorder")
@@ -27,7 +29,7 @@ def _print_version(context: click.Context, _parameter: click.Parameter, value: b
     context.exit()
 
 
-@click.group(context_settings=CONTEXT_SETTINGS)
+@click.group(cls=OneValueGroup, context_settings=CONTEXT_SETTINGS)
 @click.option(
     "--version",
     is_flag=True,
@@ -71,6 +73,15 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        # One line, like every other error: click's usage block and "Try --help" would
+        # bury the reason in a script's log.
+        command = exc.ctx.command_path if exc.ctx is not None else "recorder"
+        click.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
+        sys.exit(2)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
@@ -83,6 +94,11 @@ def main() -> None:
     except RecorderError as exc:
         click.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         sys.exit(1)
+    except OverflowError as exc:
+        # A date or number past what Python can represent (a time beyond 9999-12-31 after
+        # a conversion): the input is out of range, which is a usage error, not a crash.
+        click.echo(f"error: a time or number is outside the representable range ({exc})", err=True)
+        sys.exit(2)
 
 
 # Command modules register themselves on `cli`; imported last to avoid a cycle. Both are

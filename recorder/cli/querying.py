@@ -25,7 +25,7 @@ from recorder.db import database_error_line, make_read_engine, make_sessions, sq
 from recorder.errors import StorageError
 from recorder.models import AMOUNT_FIELDS
 from recorder.schema import require_current_schema
-from recorder.timespec import TIME_HELP, TimeSpec, TimeZoneParam
+from recorder.timespec import TIME_HELP, TimeSpec, TimeZoneParam, require_order, require_showable
 
 F = Callable[..., Any]
 TIME = TimeSpec()
@@ -114,6 +114,8 @@ def history(database_url, account, assets, fmt, tz, since, until) -> None:
     A row is written only when an asset's state changed; rows with present=false mark an
     asset that vanished from Binance's response. Times without an offset are UTC.
     """
+    require_order("--since", since, "--until", until)
+    require_showable(tz, since=since, until=until)
     with reading(database_url, account, assets) as (settings, session, wanted):
         states = queries.history(session, settings.account, assets=wanted or None, since=since, until=until)
     reports.write_history(states, settings.account, fmt, sys.stdout, tz)
@@ -149,6 +151,7 @@ def balances(database_url, account, assets, fmt, tz, at, tolerance) -> None:
     successful poll); inside a gap the status says 'stale' instead of pretending to be
     fresh. Times without an offset are UTC.
     """
+    require_showable(tz, at=at)
     with reading(database_url, account, assets) as (settings, session, wanted):
         result = queries.as_of(session, settings.account, at, assets=wanted or None, tolerance=_tolerance(settings, tolerance))
     _note(reports.describe_freshness(result.freshness, "--at", tz))
@@ -166,6 +169,8 @@ def diff(database_url, account, assets, fmt, tz, start, end, tolerance) -> None:
     Assets that appeared or vanished in between are shown as such. Times without an
     offset are UTC.
     """
+    require_order("--from", start, "--to", end)
+    require_showable(tz, **{"from": start, "to": end})
     with reading(database_url, account, assets) as (settings, session, wanted):
         result = queries.diff(session, settings.account, start, end, assets=wanted or None, tolerance=_tolerance(settings, tolerance))
     _note(reports.describe_freshness(result.start, "--from", tz))
@@ -181,6 +186,8 @@ def changes(database_url, account, assets, fmt, tz, since, until) -> None:
 
     Times without an offset are UTC.
     """
+    require_order("--since", since, "--until", until)
+    require_showable(tz, since=since, until=until)
     with reading(database_url, account, assets) as (settings, session, wanted):
         events = queries.changes(session, settings.account, assets=wanted or None, since=since, until=until)
     reports.write_changes(events, settings.account, fmt, sys.stdout, tz)
@@ -199,6 +206,8 @@ def gaps(database_url, account, assets, fmt, tz, since, until, tolerance) -> Non
     for every asset: --asset only checks that the asset was recorded. Times without an
     offset are UTC.
     """
+    require_order("--since", since, "--until", until)
+    require_showable(tz, since=since, until=until)
     with reading(database_url, account, assets) as (settings, session, _):
         found = queries.gaps(session, settings.account, since=since, until=until, tolerance=_tolerance(settings, tolerance))
     reports.write_gaps(found, fmt, sys.stdout, tz)
@@ -221,6 +230,8 @@ def series(database_url, account, asset, field, every, since, until, fmt, tz, to
     Values are carried forward through quiet periods and left empty (status 'gap') where the
     last successful poll is older than the tolerance. Times without an offset are UTC.
     """
+    require_order("--since", since, "--until", until)
+    require_showable(tz, since=since, until=until)
     with reading(database_url, account, (asset,)) as (settings, session, wanted):
         try:
             points = queries.series(session, settings.account, wanted[0], field, since, until, every=every,

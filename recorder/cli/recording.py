@@ -13,6 +13,7 @@ import click
 
 from recorder.cli import cli
 from recorder.cli.options import database_options
+from recorder.cli.params import Bounded
 from recorder.config import TESTNET_BASE_URL, Settings, load_settings
 from recorder.db import make_engine, make_sessions
 from recorder.schema import upgrade_to_head
@@ -51,12 +52,12 @@ def exchange_options(function: Any) -> Any:
             click.option(
                 "--recv-window",
                 type=int,
-                help="recvWindow in ms, at most 60000 [env RECORDER_RECV_WINDOW; default 5000].",
+                help="recvWindow in ms, 1 to 60000 [env RECORDER_RECV_WINDOW; default 5000].",
             ),
             click.option(
                 "--timeout",
                 type=float,
-                help="Deadline of each HTTP request, connect to last byte, in seconds, at most 3600 "
+                help="Deadline of each HTTP request, connect to last byte, in seconds, 0.1 to 600 "
                 "[env RECORDER_TIMEOUT; default 10].",
             ),
             click.option(
@@ -76,7 +77,7 @@ def exchange_options(function: Any) -> Any:
             click.option(
                 "--weight-limit",
                 type=int,
-                help="This IP's request-weight limit per minute; recorder stays under 90%% of it "
+                help="This IP's request-weight limit per minute, 20 to 1000000; recorder stays under 90% of it "
                 "[env RECORDER_WEIGHT_LIMIT; default 2400].",
             ),
         ]
@@ -140,7 +141,7 @@ def poll(**values: Any) -> None:
 @click.option(
     "--interval",
     type=float,
-    help="Seconds between polls [env RECORDER_INTERVAL; default 60]. The first poll runs at start.",
+    help="Seconds between polls, 0.2 to 86400 [env RECORDER_INTERVAL; default 60]. The first poll runs at start.",
 )
 def run_command(**values: Any) -> None:
     """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""
@@ -159,8 +160,10 @@ def run_command(**values: Any) -> None:
     show_default=True,
     help="Where the demo writes; kept apart from your real recorder.db.",
 )
-@click.option("--seconds", type=float, default=20.0, show_default=True, help="How long to record.")
-@click.option("--interval", type=float, default=1.0, show_default=True, help="Seconds between polls.")
+@click.option("--seconds", type=Bounded(float, 1, 86400, "s"), default=20.0, show_default=True,
+              help="How long to record, 1 to 86400 s.")
+@click.option("--interval", type=Bounded(float, 0.2, 3600, "s"), default=1.0, show_default=True,
+              help="Seconds between polls, 0.2 to 3600.")
 def demo(database_url: str, seconds: float, interval: float) -> None:
     """Record a simulated account over real HTTP into a demo database; no Binance keys needed."""
     from recorder.demo import run_demo
@@ -169,14 +172,16 @@ def demo(database_url: str, seconds: float, interval: float) -> None:
 
 
 @cli.command()
-@click.option("--port", type=int, default=8765, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--port", type=Bounded(int, 0, 65535), default=8765, show_default=True,
+              help="Port on 127.0.0.1, 1 to 65535; 0 picks a free one (the URL is printed).")
 @click.option("--api-key", default="demo-key", show_default=True, help="The API key the simulator accepts.")
 @click.option(
     "--api-secret",
     default=None,
     help="The secret it verifies signatures with [default: a random one, printed at start].",
 )
-@click.option("--clock-offset-ms", type=int, default=0, show_default=True, help="Server clock minus local clock.")
+@click.option("--clock-offset-ms", type=Bounded(int, -86_400_000, 86_400_000, "ms"), default=0, show_default=True,
+              help="Server clock minus local clock, within one day (±86400000 ms).")
 def simulate(port: int, api_key: str, api_secret: str | None, clock_offset_ms: int) -> None:
     """Serve the built-in Binance-compatible exchange on 127.0.0.1 until Ctrl-C (for trying clients)."""
     from recorder.simulator import ExchangeSimulator
@@ -186,7 +191,11 @@ def simulate(port: int, api_key: str, api_secret: str | None, clock_offset_ms: i
     simulator = ExchangeSimulator(port=port, clock_offset_ms=clock_offset_ms, auto_move=True, history_limit=1000)
     simulator.add_account(api_key=api_key, api_secret=secret, account_alias="SimDemo")
     stop = threading.Event()
-    simulator.start()
+    try:
+        simulator.start()
+    except OSError as exc:
+        # A busy port or one this user may not bind: say which, not a socket traceback.
+        raise click.UsageError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from None
     click.echo(f"simulated exchange at {simulator.base_url} (SIMULATED DATA, not Binance)")
     # A generated secret is shown once so the user can point a client at the simulator;
     # it guards nothing but this throwaway local server.

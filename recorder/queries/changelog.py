@@ -6,12 +6,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 
 from sqlalchemy.orm import Session
 
+from recorder.models import STATE_FIELDS
 from recorder.queries.diffs import _delta
 from recorder.queries.snapshots import _snapshot
 from recorder.queries.states import AssetState, history
+
+_FIELDS = ("present", *STATE_FIELDS)
+# One attrgetter call per record: `changes` runs this on every row of a long history.
+_VALUES = attrgetter(*_FIELDS)
+_ABSENT = (False, *(None for _ in STATE_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -20,6 +27,9 @@ class Change:
 
     kind: 'appeared' (first seen, or back after vanishing), 'changed', or 'vanished'.
     `delta` (current - previous per amount field) is None unless both are present.
+    `changed` names every field that differs from the previous record, in schema order
+    ('present' first when the asset appeared or vanished; no previous record counts as absent):
+    a change of `update_time` alone shows as ('update_time',).
     """
 
     asset: str
@@ -28,6 +38,7 @@ class Change:
     previous: AssetState | None
     current: AssetState
     delta: Mapping[str, Decimal] | None
+    changed: tuple[str, ...] = ()
 
 
 def changes(
@@ -51,6 +62,19 @@ def changes(
             kind = "appeared"
         else:
             kind = "changed"
-        result.append(Change(state.asset, state.observed_at, kind, before, state, _delta(before, state)))
+        result.append(Change(state.asset, state.observed_at, kind, before, state, _delta(before, state),
+                             changed_fields(before, state)))
         previous[state.asset] = state
     return result
+
+
+def changed_fields(before: AssetState | None, after: AssetState | None) -> tuple[str, ...]:
+    """The fields that differ between two records of an asset; None counts as absent."""
+    old = _ABSENT if before is None else _VALUES(before)
+    new = _ABSENT if after is None else _VALUES(after)
+    # Equal Decimals are still compared by text: 10.0 == 10.00 as numbers, but Binance sent
+    # another text and the row exists for it.
+    return tuple(
+        name for name, a, b in zip(_FIELDS, old, new)
+        if a != b or (a.__class__ is Decimal and str(a) != str(b))
+    )

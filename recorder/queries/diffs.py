@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from operator import attrgetter
 
 from sqlalchemy.orm import Session
 
 from recorder.models import AMOUNT_FIELDS, STATE_FIELDS
 from recorder.queries.snapshots import Freshness, _as_of
 from recorder.queries.states import DEFAULT_TOLERANCE, AssetState
+
+# Exact arithmetic for any two amounts a database can hold: the default context keeps 28
+# significant digits and would silently round 123456789012345678901.12345678 - 0.00000001.
+# Unbounded precision and exponent make every sum and difference exact; Inexact and
+# Rounded are trapped, so a rounding can never pass unnoticed.
+EXACT = decimal.Context(
+    prec=decimal.MAX_PREC,
+    Emax=decimal.MAX_EMAX,
+    Emin=decimal.MIN_EMIN,
+    traps=[decimal.Inexact, decimal.Rounded, decimal.InvalidOperation, decimal.Overflow],
+)
+_AMOUNTS = attrgetter(*AMOUNT_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,4 @@ def _diff_status(old: AssetState | None, new: AssetState | None) -> str:
 def _delta(old: AssetState | None, new: AssetState | None) -> dict[str, Decimal] | None:
     if old is None or new is None or not old.present or not new.present:
         return None
-    # Decimal subtraction is exact here: the default context's 28 digits cover Binance's
-    # amounts (at most 20 integer + 8 fraction digits).
-    return {name: new.amount(name) - old.amount(name) for name in AMOUNT_FIELDS}
+    return dict(zip(AMOUNT_FIELDS, map(EXACT.subtract, _AMOUNTS(new), _AMOUNTS(old))))

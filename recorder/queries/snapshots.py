@@ -114,7 +114,8 @@ class Position:
     """One asset at an instant: its last recorded state at or before it, and what that means.
 
     status: 'ok' (observed, fresh), 'stale' (observed, but the instant is inside a gap),
-    'vanished' (last seen absent from the response), 'unobserved' (no state recorded yet).
+    'vanished' (last seen absent from the response), 'unobserved' (no state recorded for it
+    yet, though polls were), 'before_first_poll' (the instant precedes every successful poll).
     """
 
     asset: str
@@ -159,7 +160,7 @@ def _as_of(session: Session, label: str, at: datetime, assets: Sequence[str] | N
 
 def _position_status(state: AssetState | None, freshness: Freshness) -> str:
     if state is None:
-        return "unobserved"
+        return "before_first_poll" if freshness.last_poll_at is None else "unobserved"
     if not state.present:
         return "vanished"
     return "stale" if freshness.in_gap else "ok"

@@ -110,6 +110,14 @@ def _buckets(since: datetime, until: datetime, every: str, tz: tzinfo) -> list[t
     _require_aware(until)
     if until <= since:
         return []
+    try:
+        return _bucket_edges(since, until, every, tz)
+    except OverflowError:
+        # The last bucket of a range ending in 9999 would end in year 10000.
+        raise ValueError(f"the {every} buckets of this range reach past 9999-12-31: end the range earlier") from None
+
+
+def _bucket_edges(since: datetime, until: datetime, every: str, tz: tzinfo) -> list[tuple[datetime, datetime]]:
     step = BUCKETS[every]
     if every == "day":
         local = since.astimezone(tz)

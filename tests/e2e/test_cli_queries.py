@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -202,3 +204,104 @@ def test_every_read_command_has_help():
         result = CliRunner().invoke(cli, [name, "--help"])
         assert result.exit_code == 0, name
         assert "UTC" in result.output, name
+
+
+# --- exact arithmetic ------------------------------------------------------------------------
+
+HUGE = "123456789012345678901.12345678"
+LATER_UPDATE = UPDATE + timedelta(seconds=7)
+
+
+def exact_asset(name: str, amount: str, update_time: datetime = UPDATE) -> AssetBalance:
+    value = Decimal(amount)
+    return AssetBalance(name, value, value, Decimal("-0.00000001"), value, value, True, update_time)
+
+
+# 00:00 USDT 0.00000001, BTC HUGE / 00:01 USDT HUGE + 0.00000001, BTC HUGE + 0.00000001 /
+# 00:02 USDT the same amounts, only Binance's update_time moved.
+EXACT_SCRIPT = [
+    (0, (exact_asset("USDT", "0.00000001"), exact_asset("BTC", HUGE))),
+    (1, (exact_asset("USDT", "123456789012345678901.12345679"), exact_asset("BTC", "123456789012345678901.12345679"))),
+    (2, (exact_asset("USDT", "123456789012345678901.12345679", LATER_UPDATE),
+         exact_asset("BTC", "123456789012345678901.12345679"))),
+]
+
+
+@pytest.fixture
+def exact_database(db_url: str) -> str:
+    """A database holding EXACT_SCRIPT for account 'main', from 2026-01-02T00:00Z."""
+    engine = make_engine(db_url)
+    upgrade_to_head(engine)
+    sessions = make_sessions(engine, write=True)
+    for n, outcome in EXACT_SCRIPT:
+        when = datetime(2026, 1, 2, tzinfo=timezone.utc) + timedelta(minutes=n)
+        with sessions.begin() as session:
+            account = ensure_account(session, "main", LOCAL, when)
+            record_poll(session, account, FetchedBalances("SgsR", outcome, "/fapi/v2/balance", 5),
+                        started_at=when, finished_at=when)
+    engine.dispose()
+    return db_url
+
+
+def test_diff_is_exact_for_huge_and_tiny_changes_in_every_format(exact_database):
+    """The default decimal context (28 digits) would print 123456789012345678901.1234568."""
+    window = ("diff", "--from", "2026-01-02T00:00", "--to", "2026-01-02T00:01")
+    documents = json.loads(run(exact_database, *window, "--format", "json").stdout)
+    assert {d["asset"]: d["change"]["balance"] for d in documents} == {"BTC": "0.00000001", "USDT": HUGE}
+    assert {d["asset"]: d["change"]["cross_un_pnl"] for d in documents} == {"BTC": "0.00000000", "USDT": "0.00000000"}
+    rows = run(exact_database, *window, "--format", "csv").stdout.splitlines()
+    header = rows[0].split(",")
+    csv_changes = {row.split(",")[1]: row.split(",")[header.index("change_balance")] for row in rows[1:]}
+    assert csv_changes == {"BTC": "0.00000001", "USDT": HUGE}
+    table = run(exact_database, *window).stdout.splitlines()
+    usdt = next(line.split() for line in table if line.startswith("USDT"))
+    assert usdt[2:5] == ["0.00000001", "123456789012345678901.12345679", HUGE]
+
+
+def test_changes_are_exact_and_name_the_fields_that_moved_in_every_format(exact_database):
+    """A row where only update_time moved says so, instead of looking like an all-zero change."""
+    since = ("changes", "--since", "2026-01-02T00:01")
+    documents = json.loads(run(exact_database, *since, "--format", "json").stdout)
+    assert [(d["asset"], d["observed_at"][11:16], d["delta"]["balance"], d["changed"]) for d in documents] == [
+        ("BTC", "00:01", "0.00000001", ["balance", "cross_wallet_balance", "available_balance", "max_withdraw_amount"]),
+        ("USDT", "00:01", HUGE, ["balance", "cross_wallet_balance", "available_balance", "max_withdraw_amount"]),
+        ("USDT", "00:02", "0.00000000", ["update_time"]),
+    ]
+    assert documents[2]["previous"]["update_time"] == "2026-01-01T23:00:00.123Z"
+    assert documents[2]["current"]["update_time"] == "2026-01-01T23:00:07.123Z"
+    rows = list(csv.DictReader(io.StringIO(run(exact_database, *since, "--format", "csv").stdout)))
+    assert [(r["asset"], r["delta_balance"], r["changed"]) for r in rows] == [
+        ("BTC", "0.00000001", "balance,cross_wallet_balance,available_balance,max_withdraw_amount"),
+        ("USDT", HUGE, "balance,cross_wallet_balance,available_balance,max_withdraw_amount"),
+        ("USDT", "0.00000000", "update_time"),
+    ]
+    table = run(exact_database, *since).stdout.splitlines()
+    assert table[0].split()[-1] == "changed"
+    assert [line.split()[-1] for line in table[2:]] == [
+        "balance,cross_wallet_balance,available_balance,max_withdraw_amount",
+        "balance,cross_wallet_balance,available_balance,max_withdraw_amount",
+        "update_time",
+    ]
+    assert table[3].split()[4] == HUGE
+
+
+def test_changes_mark_appearing_and_vanishing_assets_with_present(database):
+    documents = json.loads(run(database, "changes", "--asset", "BTC", "--format", "json").stdout)
+    assert [(d["kind"], d["changed"][0]) for d in documents] == [("appeared", "present"), ("vanished", "present")]
+    assert "balance" in documents[0]["changed"] and "update_time" in documents[1]["changed"]
+
+
+def test_balances_before_the_first_poll_name_every_asset_in_every_format(database):
+    before = ("balances", "--at", "2020-01-01")
+    documents = json.loads(run(database, *before, "--format", "json", quiet=False).stdout)
+    assert [(d["asset"], d["status"], d["balance"], d["observed_at"]) for d in documents] == [
+        ("BTC", "before_first_poll", None, None),
+        ("USDT", "before_first_poll", None, None),
+    ]
+    rows = list(csv.DictReader(io.StringIO(run(database, *before, "--format", "csv", quiet=False).stdout)))
+    assert [(r["asset"], r["status"], r["balance"]) for r in rows] == [
+        ("BTC", "before_first_poll", ""), ("USDT", "before_first_poll", "")]
+    result = run(database, *before, quiet=False)
+    assert [line.split()[:3] for line in result.stdout.splitlines()[2:]] == [
+        ["BTC", "before_first_poll", "-"], ["USDT", "before_first_poll", "-"]]
+    assert result.stderr.strip().endswith("is before the first successful poll: nothing was recorded yet")

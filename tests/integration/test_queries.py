@@ -172,7 +172,7 @@ def test_as_of_before_the_first_poll_invents_nothing(scripted):
         result = queries.as_of(session, "default", at(-1))
     assert result.freshness.status == "before_first_poll"
     assert result.freshness.stale_seconds is None
-    assert positions(result) == {name: ("unobserved", None, None) for name in ("BNB", "BTC", "USDT")}
+    assert positions(result) == {name: ("before_first_poll", None, None) for name in ("BNB", "BTC", "USDT")}
 
 
 def test_as_of_shows_vanished_assets_and_long_silence(scripted):

@@ -151,11 +151,11 @@ def test_clip_bounds_length_even_for_huge_and_escaped_input():
         assert len(clipped) <= MAX_ERROR_TEXT and clipped.isprintable()
 
 
-@pytest.mark.parametrize("value", ["inf", "3601", "1e300"])
+@pytest.mark.parametrize("value", ["inf", "601", "1e300"])
 def test_timeout_setting_must_be_a_real_deadline(value):
-    with pytest.raises(ConfigError, match=r"RECORDER_TIMEOUT \(--timeout\) must be at most 3600 seconds"):
+    with pytest.raises(ConfigError, match=r"RECORDER_TIMEOUT \(--timeout\) must be a finite number from 0.1 to 600 s"):
         load_settings({"timeout": value}, environ={})
-    assert load_settings({"timeout": "3600"}, environ={}).timeout == 3600.0
+    assert load_settings({"timeout": "600"}, environ={}).timeout == 600.0
 
 
 @pytest.mark.parametrize("timeout", [0.0, -1.0, float("inf"), float("nan"), 86401.0])

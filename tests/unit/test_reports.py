@@ -105,3 +105,36 @@ def test_history_table_aligns_numbers_right():
     end = column + len("100.00000000")
     assert lines[2][column:end] == "100.00000000"
     assert lines[3][column:end] == "  0.00100000"
+
+
+def test_write_changes_names_the_changed_fields_in_every_format():
+    from recorder.queries import Change
+    from recorder.queries.changelog import changed_fields
+
+    before = state(balance="1.00000000")
+    moved = AssetState(**{**before.__dict__, "update_time": datetime(2026, 1, 2, tzinfo=timezone.utc)})
+    event = Change("USDT", OBSERVED, "changed", before, moved, {name: Decimal("0E-8") for name in reports.AMOUNT_FIELDS},
+                   changed_fields(before, moved))
+    assert event.changed == ("update_time",)
+    assert json.loads(render(reports.write_changes, [event], "main", "json"))[0]["changed"] == ["update_time"]
+    header, row = render(reports.write_changes, [event], "main", "csv").splitlines()
+    assert header.split(",")[-1] == "changed" and row.split(",")[-1] == "update_time"
+    assert render(reports.write_changes, [event], "main", "table").splitlines()[2].split()[-1] == "update_time"
+    # A scale change (10.0 -> 10.00) is another text from Binance: it is named too.
+    rescaled = AssetState(**{**before.__dict__, "balance": Decimal("1.0")})
+    assert changed_fields(before, rescaled) == ("balance",)
+    assert changed_fields(None, before)[0] == "present"
+    assert changed_fields(before, state(present=False))[0] == "present"
+
+
+def test_write_balances_names_assets_that_have_no_state_yet():
+    from datetime import timedelta
+
+    from recorder.queries import AsOf, Freshness, Position
+
+    result = AsOf("main", Freshness(OBSERVED, None, timedelta(seconds=120)),
+                  (Position("BTC", None, "before_first_poll"), Position("USDT", None, "before_first_poll")))
+    documents = json.loads(render(reports.write_balances, result, "json"))
+    assert [(d["asset"], d["status"], d["balance"]) for d in documents] == [
+        ("BTC", "before_first_poll", None), ("USDT", "before_first_poll", None)]
+    assert [line.split(",")[1] for line in render(reports.write_balances, result, "csv").splitlines()[1:]] == ["BTC", "USDT"]
