@@ -1,7 +1,10 @@
 """One writer per account and database: a second recorder for the same account is refused.
 
-Both locks are released by the operating system or PostgreSQL when the holder dies, so a
-`kill -9` never leaves a stale lock behind.
+On SQLite the lock is a file beside the database, found through the database file's real
+path: `./x.db`, `/abs/x.db`, a symlink to it, another working directory or another
+`--spool-dir` all find the same lock. On PostgreSQL it is an advisory lock, which the server
+scopes to the database. Both are released by the operating system or PostgreSQL when the
+holder dies, so a `kill -9` never leaves a stale lock behind.
 """
 
 from __future__ import annotations
@@ -15,27 +18,65 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.errors import ConfigError, StorageError
+from recorder.spool import MAX_NAME_BYTES, label_filename
+
+
+def sqlite_lock_path(database: str, account: str) -> Path | None:
+    """The lock file of `account` on the SQLite file `database` (None for an in-memory database).
+
+    `<folder of the real file>/.<file name>.recorder-locks/<label>.lock`: the real path makes
+    every spelling of the file meet at one lock, the label's injective encoding keeps `a/b`
+    and `a_b` apart.
+    """
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    if database.startswith("file:"):
+        database = database[len("file:"):].split("?", 1)[0]
+    real = Path(os.path.realpath(database))
+    folder = f".{real.name}.recorder-locks"
+    if len(folder.encode()) > MAX_NAME_BYTES:
+        folder = f".~{hashlib.sha256(real.name.encode()).hexdigest()}.recorder-locks"
+    return real.parent / folder / f"{label_filename(account)}.lock"
 
 
 class WriterLock:
-    """An flock on the account's spool folder, plus a PostgreSQL advisory lock on that backend.
+    """An flock beside a SQLite database file, or a PostgreSQL advisory lock.
 
-    The file lock guards this machine (and the spool itself); the advisory lock guards a
-    PostgreSQL database shared by service processes on several machines.
+    The advisory lock also guards a PostgreSQL database shared by service processes on
+    several machines. Its key is a 64-bit hash of the label: PostgreSQL already scopes
+    advisory locks to the database, so two databases never share one.
     """
 
-    def __init__(self, engine: Engine, account: str, directory: Path) -> None:
+    def __init__(self, engine: Engine, account: str) -> None:
         self.engine = engine
         self.account = account
-        self.path = directory / "writer.lock"
+        self.path = sqlite_lock_path(engine.url.database or "", account) if engine.dialect.name == "sqlite" else None
         self._file: int | None = None
         self._connection: Connection | None = None
         digest = hashlib.sha256(f"recorder-writer:{account}".encode()).digest()
         self._advisory_key = int.from_bytes(digest[:8], "big", signed=True)
 
     def acquire(self) -> None:
-        """Take both locks or raise ConfigError naming the holder."""
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Take the lock or raise ConfigError naming the holder (or the folder it cannot use)."""
+        if self.path is not None:
+            self._lock_file(self.path)
+        if self.engine.dialect.name == "postgresql":
+            try:
+                self.ensure()
+            except (ConfigError, StorageError):
+                self.release()
+                raise
+
+    def _lock_file(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            # A writer needs this folder anyway: SQLite creates its -wal and -shm files there.
+            raise ConfigError(
+                f"cannot create the writer lock {path}: {exc.strerror or exc}; the database's folder "
+                "must be writable for recording"
+            ) from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -43,17 +84,11 @@ class WriterLock:
             os.close(descriptor)
             raise ConfigError(
                 f"another recorder (pid {holder}) is already recording account {self.account!r} "
-                "into this database: stop it first, or use another --account"
+                f"into this database (lock {path}): stop it first, or use another --account"
             ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         self._file = descriptor
-        if self.engine.dialect.name == "postgresql":
-            try:
-                self.ensure()
-            except (ConfigError, StorageError):
-                self.release()
-                raise
 
     def ensure(self) -> None:
         """Hold the advisory lock again after a lost connection (PostgreSQL restarted)."""
