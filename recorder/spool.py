@@ -125,7 +125,7 @@ class Spool:
 
     def put(self, entry: SpooledPoll) -> Path:
         """Write an entry durably and return its path; SpoolError (and no file left) when it cannot."""
-        name = f"{time.time_ns():020d}-{entry.uid}.json"
+        name = f"{time.time_ns():020d}-{label_filename(entry.uid)[:64]}.json"
         final = self.directory / name
         temporary = self.directory / f".{name}.tmp"
         payload = json.dumps({**_encode(entry), "database_id": self.database_id}, sort_keys=True).encode()
