@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, text
@@ -37,6 +38,11 @@ def sqlite_lock_path(database: str, account: str) -> Path | None:
     if len(folder.encode()) > MAX_NAME_BYTES:
         folder = f".~{hashlib.sha256(real.name.encode()).hexdigest()}.recorder-locks"
     return real.parent / folder / f"{label_filename(account)}.lock"
+
+
+def _holder_name() -> str:
+    # PostgreSQL keeps 63 bytes of application_name.
+    return f"recorder pid {os.getpid()} on {socket.gethostname()}"[:63]
 
 
 class WriterLock:
@@ -102,17 +108,36 @@ class WriterLock:
                 except SQLAlchemyError:
                     self._drop_connection()
             connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            # The holder's session carries its pid and host, for the refusal message of the next one.
+            connection.execute(text("SELECT set_config('application_name', :name, false)"), {"name": _holder_name()})
             taken = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": self._advisory_key}).scalar()
+            holder = None if taken else self._advisory_holder(connection)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot reach the database to hold the writer lock: {type(exc).__name__}") from None
         if not taken:
             connection.invalidate()
             connection.close()
+            who = f"another recorder ({holder})" if holder else "another recorder"
             raise ConfigError(
-                f"another recorder is already recording account {self.account!r} into this PostgreSQL "
+                f"{who} is already recording account {self.account!r} into this PostgreSQL "
                 "database (advisory lock held): stop it first, or use another --account"
             )
         self._connection = connection
+
+    def _advisory_holder(self, connection: Connection) -> str | None:
+        """`pid N on HOST` of the session holding our advisory lock, when it is a recorder."""
+        key = self._advisory_key & 0xFFFFFFFFFFFFFFFF
+        name = connection.execute(
+            text(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND l.classid = CAST(:high AS oid) AND l.objid = CAST(:low AS oid)"
+            ),
+            {"high": str(key >> 32), "low": str(key & 0xFFFFFFFF)},
+        ).scalar()
+        prefix = "recorder "
+        return name[len(prefix):] if isinstance(name, str) and name.startswith(prefix) else None
 
     def release(self) -> None:
         """Let go of both locks."""
