@@ -186,13 +186,6 @@ class Spool:
         path.unlink(missing_ok=True)
         self._sync_directory()
 
-    def reject(self, path: Path) -> Path:
-        """Move an entry the database will never accept aside, for a human to look at."""
-        target = self.set_aside(path, "rejected", "the database will never accept it")
-        if target is None:
-            raise SpoolError(f"cannot move {path} aside")
-        return target
-
     def set_aside(self, path: Path, folder: str, reason: str) -> Path | None:
         """Move an entry to `folder/` with one log line; when even that fails, skip it from now on."""
         target = self.directory / folder / path.name
