@@ -109,7 +109,7 @@ class Spool:
     files it removes at start are leftovers of a crash, never another process's work.
     """
 
-    def __init__(self, directory: Path, *, database_id: str, account: str) -> None:
+    def __init__(self, directory: Path, *, database_id: str, account: str, exclusive: bool = False) -> None:
         self.directory = directory
         self.database_id = database_id
         self.account = account
@@ -121,7 +121,34 @@ class Spool:
             raise ConfigError(
                 f"cannot create the spool folder {directory}: {exc.strerror}; set RECORDER_SPOOL_DIR (--spool-dir)"
             ) from None
+        if exclusive:
+            self._lock()
         self._remove_stale_temporaries()
+
+    def _lock(self) -> None:
+        """Hold the folder for this process's lifetime (the OS releases it when the process dies).
+
+        The writer lock already keeps a second writer of this database and account away; this
+        one catches a copy of a SQLite file (same database id) recording the same label.
+        """
+        path = self.directory / "writer.lock"
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot use the spool folder {self.directory}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(descriptor)
+            raise ConfigError(
+                f"another recorder (pid {holder}) uses the spool folder {self.directory} for account "
+                f"{self.account!r} of a database with the same id (a copy of this database file?): "
+                "stop it, or give this one another --spool-dir"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        self._lock_descriptor = descriptor
 
     def put(self, entry: SpooledPoll) -> Path:
         """Write an entry durably and return its path; SpoolError (and no file left) when it cannot."""

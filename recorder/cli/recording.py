@@ -102,7 +102,10 @@ def _recorder(settings: Settings) -> Recorder:
     try:
         identity = database_id(engine)
         spool = Spool(
-            spool_dir_for(settings.spool_dir, identity, settings.account), database_id=identity, account=settings.account
+            spool_dir_for(settings.spool_dir, identity, settings.account),
+            database_id=identity,
+            account=settings.account,
+            exclusive=True,
         )
         spool.adopt(legacy_spool_dir_for(settings.spool_dir, settings.database_url, settings.account))
     except BaseException:

@@ -120,3 +120,26 @@ def test_second_postgres_writer_is_refused_under_another_spelling_of_the_url(sim
     finally:
         stderr = stop(first)
     assert first.returncode == 0, stderr
+
+
+def test_a_copy_of_the_database_cannot_share_the_running_writers_spool(simulator, tmp_path):
+    """A copied SQLite file keeps its database id, hence its spool folder: the folder is held too."""
+    import sqlite3
+
+    original = f"sqlite:///{tmp_path / 'x.db'}"
+    first = start(base_env(simulator, original, tmp_path / "spool"), cwd=tmp_path)
+    try:
+        wait_for_a_poll(original, "default", first)
+        # The backup API copies what the -wal file holds too, as a careful `cp` would.
+        source, target = sqlite3.connect(tmp_path / "x.db"), sqlite3.connect(tmp_path / "copy.db")
+        source.backup(target)
+        source.close()
+        target.close()
+        copy = f"sqlite:///{tmp_path / 'copy.db'}"
+        shared = run_once(base_env(simulator, copy, tmp_path / "spool"), tmp_path)
+        assert shared.returncode == 2 and f"another recorder (pid {first.pid}) uses the spool folder" in shared.stderr
+        apart = run_once(base_env(simulator, copy, tmp_path / "other-spool"), tmp_path)
+        assert apart.returncode == 0, apart.stderr
+    finally:
+        stderr = stop(first)
+    assert first.returncode == 0, stderr

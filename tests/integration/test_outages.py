@@ -157,7 +157,7 @@ def test_second_writer_for_the_same_account_is_refused(engine):
     first = WriterLock(engine, "default")
     first.acquire()
     second = WriterLock(engine, "default")
-    with pytest.raises(ConfigError, match=r"another recorder (\(pid \d+\) )?is already recording account 'default'"):
+    with pytest.raises(ConfigError, match=r"another recorder \(pid \d+( on .+)?\) is already recording account 'default'"):
         second.acquire()
     other = WriterLock(engine, "other")
     other.acquire()  # another account is another writer
