@@ -133,7 +133,7 @@ def storable_fetched(fetched: FetchedBalances) -> FetchedBalances:
     for asset in fetched.assets:
         name = clean_text(asset.asset)[:asset_limit]
         for field in AMOUNT_FIELDS:
-            check_amount(getattr(asset, field), f"{field} of {name}")
+            check_amount(getattr(asset, field), field, name)
         if not isinstance(asset.update_time, datetime) or asset.update_time.utcoffset() is None:
             raise UnstorableValue(f"update_time of {name} is not an aware time")
         if not isinstance(asset.margin_available, bool):
@@ -148,15 +148,21 @@ def storable_fetched(fetched: FetchedBalances) -> FetchedBalances:
     return replace(fetched, account_alias=alias, assets=tuple(assets))
 
 
-def check_amount(value: Any, what: str) -> None:
-    """Raise UnstorableValue unless `value` is a finite Decimal of sane size."""
-    if isinstance(value, bool) or not isinstance(value, Decimal):
-        raise UnstorableValue(f"{what} is not a decimal")
-    if not value.is_finite():
-        raise UnstorableValue(f"{what} is {value}, which no column can hold")
-    exponent = int(value.as_tuple().exponent)
-    if value.adjusted() >= AMOUNT_DIGITS_LIMIT or -exponent > AMOUNT_DIGITS_LIMIT:
-        raise UnstorableValue(f"{what} has more than {AMOUNT_DIGITS_LIMIT} digits on one side of the point")
+def check_amount(value: Any, field: str, asset: str = "") -> None:
+    """Raise UnstorableValue unless `value` (`field` of `asset`) is a finite Decimal of sane size."""
+    if isinstance(value, Decimal) and value.is_finite():
+        text = str(value)
+        if len(text) < 100 and "E" not in text:
+            return  # plain notation and short: every real amount (40 checks a poll, kept cheap)
+        exponent = int(value.as_tuple().exponent)
+        if value.adjusted() < AMOUNT_DIGITS_LIMIT and -exponent <= AMOUNT_DIGITS_LIMIT:
+            return
+        problem = f"has more than {AMOUNT_DIGITS_LIMIT} digits on one side of the point"
+    elif isinstance(value, Decimal):
+        problem = f"is {value}, which no column can hold"
+    else:
+        problem = "is not a decimal"
+    raise UnstorableValue(f"{field} of {asset} {problem}" if asset else f"{field} {problem}")
 
 
 _ACCOUNTS, _BALANCES = Account.__table__, Balance.__table__
