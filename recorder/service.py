@@ -23,7 +23,7 @@ from recorder.exchange import BinanceFuturesClient
 from recorder.locks import WriterLock
 from recorder.records import FetchedBalances
 from recorder.spool import CorruptEntry, ForeignEntry, PollFailure, Spool, SpooledPoll
-from recorder.storable import clean_text, with_notes
+from recorder.storable import UnstorableValue, clean_text, storable_fetched, with_notes
 from recorder.store import ERROR_MESSAGE_LIMIT, PollOutcome, describe_failure
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,12 @@ class Recorder:
         if self.spool is None:
             log.error("poll failed account=%s error=StorageError ms=%d: %s", self.account, _elapsed_ms(began), error)
             return error
+        if entry.fetched is not None:
+            try:
+                storable_fetched(entry.fetched)
+            except UnstorableValue as exc:
+                # Spooled as it is, it would be set aside at replay and leave no row: spool its refusal.
+                entry = _refusal(entry, RejectedPoll(f"the poll cannot be stored: {exc}"))
         try:
             path = self.spool.put(entry)
         except SpoolError as spool_error:

@@ -224,9 +224,15 @@ class Spool:
             self._sync_directory()
         except OSError as exc:
             self.skipped.add(path)
-            log.error("spool entry %s %s, and cannot be moved to %s/ (%s): skipped", path, reason, folder, exc.strerror or exc)
+            log.error(
+                "spool entry %s %s, and cannot be moved to %s/ (%s): skipped",
+                clean_text(str(path)),
+                reason,
+                folder,
+                exc.strerror or exc,
+            )
             return None
-        log.error("spool entry %s %s: moved to %s", path.name, reason, target)
+        log.error("spool entry %s %s: moved to %s", clean_text(path.name), reason, clean_text(str(target)))
         return target
 
     def adopt(self, legacy: Path) -> int:

@@ -274,3 +274,26 @@ def test_spooled_entries_refused_for_content_are_set_aside_and_the_queue_goes_on
     assert rejected == ["ends-before-start.json", "live-data-in-a-local-account.json", "unknown-endpoint.json"]
     assert len([r for r in caplog.records if "is refused" in r.getMessage()]) == 3  # one line each
     assert [p.outcome for p in polls(engine)] == ["ok", "ok", "ok"]
+
+
+def test_unstorable_answer_during_an_outage_is_spooled_as_its_refusal(db_url, tmp_path):
+    """Spooled as it is, a NaN would be set aside at replay and leave no row at all."""
+    from recorder.db import make_engine
+    from recorder.schema import upgrade_to_head
+    from tests.integration.test_outages import database_down
+
+    engine = make_engine(db_url, sqlite_busy_timeout_ms=100)
+    upgrade_to_head(engine)
+    recorder = make_recorder("http://127.0.0.1:9", engine, tmp_path)
+    bad = FetchedBalances(ALIAS, (usdt(Decimal("NaN")),), "/fapi/v2/balance", 10)
+    recorder.client = FakeExchange(bad)
+    with database_down(db_url):
+        with pytest.raises(Exception, match="will be stored when the database is back"):
+            recorder.poll_once()
+    recorder.client.fetched = replace(bad, assets=(usdt(Decimal("1")),))
+    recorder.poll_once()
+    rejected, healthy = polls(engine)
+    assert (rejected.outcome, rejected.error_class, healthy.outcome) == ("failed", "RejectedPoll", "ok")
+    assert "balance of USDT is NaN" in rejected.error_message
+    assert not (recorder.spool.directory / "corrupt").exists()
+    engine.dispose()
