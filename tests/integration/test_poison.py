@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from recorder.db import make_sessions
-from recorder.errors import ExchangeError, RejectedPoll
+from recorder.errors import ExchangeError, RejectedPoll, StorageError
 from recorder.exchange import BinanceFuturesClient
 from recorder.identity import database_id
 from recorder.models import Account, Balance, Poll
@@ -288,7 +288,7 @@ def test_unstorable_answer_during_an_outage_is_spooled_as_its_refusal(db_url, tm
     bad = FetchedBalances(ALIAS, (usdt(Decimal("NaN")),), "/fapi/v2/balance", 10)
     recorder.client = FakeExchange(bad)
     with database_down(db_url):
-        with pytest.raises(Exception, match="will be stored when the database is back"):
+        with pytest.raises(StorageError, match="will be stored when the database is back"):
             recorder.poll_once()
     recorder.client.fetched = replace(bad, assets=(usdt(Decimal("1")),))
     recorder.poll_once()
