@@ -9,7 +9,11 @@ RecorderError                  everything we raise on purpose
 │   ├── ClockSkew              -1021: resync the server clock, retry once
 │   ├── AuthError              bad key, signature or permission: stop and alert
 │   └── BadPayload             response not in the shape we parse; nothing is stored
-└── StorageError               database unavailable or refused the write
+└── StorageError               database unavailable: keep the poll in the spool, retry later
+    ├── RejectedPoll           the database refused this poll's content: record it as failed,
+    │                          or set the spooled entry aside; retrying never helps
+    └── SpoolError             the spool could not keep an entry (full disk, read-only): log the
+                               lost poll, go on; the next poll tries again
 ```
 
 Messages are one line, name what was wrong, and never carry a secret, a signature or a
@@ -69,3 +73,13 @@ class BadPayload(ExchangeError):
 
 class StorageError(RecorderError):
     """The database is unreachable or refused the write."""
+
+
+class RejectedPoll(StorageError):
+    """The database refused this poll for its content: record it as failed (or set the spooled
+    entry aside) and go on with the next; storing it again would fail again."""
+
+
+class SpoolError(StorageError):
+    """The spool could not keep an entry (disk full, read-only folder): that poll is lost, the
+    service logs it and goes on; the next poll tries the database and the spool again."""

@@ -1,7 +1,10 @@
 """One writer per account and database: a second recorder for the same account is refused.
 
-Both locks are released by the operating system or PostgreSQL when the holder dies, so a
-`kill -9` never leaves a stale lock behind.
+On SQLite the lock is a file beside the database, found through the database file's real
+path: `./x.db`, `/abs/x.db`, a symlink to it, another working directory or another
+`--spool-dir` all find the same lock. On PostgreSQL it is an advisory lock, which the server
+scopes to the database. Both are released by the operating system or PostgreSQL when the
+holder dies, so a `kill -9` never leaves a stale lock behind.
 """
 
 from __future__ import annotations
@@ -9,33 +12,77 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.errors import ConfigError, StorageError
+from recorder.spool import MAX_NAME_BYTES, label_filename
+
+
+def sqlite_lock_path(database: str, account: str) -> Path | None:
+    """The lock file of `account` on the SQLite file `database` (None for an in-memory database).
+
+    `<folder of the real file>/.<file name>.recorder-locks/<label>.lock`: the real path makes
+    every spelling of the file meet at one lock, the label's injective encoding keeps `a/b`
+    and `a_b` apart.
+    """
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        return None
+    if database.startswith("file:"):
+        database = database[len("file:"):].split("?", 1)[0]
+    real = Path(os.path.realpath(database))
+    folder = f".{real.name}.recorder-locks"
+    if len(folder.encode()) > MAX_NAME_BYTES:
+        folder = f".~{hashlib.sha256(real.name.encode()).hexdigest()}.recorder-locks"
+    return real.parent / folder / f"{label_filename(account)}.lock"
+
+
+def _holder_name() -> str:
+    # PostgreSQL keeps 63 bytes of application_name.
+    return f"recorder pid {os.getpid()} on {socket.gethostname()}"[:63]
 
 
 class WriterLock:
-    """An flock on the account's spool folder, plus a PostgreSQL advisory lock on that backend.
+    """An flock beside a SQLite database file, or a PostgreSQL advisory lock.
 
-    The file lock guards this machine (and the spool itself); the advisory lock guards a
-    PostgreSQL database shared by service processes on several machines.
+    The advisory lock also guards a PostgreSQL database shared by service processes on
+    several machines. Its key is a 64-bit hash of the label: PostgreSQL already scopes
+    advisory locks to the database, so two databases never share one.
     """
 
-    def __init__(self, engine: Engine, account: str, directory: Path) -> None:
+    def __init__(self, engine: Engine, account: str) -> None:
         self.engine = engine
         self.account = account
-        self.path = directory / "writer.lock"
+        self.path = sqlite_lock_path(engine.url.database or "", account) if engine.dialect.name == "sqlite" else None
         self._file: int | None = None
         self._connection: Connection | None = None
         digest = hashlib.sha256(f"recorder-writer:{account}".encode()).digest()
         self._advisory_key = int.from_bytes(digest[:8], "big", signed=True)
 
     def acquire(self) -> None:
-        """Take both locks or raise ConfigError naming the holder."""
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Take the lock or raise ConfigError naming the holder (or the folder it cannot use)."""
+        if self.path is not None:
+            self._lock_file(self.path)
+        if self.engine.dialect.name == "postgresql":
+            try:
+                self.ensure()
+            except (ConfigError, StorageError):
+                self.release()
+                raise
+
+    def _lock_file(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            # A writer needs this folder anyway: SQLite creates its -wal and -shm files there.
+            raise ConfigError(
+                f"cannot create the writer lock {path}: {exc.strerror or exc}; the database's folder "
+                "must be writable for recording"
+            ) from None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -43,17 +90,11 @@ class WriterLock:
             os.close(descriptor)
             raise ConfigError(
                 f"another recorder (pid {holder}) is already recording account {self.account!r} "
-                "into this database: stop it first, or use another --account"
+                f"into this database (lock {path}): stop it first, or use another --account"
             ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
         self._file = descriptor
-        if self.engine.dialect.name == "postgresql":
-            try:
-                self.ensure()
-            except (ConfigError, StorageError):
-                self.release()
-                raise
 
     def ensure(self) -> None:
         """Hold the advisory lock again after a lost connection (PostgreSQL restarted)."""
@@ -67,17 +108,36 @@ class WriterLock:
                 except SQLAlchemyError:
                     self._drop_connection()
             connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            # The holder's session carries its pid and host, for the refusal message of the next one.
+            connection.execute(text("SELECT set_config('application_name', :name, false)"), {"name": _holder_name()})
             taken = connection.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": self._advisory_key}).scalar()
+            holder = None if taken else self._advisory_holder(connection)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot reach the database to hold the writer lock: {type(exc).__name__}") from None
         if not taken:
             connection.invalidate()
             connection.close()
+            who = f"another recorder ({holder})" if holder else "another recorder"
             raise ConfigError(
-                f"another recorder is already recording account {self.account!r} into this PostgreSQL "
+                f"{who} is already recording account {self.account!r} into this PostgreSQL "
                 "database (advisory lock held): stop it first, or use another --account"
             )
         self._connection = connection
+
+    def _advisory_holder(self, connection: Connection) -> str | None:
+        """`pid N on HOST` of the session holding our advisory lock, when it is a recorder."""
+        key = self._advisory_key & 0xFFFFFFFFFFFFFFFF
+        name = connection.execute(
+            text(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND l.classid = CAST(:high AS oid) AND l.objid = CAST(:low AS oid)"
+            ),
+            {"high": str(key >> 32), "low": str(key & 0xFFFFFFFF)},
+        ).scalar()
+        prefix = "recorder "
+        return name[len(prefix):] if isinstance(name, str) and name.startswith(prefix) else None
 
     def release(self) -> None:
         """Let go of both locks."""

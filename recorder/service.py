@@ -18,12 +18,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from recorder import store
 from recorder.db import database_error_line
-from recorder.errors import ConfigError, ExchangeError, RecorderError, StorageError
+from recorder.errors import ConfigError, ExchangeError, RecorderError, RejectedPoll, SpoolError, StorageError
 from recorder.exchange import BinanceFuturesClient
 from recorder.locks import WriterLock
 from recorder.records import FetchedBalances
-from recorder.spool import Spool, SpooledPoll
-from recorder.store import PollOutcome, describe_failure
+from recorder.spool import CorruptEntry, ForeignEntry, PollFailure, Spool, SpooledPoll
+from recorder.storable import UnstorableValue, clean_text, storable_fetched, with_notes
+from recorder.store import ERROR_MESSAGE_LIMIT, PollOutcome, describe_failure
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,11 @@ class Recorder:
     _last_finished_at: datetime | None = field(default=None, init=False, repr=False)
 
     def poll_once(self) -> PollOutcome:
-        """Fetch balances once and store them atomically; a failure is logged, stored and raised."""
+        """Fetch balances once and store them atomically; a failure is logged, stored and raised.
+
+        Whatever goes wrong, the attempt leaves a `polls` row or a spool entry, or (database
+        and spool both failing) one ERROR line naming the lost poll.
+        """
         uid = str(uuid.uuid4())
         started_at = self.clock()
         began = time.perf_counter()
@@ -66,7 +71,11 @@ class Recorder:
         except ExchangeError as exc:
             error = exc
             log.warning(
-                "poll failed account=%s error=%s ms=%d: %s", self.account, type(exc).__name__, _elapsed_ms(began), exc
+                "poll failed account=%s error=%s ms=%d: %s",
+                self.account,
+                type(exc).__name__,
+                _elapsed_ms(began),
+                _one_line(str(exc)),
             )
         entry = SpooledPoll(
             uid=uid,
@@ -106,19 +115,41 @@ class Recorder:
         return finished_at
 
     def replay_spool(self) -> int:
-        """Store spooled polls, oldest first; stop at the first database failure (StorageError)."""
+        """Store spooled polls, oldest first; stop at the first database failure (StorageError).
+
+        An entry that cannot be read back, or that the database refuses for its content, is
+        set aside with one log line and the replay goes on with the next: none blocks the queue.
+        """
         if self.spool is None:
             return 0
+        try:
+            paths = self.spool.pending()
+        except SpoolError as error:
+            log.error("%s: older spooled polls wait until it can", error)
+            return 0
+        if paths and self.lock is not None:
+            self.lock.ensure()
         replayed = 0
-        for path in self.spool.pending():
-            entry = self.spool.load(path)
+        for path in paths:
             try:
-                self._store(entry)
-            except ConfigError as error:
-                target = self.spool.reject(path)
-                log.error("spooled poll %s can never be stored (%s): moved to %s", entry.uid, error, target)
+                entry = self.spool.load(path)
+            except CorruptEntry as error:
+                self.spool.set_aside(path, "corrupt", f"cannot be read back ({error})")
                 continue
-            self.spool.remove(path)
+            except ForeignEntry as error:
+                self.spool.set_aside(path, "rejected", f"is not for this database and account ({error})")
+                continue
+            try:
+                self._write(entry)
+            except (ConfigError, RejectedPoll) as error:
+                self.spool.set_aside(path, "rejected", f"(poll {_one_line(entry.uid)[:64]}) is refused: {error}")
+                continue
+            try:
+                self.spool.remove(path)
+            except OSError as exc:
+                # Stored already: replaying it again would store nothing, so skip it until restart.
+                self.spool.skipped.add(path)
+                log.error("cannot remove the stored spool entry %s: %s", path, exc.strerror or exc)
             replayed += 1
         if replayed:
             log.info("stored %d spooled poll(s) after the database came back", replayed)
@@ -128,37 +159,94 @@ class Recorder:
         try:
             self.replay_spool()
             return self._store(entry)
+        except RejectedPoll as error:
+            log.error(
+                "poll rejected account=%s finished_at=%s ms=%d: %s; recorded as a failed poll",
+                self.account,
+                entry.finished_at.isoformat(),
+                _elapsed_ms(began),
+                error,
+            )
+            self._keep(_refusal(entry, error), began)
+            raise
         except StorageError as error:
-            if self.spool is None:
-                log.error("poll failed account=%s error=StorageError ms=%d: %s", self.account, _elapsed_ms(began), error)
-                raise
-            path = self.spool.put(entry)
-            message = f"{error}; the poll is kept in {path} and will be stored when the database is back"
-            log.error("poll spooled account=%s ms=%d: %s", self.account, _elapsed_ms(began), message)
-            raise StorageError(message) from None
+            raise self._spool(entry, error, began) from None
         except ConfigError as error:
             if entry.fetched is None:
                 raise
             # The exchange answered, but the answer does not belong in this account (another
             # alias or environment): record the refusal so the poll log explains the gap.
-            refused = replace(entry, fetched=None, failure=describe_failure(error))
-            try:
-                self._store(refused)
-            except (ConfigError, StorageError) as exc:
-                log.error("could not record the refused poll: %s", exc)
+            self._keep(_refusal(entry, error), began)
             raise
 
+    def _keep(self, entry: SpooledPoll, began: float) -> None:
+        """Store a poll's failure row, or spool it, or log it lost: never raises a storage error."""
+        try:
+            self._store(entry)
+        except StorageError as error:
+            if isinstance(error, RejectedPoll):
+                log.error("poll lost account=%s uid=%s: its failure row was refused too: %s", self.account, entry.uid, error)
+                return
+            self._spool(entry, error, began)
+        except ConfigError as error:
+            log.error("could not record the refused poll: %s", error)
+
+    def _spool(self, entry: SpooledPoll, error: StorageError, began: float) -> StorageError:
+        """Keep `entry` in the spool; the error to raise: the database's, or SpoolError for a lost poll."""
+        if self.spool is None:
+            log.error("poll failed account=%s error=StorageError ms=%d: %s", self.account, _elapsed_ms(began), error)
+            return error
+        if entry.fetched is not None:
+            try:
+                storable_fetched(entry.fetched)
+            except UnstorableValue as exc:
+                # Spooled as it is, it would be set aside at replay and leave no row: spool its refusal.
+                entry = _refusal(entry, RejectedPoll(f"the poll cannot be stored: {exc}"))
+        try:
+            path = self.spool.put(entry)
+        except SpoolError as spool_error:
+            message = (
+                f"poll lost: uid={entry.uid} finished_at={entry.finished_at.isoformat()} account={self.account!r}; "
+                f"database: {error}; spool: {spool_error}"
+            )
+            log.error("%s", message)
+            return SpoolError(message)
+        message = f"{error}; the poll is kept in {path} and will be stored when the database is back"
+        log.error("poll spooled account=%s ms=%d: %s", self.account, _elapsed_ms(began), message)
+        return StorageError(message)
+
     def _store(self, entry: SpooledPoll) -> PollOutcome:
-        """Write one poll in one transaction; database failures become StorageError."""
+        """Write one poll in one transaction, holding the writer lock."""
+        if self.lock is not None:
+            self.lock.ensure()
+        return self._write(entry)
+
+    def _write(self, entry: SpooledPoll) -> PollOutcome:
+        """One transaction; a refused value becomes RejectedPoll, an unavailable database StorageError."""
         recorded_at = self.clock()
         try:
-            if self.lock is not None:
-                self.lock.ensure()
             with self.sessions.begin() as session:
                 account = store.ensure_account(session, entry.account, entry.base_url, entry.started_at)
                 return store.record_entry(session, account, entry, recorded_at=recorded_at)
         except SQLAlchemyError as exc:
+            if store.rejected_for_content(exc):
+                raise RejectedPoll(f"the database refused the poll: {_database_problem(exc)}") from None
             raise StorageError(f"cannot store the poll: {_database_problem(exc)}") from None
+        except store.CONTENT_ERRORS as exc:
+            raise RejectedPoll(f"the poll cannot be stored: {type(exc).__name__}: {_one_line(str(exc))[:300]}") from None
+
+
+def _refusal(entry: SpooledPoll, error: RecorderError) -> SpooledPoll:
+    """The failed-poll row standing for `entry`, which could not be stored as it is."""
+    if isinstance(error, ConfigError):
+        return replace(entry, fetched=None, failure=describe_failure(error))
+    # Only text survives: a number the database refused might be the cause.
+    note = f"[not storable as received: {error}]"
+    if entry.failure is None:
+        failure = PollFailure("RejectedPoll", note)
+    else:
+        failure = PollFailure(entry.failure.error_class, with_notes(entry.failure.message, [note], ERROR_MESSAGE_LIMIT))
+    return replace(entry, fetched=None, failure=failure)
 
 
 @dataclass(frozen=True)
@@ -235,4 +323,9 @@ def _elapsed_ms(began: float) -> int:
 
 
 def _database_problem(exc: BaseException) -> str:
-    return f"{type(getattr(exc, 'orig', None) or exc).__name__}: {database_error_line(exc)}"
+    return f"{type(getattr(exc, 'orig', None) or exc).__name__}: {_one_line(database_error_line(exc))[:300]}"
+
+
+def _one_line(text: str) -> str:
+    """Text for a log line: whatever the exchange put in it, it stays one line."""
+    return clean_text(text)

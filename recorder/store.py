@@ -8,6 +8,10 @@ asset heads, and the poll row.
 
 A poll's identity is (account, finished_at): storing the same poll twice, as a spool replay
 after a crash between commit and spool removal can, stores it once.
+
+Every value is made storable first (recorder.storable), so what the exchange sends cannot
+make the database refuse a poll; `rejected_for_content` tells a refusal that retrying will
+never cure from an unavailable database.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
 from recorder.config import BALANCE_ENDPOINTS, environment_of
@@ -25,8 +30,9 @@ from recorder.errors import ConfigError, ExchangeError, RecorderError
 from recorder.models import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, Account, Balance, BalanceHead, Poll
 from recorder.records import FetchedBalances
 from recorder.spool import PollFailure, SpooledPoll
+from recorder.storable import TEXT_LIMIT, UnstorableValue, storable_fetched, storable_row
 
-ERROR_MESSAGE_LIMIT = 500
+ERROR_MESSAGE_LIMIT = TEXT_LIMIT
 
 _accounts, _polls, _balances, _heads = (model.__table__ for model in (Account, Poll, Balance, BalanceHead))
 
@@ -113,6 +119,7 @@ def record_poll(
     A poll already stored (same account and finished_at) stores nothing.
     """
     connection = session.connection()
+    fetched = storable_fetched(fetched)
     if account.account_alias is not None and account.account_alias != fetched.account_alias:
         existing = _existing(connection, account.id, finished_at)
         if existing is not None:
@@ -168,7 +175,7 @@ def record_failure(
         outcome=POLL_FAILED,
         endpoint=_endpoint_version(endpoint),
         error_class=failure.error_class,
-        error_message=failure.message[:ERROR_MESSAGE_LIMIT],
+        error_message=failure.message,
         http_status=failure.http_status,
         error_code=failure.code,
         used_weight=failure.used_weight,
@@ -199,6 +206,31 @@ def describe_failure(error: RecorderError) -> PollFailure:
         code=exchange_error.code if exchange_error else None,
         used_weight=getattr(error, "used_weight", None),
     )
+
+
+# Errors of a value rather than of the database: binding (sqlite3 refuses an int beyond
+# int64 with OverflowError, our column types raise ValueError/TypeError), decimal arithmetic.
+CONTENT_ERRORS = (UnstorableValue, ValueError, TypeError, ArithmeticError)
+
+
+def rejected_for_content(error: BaseException) -> bool:
+    """True when the database refused a poll for its values (retrying never helps), False when it
+    was unreachable, locked, read-only or full (the poll waits in the spool)."""
+    if isinstance(error, (DataError, IntegrityError)):
+        # The replay conflict on the poll's key never raises (ON CONFLICT DO NOTHING).
+        return True
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return False
+        original = error.orig
+        # sqlite3 reports a value it cannot bind ("Error binding parameter") as ProgrammingError,
+        # and an oversized string or blob as OperationalError ("string or blob too big").
+        text = str(original).lower()
+        return type(original).__module__ == "sqlite3" and ("binding" in text or "too big" in text)
+    if isinstance(error, StatementError):
+        # A bind parameter's own processing failed before reaching the database.
+        return isinstance(error.orig, CONTENT_ERRORS)
+    return isinstance(error, CONTENT_ERRORS)
 
 
 def _changed_states(connection: Connection, account_id: int, fetched: FetchedBalances) -> list[tuple[bool, dict[str, Any]]]:
@@ -237,8 +269,14 @@ def _late(recorded_at: datetime | None, finished_at: datetime) -> datetime | Non
 
 
 def _insert_poll(connection: Connection, **values: Any) -> bool:
-    """Insert the poll row; False when this poll is already stored (a replayed poll)."""
-    return connection.execute(_INSERT_POLL[connection.dialect.name], values).first() is not None
+    """Insert the poll row; False when this poll is already stored (a replayed poll).
+
+    An integer out of its column's range is stored as NULL with the reason in error_message,
+    on an ok poll too (its outcome stays ok: the balances were read and stored whole).
+    """
+    dialect = connection.dialect.name
+    row = storable_row(_polls, values, dialect, note_column="error_message")
+    return connection.execute(_INSERT_POLL[dialect], row).first() is not None
 
 
 def _insert_states(

@@ -98,13 +98,28 @@ def _settings(values: dict[str, Any]) -> Settings:
 def _recorder(settings: Settings) -> Recorder:
     from recorder.exchange import BinanceFuturesClient
     from recorder.service import Recorder
+    from recorder.identity import database_id
+    from recorder.spool import legacy_spool_dir_for
 
     client = BinanceFuturesClient.from_settings(settings)
     engine = make_engine(settings.database_url)
     upgrade_to_head(engine)
-    spool = Spool(spool_dir_for(settings.spool_dir, settings.database_url, settings.account))
-    lock = WriterLock(engine, settings.account, spool.directory)
+    # The lock first: the spool it guards is then this process's alone (its stale temporary
+    # files are a crash's leftovers), and both follow the database, not the URL's spelling.
+    lock = WriterLock(engine, settings.account)
     lock.acquire()
+    try:
+        identity = database_id(engine)
+        spool = Spool(
+            spool_dir_for(settings.spool_dir, identity, settings.account),
+            database_id=identity,
+            account=settings.account,
+            exclusive=True,
+        )
+        spool.adopt(legacy_spool_dir_for(settings.spool_dir, settings.database_url, settings.account))
+    except BaseException:
+        lock.release()
+        raise
     return Recorder(
         client=client, sessions=make_sessions(engine, write=True), account=settings.account, spool=spool, lock=lock
     )

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 
 from sqlalchemy import func, select
 
 from recorder.db import make_engine, make_sessions
 from recorder.models import Balance, BalanceHead, Poll
-from tests.e2e.test_cli_recording import RECORDER, stop
+from tests.e2e.test_cli_recording import RECORDER, stop, stored_or_none, wait_until
 
 
 def start(env: dict[str, str]) -> subprocess.Popen[str]:
@@ -40,13 +39,13 @@ def assert_consistent(db_url: str) -> int:
 def test_kill_9_then_restart_resumes_on_a_consistent_database(simulator, cli_env, db_url):
     simulator.auto_move = True
     first = start(cli_env)
-    time.sleep(2.5)
+    wait_until(lambda: len(stored_or_none(db_url)) >= 3, "three polls before the kill")
     first.send_signal(signal.SIGKILL)
     first.communicate(timeout=10)
     before = assert_consistent(db_url)
     assert before >= 3
     second = start(cli_env)
-    time.sleep(2.5)
+    wait_until(lambda: len(stored_or_none(db_url)) >= before + 3, "three polls after the restart")
     stderr = stop(second)
     assert second.returncode == 0, stderr
     assert assert_consistent(db_url) >= before + 3
@@ -55,10 +54,11 @@ def test_kill_9_then_restart_resumes_on_a_consistent_database(simulator, cli_env
 def test_second_instance_for_the_same_account_is_refused(simulator, cli_env, db_url):
     first = start(cli_env)
     try:
-        time.sleep(1.5)
+        wait_until(lambda: stored_or_none(db_url), "the first poll: the lock is taken")
         second = subprocess.run([*RECORDER, "run"], env=cli_env, capture_output=True, text=True, timeout=30)
         assert second.returncode == 2
-        assert f"another recorder (pid {first.pid}) is already recording account 'default'" in second.stderr
+        assert f"another recorder (pid {first.pid}" in second.stderr
+        assert "is already recording account 'default'" in second.stderr
         once = subprocess.run([*RECORDER, "poll"], env=cli_env, capture_output=True, text=True, timeout=30)
         assert once.returncode == 2 and "already recording" in once.stderr
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from recorder.locks import WriterLock
 from recorder.models import Balance, Poll
 from recorder.schema import upgrade_to_head
 from recorder.service import Recorder, utcnow
+from recorder.identity import database_id
 from recorder.spool import Spool
 from tests.conftest import POSTGRES_ADMIN_URL, SIM_KEY, SIM_SECRET, _libpq
 
@@ -63,7 +65,7 @@ def make_recorder(simulator, engine, spool_dir: Path, lock: WriterLock | None = 
         sessions=make_sessions(engine, write=True),
         account="default",
         clock=clock or utcnow,
-        spool=Spool(spool_dir),
+        spool=Spool(spool_dir, database_id=database_id(engine), account="default"),
         lock=lock,
     )
 
@@ -151,15 +153,13 @@ def test_replaying_an_entry_already_stored_stores_nothing(simulator, outage_engi
     recorder.client.close()
 
 
-def test_second_writer_for_the_same_account_is_refused(engine, tmp_path):
-    first = WriterLock(engine, "default", tmp_path)
+def test_second_writer_for_the_same_account_is_refused(engine):
+    first = WriterLock(engine, "default")
     first.acquire()
-    second = WriterLock(engine, "default", tmp_path)
-    with pytest.raises(ConfigError, match=r"another recorder \(pid \d+\) is already recording account 'default'"):
+    second = WriterLock(engine, "default")
+    with pytest.raises(ConfigError, match=r"another recorder \(pid \d+( on .+)?\) is already recording account 'default'"):
         second.acquire()
-    other_account = tmp_path / "other"
-    other_account.mkdir()
-    other = WriterLock(engine, "other", other_account)
+    other = WriterLock(engine, "other")
     other.acquire()  # another account is another writer
     other.release()
     first.release()
@@ -167,18 +167,16 @@ def test_second_writer_for_the_same_account_is_refused(engine, tmp_path):
     second.release()
 
 
-def test_postgres_advisory_lock_refuses_a_writer_on_another_machine(postgres_db_url, tmp_path):
-    """PostgreSQL only: SQLite files are guarded by the file lock alone."""
-    engine = make_engine(postgres_db_url)
-    here, there = tmp_path / "a", tmp_path / "b"  # two spool folders: as if on two machines
-    here.mkdir()
-    there.mkdir()
-    first = WriterLock(engine, "default", here)
+def test_postgres_advisory_lock_refuses_a_writer_on_another_machine(postgres_db_url):
+    """PostgreSQL only: two engines stand for two machines; the lock lives in the server."""
+    here, there = make_engine(postgres_db_url), make_engine(postgres_db_url)
+    first = WriterLock(here, "default")
     first.acquire()
-    with pytest.raises(ConfigError, match="advisory lock held"):
-        WriterLock(engine, "default", there).acquire()
+    with pytest.raises(ConfigError, match=rf"another recorder \(pid {os.getpid()} on .+\) is already .* \(advisory lock held\)"):
+        WriterLock(there, "default").acquire()
     first.release()
-    again = WriterLock(engine, "default", there)
+    again = WriterLock(there, "default")
     again.acquire()
     again.release()
-    engine.dispose()
+    here.dispose()
+    there.dispose()
