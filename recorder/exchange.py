@@ -672,6 +672,7 @@ _HTTP_PROBLEMS: list[tuple[Callable[[BaseException], bool], str]] = [
     (lambda e: isinstance(e, requests.exceptions.TooManyRedirects), "a redirect, not followed"),
     (lambda e: isinstance(e, (http.client.HTTPException, urllib3.exceptions.ProtocolError)),
      "a malformed HTTP answer"),
+    (lambda e: isinstance(e, UnicodeEncodeError), "a request header is not Latin-1 text (check BINANCE_API_KEY)"),
     (lambda e: isinstance(e, UnicodeError), "undecodable bytes in the HTTP answer"),
     (lambda e: isinstance(e, (requests.ConnectionError, OSError)), "connection failed"),
 ]

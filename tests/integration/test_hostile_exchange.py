@@ -523,3 +523,20 @@ def test_untrusted_certificate_is_a_tls_error(hostile, tls_context):
     with pytest.raises(ExchangeUnavailable, match=r"^/fapi/v1/time: TLS error \(certificate or handshake\)$"):
         client.fetch_balances()
     client.close()
+
+
+@pytest.mark.parametrize(("base_url", "api_key", "in_message"), [
+    ("http://127.0.0.1:99999", SIM_KEY, "the request URL or a header is invalid"),
+    ("http://exa mple.test", SIM_KEY, None),
+    ("http://127.0.0.1:9", "key\nInjected: header", "the request URL or a header is invalid"),
+    ("http://127.0.0.1:9", "k\u00e9y-\u4e2d", "a request header is not Latin-1 text (check BINANCE_API_KEY)"),
+])
+def test_requests_own_refusals_are_exchange_errors(base_url, api_key, in_message):
+    """What requests refuses before sending (a bad port, URL or header value) is an ExchangeError too."""
+    client = make_client(base_url, api_key=api_key, retry_attempts=1)
+    with pytest.raises(ExchangeError) as caught:
+        client.fetch_balances()
+    client.close()
+    message = str(caught.value)
+    assert message.startswith("/fapi/v1/time: ") and message.isprintable() and api_key not in message
+    assert in_message is None or in_message in message
