@@ -272,7 +272,7 @@ class Spool:
         if isinstance(data, dict) and data.get("account") != self.account:
             return 0
         if not isinstance(data, dict) or "database_id" in data:
-            self.set_aside_foreign(path, "corrupt", "from the old spool folder cannot be read")
+            self._set_aside_foreign(path, "corrupt", "from the old spool folder cannot be read")
             return 0
         # The old entry's values are kept as written (Decimal as text, times as ISO strings).
         payload = json.dumps({**data, "database_id": self.database_id}, sort_keys=True, default=str).encode()
@@ -288,7 +288,7 @@ class Spool:
             return 0
         return 1
 
-    def set_aside_foreign(self, path: Path, folder: str, reason: str) -> None:
+    def _set_aside_foreign(self, path: Path, folder: str, reason: str) -> None:
         """Move a file from another folder into this spool's `folder/`, with one log line."""
         target = self.directory / folder / path.name
         try:
