@@ -41,7 +41,9 @@ AMOUNT_NAMES = ("balance", "cross_wallet_balance", "cross_un_pnl", "available_ba
 MAX_ENTRY_BYTES = 64 * 1024 * 1024
 # Most file systems allow 255 bytes a name; longer label encodings fall back to a hash.
 MAX_NAME_BYTES = 200
-_SAFE_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+# Lower case only: on a case-insensitive file system (macOS, a Windows share) `A` and `a`
+# would otherwise share a folder and a lock.
+_SAFE_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 @dataclass(frozen=True)
 class PollFailure:
     """A failed poll's description, as the poll log stores it."""
@@ -70,9 +72,9 @@ class SpooledPoll:
 
 
 def label_filename(label: str) -> str:
-    """An injective, file-system-safe name for any label: `a/b`, `a_b`, `..` and `.` stay distinct.
+    """An injective, file-system-safe name for any label: `a/b`, `a_b`, `..`, `.`, `A` and `a` stay distinct.
 
-    Bytes outside [A-Za-z0-9-_] are %XX-escaped (`%` too, so the escape is reversible); a name
+    Bytes outside [a-z0-9-_] are %XX-escaped (`%` too, so the escape is reversible); a name
     that would be too long becomes `~` plus a SHA-256 (`~` never appears in an escaped name).
     """
     escaped = "".join(chr(b) if chr(b) in _SAFE_NAME_CHARACTERS else f"%{b:02X}" for b in label.encode("utf-8", "surrogatepass"))
@@ -270,7 +272,7 @@ class Spool:
         if isinstance(data, dict) and data.get("account") != self.account:
             return 0
         if not isinstance(data, dict) or "database_id" in data:
-            self.set_aside_foreign(path, "corrupt", "from the old spool folder cannot be read")
+            self._set_aside_foreign(path, "corrupt", "from the old spool folder cannot be read")
             return 0
         # The old entry's values are kept as written (Decimal as text, times as ISO strings).
         payload = json.dumps({**data, "database_id": self.database_id}, sort_keys=True, default=str).encode()
@@ -286,7 +288,7 @@ class Spool:
             return 0
         return 1
 
-    def set_aside_foreign(self, path: Path, folder: str, reason: str) -> None:
+    def _set_aside_foreign(self, path: Path, folder: str, reason: str) -> None:
         """Move a file from another folder into this spool's `folder/`, with one log line."""
         target = self.directory / folder / path.name
         try:

@@ -152,3 +152,37 @@ def test_sql_sum_and_sort_are_exact(sessions):
         assert Decimal(str(connection.execute(text(total_sql)).scalar())) == Decimal("98765432106.62345678")
         ordered = [format(Decimal(str(v)), "f") for v in connection.execute(text(order_sql)).scalars()]
     assert ordered == ["-12.50000000", "0.00000001", "9.99999999", "98765432109.12345678"]
+
+
+def test_database_errors_are_classified_by_what_retrying_would_do(db_url):
+    """Refused for content: never retried. Unreachable or locked: spooled and retried."""
+    from sqlalchemy import Integer, bindparam, cast, insert
+
+    from recorder.db import make_engine
+    from recorder.models import Account
+    from recorder.schema import upgrade_to_head
+    from recorder.store import rejected_for_content
+    from tests.integration.test_outages import database_down
+
+    engine = make_engine(db_url, sqlite_busy_timeout_ms=100)
+    upgrade_to_head(engine)
+
+    def error_of(statement, parameters=None) -> BaseException:
+        try:
+            with engine.begin() as connection:
+                connection.execute(statement, parameters or {})
+        except Exception as exc:  # noqa: BLE001 - the test inspects whatever the stack raises
+            return exc
+        raise AssertionError("the statement did not fail")
+
+    too_big = error_of(select(cast(bindparam("v", type_=Integer), Integer)), {"v": 10**20})
+    duplicate = insert(Account).values(label="x", environment="local", created_at=T0)
+    with engine.begin() as connection:
+        connection.execute(duplicate)
+    assert rejected_for_content(too_big)
+    assert rejected_for_content(error_of(duplicate))
+    if engine.dialect.name == "postgresql":
+        assert rejected_for_content(error_of(select(text(":v")), {"v": "a\x00b"}))
+    with database_down(db_url):
+        assert not rejected_for_content(error_of(duplicate))
+    engine.dispose()
