@@ -87,6 +87,8 @@ _BANNED_UNTIL = re.compile(r"banned until ([0-9]{13})(?![0-9])")
 # RFC 9110 delay-seconds (digits; a decimal fraction is tolerated). "inf", "nan", "-5", "1e300" are not.
 _DELAY_SECONDS = re.compile(r"[0-9]{1,15}(\.[0-9]{1,9})?")
 _PLAIN_COUNT = re.compile(r"[0-9]{1,15}")
+# Bounded so int() of a hostile header stays cheap.
+_REPORTED_COUNT = re.compile(r"[0-9]{1,40}")
 _HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}|[0-9A-Fa-f:.]{2,45}")
 
 _DECIMAL_FIELDS = {
@@ -171,6 +173,9 @@ class BinanceFuturesClient:
         self._blocked_error: type[ExchangeError] = RateLimited
         self._auth_failures = 0
         self.last_used_weight: int | None = None
+        # The header as sent when it is a plain count of any size, for the poll log: storage
+        # keeps it, or stores NULL with the reason when its column cannot hold it.
+        self.last_reported_weight: int | None = None
         self._weight_minute: int | None = None
 
     @classmethod
@@ -276,7 +281,7 @@ class BinanceFuturesClient:
                 f"{self.balance_path}: HTTP 200 with an HTML page instead of JSON{_html_title(response.text)}",
                 http_status=200,
             )
-        return parse_balances(response.content, endpoint=self.balance_path, used_weight=self.last_used_weight)
+        return parse_balances(response.content, endpoint=self.balance_path, used_weight=self.last_reported_weight)
 
     def _signed_get(self, path: str) -> _Answer:
         timestamp = round(self._wall_clock() * 1000) + (self._offset_ms or 0)
@@ -299,6 +304,7 @@ class BinanceFuturesClient:
         self._throttle(path)
         response = self._send(path_and_query, path)
         self.last_used_weight = _used_weight(response.headers)
+        self.last_reported_weight = _reported_weight(response.headers)
         self._weight_minute = self._server_minute()
         if 300 <= response.status_code < 400:
             # A redirect would carry the API key and the signed query to whatever host it names.
@@ -414,7 +420,7 @@ class BinanceFuturesClient:
             error = ExchangeUnavailable(detail, http_status=status, code=code)
         else:
             error = ExchangeError(detail, http_status=status, code=code)
-        error.used_weight = self.last_used_weight  # type: ignore[attr-defined]
+        error.used_weight = self.last_reported_weight  # type: ignore[attr-defined]
         raise error
 
 
@@ -591,6 +597,12 @@ def _used_weight(headers: Mapping[str, str]) -> int | None:
     log.info("ignoring %s %s: not a count from 0 to %d, so this IP's used weight is unknown",
              USED_WEIGHT_HEADER, _clip(value), MAX_USED_WEIGHT)
     return None
+
+
+def _reported_weight(headers: Mapping[str, str]) -> int | None:
+    """X-MBX-USED-WEIGHT-1M as the exchange sent it, when a plain count of up to 40 digits."""
+    text = (headers.get(USED_WEIGHT_HEADER) or "").strip()
+    return int(text) if _REPORTED_COUNT.fullmatch(text) else None
 
 
 def _redirect_target(location: str | None) -> str:

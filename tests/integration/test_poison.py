@@ -112,6 +112,8 @@ def make_recorder(base_url: str, engine, tmp_path, wall_clock=None) -> Recorder:
         base_url=base_url,
         api_key="k",
         api_secret="s",
+        # One request per poll: the scripted hostile answer is that poll's whole story.
+        retry_attempts=1,
         sleep=lambda seconds: None,
         **({"wall_clock": wall_clock} if wall_clock else {}),
     )
@@ -153,15 +155,20 @@ def test_hostile_error_is_stored_failed_and_healthy_polls_follow_at_once(hostile
     failed, *healthy = polls(engine)
     assert [p.outcome for p in healthy] == ["ok", "ok"]
     assert all(p.recorded_at is None for p in healthy)
-    assert failed.outcome == "failed" and failed.error_class == "ExchangeError"
+    assert failed.outcome == "failed"
     assert failed.error_message.isprintable()  # no NUL, line break or escape sequence survives
     assert len(failed.error_message) <= TEXT_LIMIT
     if name == "nul in msg":
         assert "Illegal characters\\x00 found\\x00" in failed.error_message
         assert failed.error_code == -1100
-    if name in ("huge code", "code beyond int32") and engine.dialect.name == "postgresql" or name == "huge code":
+    if name in ("huge code", "code beyond int32"):
+        # Binance's codes are small negatives: the client reads a code past 32 bits as no code
+        # at all (an unexpected answer, retried on the next tick), and says so in the message.
+        assert failed.error_class == "ExchangeUnavailable"
         assert failed.error_code is None
-        assert f"[error code {body['code']} out of range, stored as NULL]" in failed.error_message
+        assert f"error code {body['code']} out of range" in failed.error_message
+    else:
+        assert failed.error_class == "ExchangeError"
     if name == "huge weight":
         assert failed.used_weight is None
         assert failed.error_message.endswith(f"[used weight {HUGE} out of range, stored as NULL]")
@@ -182,11 +189,14 @@ def test_healthy_answer_with_a_huge_weight_header_stays_ok_with_the_reason(hosti
     recorder.client.close()
 
 
-def test_alias_with_control_characters_is_stored_cleaned_and_still_matches(hostile, engine, tmp_path):
-    hostile.healthy = healthy_body(alias="Sg\u0000s\nR")
-    recorder = make_recorder(hostile.base_url, engine, tmp_path)
+def test_alias_with_control_characters_is_stored_cleaned_and_still_matches(engine, tmp_path):
+    # The exchange client refuses such an alias (BadPayload); this is storage's own line of
+    # defence, for a value that reaches it another way (a spool file written by hand).
+    recorder = make_recorder("http://127.0.0.1:9", engine, tmp_path)
+    alias = "Sg\u0000s\nR"
+    recorder.client = FakeExchange(FetchedBalances(alias, (usdt(Decimal("100.00000000")),), "/fapi/v2/balance", 10))
     recorder.poll_once()
-    hostile.healthy = healthy_body("101.00000000", alias="Sg\u0000s\nR")
+    recorder.client = FakeExchange(FetchedBalances(alias, (usdt(Decimal("101.00000000")),), "/fapi/v2/balance", 10))
     recorder.poll_once()  # the same alias: not refused as another account
     with make_sessions(engine)() as session:
         assert session.scalars(select(Account.account_alias)).one() == "Sg\\x00s\\x0aR"
@@ -194,7 +204,6 @@ def test_alias_with_control_characters_is_stored_cleaned_and_still_matches(hosti
             "100.00000000",
             "101.00000000",
         ]
-    recorder.client.close()
 
 
 class FakeExchange:
