@@ -122,12 +122,15 @@ def tolerance_option(function: F) -> F:
     return click.option(
         "--tolerance",
         type=click.FloatRange(min=0, min_open=True),
-        help="Seconds without a successful poll that make a gap [default: twice RECORDER_INTERVAL, i.e. 120].",
+        help="Seconds without a successful poll that make a gap [default: from the schedule the recorder "
+        "stored: 1.5 x the interval it polled at (90 s where none was declared); RECORDER_INTERVAL "
+        "in this shell plays no part].",
     )(function)
 
 
-def _tolerance(settings: Settings, seconds: float | None) -> timedelta:
-    return timedelta(seconds=seconds if seconds is not None else 2 * settings.interval)
+def _tolerance(seconds: float | None) -> timedelta | None:
+    # None: the queries take the tolerance from the schedule stored in the database.
+    return None if seconds is None else timedelta(seconds=seconds)
 
 
 def _note(line: str | None) -> None:
@@ -147,7 +150,7 @@ def balances(database_url, account, assets, fmt, tz, at, tolerance) -> None:
     fresh. Times without an offset are UTC.
     """
     with reading(database_url, account, assets) as (settings, session, wanted):
-        result = queries.as_of(session, settings.account, at, assets=wanted or None, tolerance=_tolerance(settings, tolerance))
+        result = queries.as_of(session, settings.account, at, assets=wanted or None, tolerance=_tolerance(tolerance))
     _note(reports.describe_freshness(result.freshness, "--at", tz))
     reports.write_balances(result, fmt, sys.stdout, tz)
 
@@ -164,7 +167,7 @@ def diff(database_url, account, assets, fmt, tz, start, end, tolerance) -> None:
     offset are UTC.
     """
     with reading(database_url, account, assets) as (settings, session, wanted):
-        result = queries.diff(session, settings.account, start, end, assets=wanted or None, tolerance=_tolerance(settings, tolerance))
+        result = queries.diff(session, settings.account, start, end, assets=wanted or None, tolerance=_tolerance(tolerance))
     _note(reports.describe_freshness(result.start, "--from", tz))
     _note(reports.describe_freshness(result.end, "--to", tz))
     reports.write_diff(result, fmt, sys.stdout, tz)
@@ -191,13 +194,15 @@ def changes(database_url, account, assets, fmt, tz, since, until) -> None:
 def gaps(database_url, account, assets, fmt, tz, since, until, tolerance) -> None:
     """Stretches without a successful poll longer than the tolerance, with the failures inside.
 
-    A gap runs from the last successful poll before it to the next one; one still going on
+    The tolerance is the recorder's: 1.5 x the interval it stored for the account (so one
+    failed or missed poll is a gap), whatever this shell's RECORDER_INTERVAL says; --tolerance
+    overrides it. A gap runs from the last successful poll before it to the next one; one still going on
     at --until is marked ongoing. A poll reads every asset at once, so the gaps are the same
     for every asset: --asset only checks that the asset was recorded. Times without an
     offset are UTC.
     """
     with reading(database_url, account, assets) as (settings, session, _):
-        found = queries.gaps(session, settings.account, since=since, until=until, tolerance=_tolerance(settings, tolerance))
+        found = queries.gaps(session, settings.account, since=since, until=until, tolerance=_tolerance(tolerance))
     reports.write_gaps(found, fmt, sys.stdout, tz)
 
 
@@ -221,7 +226,7 @@ def series(database_url, account, asset, field, every, since, until, fmt, tz, to
     with reading(database_url, account, (asset,)) as (settings, session, wanted):
         try:
             points = queries.series(session, settings.account, wanted[0], field, since, until, every=every,
-                                    tolerance=_tolerance(settings, tolerance), tz=tz)
+                                    tolerance=_tolerance(tolerance), tz=tz)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     reports.write_series(points, wanted[0], field, fmt, sys.stdout, tz)
