@@ -18,7 +18,7 @@ from recorder.db import make_engine, make_sessions
 from recorder.exchange import BinanceFuturesClient
 from recorder.schema import upgrade_to_head
 from recorder.locks import WriterLock
-from recorder.service import Recorder, run
+from recorder.service import Recorder, declare_schedule, run, utcnow
 from recorder.spool import Spool, spool_dir_for
 
 log = logging.getLogger(__name__)
@@ -115,10 +115,20 @@ def migrate(**values: Any) -> None:
 
 @cli.command()
 @exchange_options
+@click.option(
+    "--interval",
+    type=float,
+    envvar="RECORDER_INTERVAL",
+    help="Seconds between the polls your scheduler (cron, a timer) runs [env RECORDER_INTERVAL], stored "
+    "so readers judge gaps by it. Not given: the interval declared last stays in force (60 s if none ever was).",
+)
 def poll(**values: Any) -> None:
     """Poll the balances once now; exit 0 on success, 1 with a one-line error on failure."""
-    recorder = _recorder(_settings(values))
+    settings = _settings(values)
+    recorder = _recorder(settings)
     try:
+        if values.get("interval") is not None:
+            declare_schedule(recorder, settings.interval, source="poll", at=utcnow())
         recorder.poll_once()
     finally:
         recorder.client.close()
