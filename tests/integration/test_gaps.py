@@ -16,15 +16,17 @@ from sqlalchemy import select, text
 from recorder import queries
 from recorder.coverage import declare_schedule
 from recorder.db import make_engine, make_sessions
-from recorder.errors import ExchangeUnavailable
+from recorder.errors import ExchangeUnavailable, StorageError
 from recorder.exchange import RETRY_ATTEMPTS, BinanceFuturesClient
 from recorder.models import PollGap, PollSchedule
 from recorder.records import AssetBalance, FetchedBalances
-from recorder.schema import head_revision
+from recorder.schema import head_revision, upgrade_to_head
 from recorder.service import Recorder
+from recorder.service import declare_schedule as declare_run_schedule
 from recorder.store import ensure_account, record_failure, record_poll
 from tests.conftest import SIM_KEY, SIM_SECRET, FixedClock
 from tests.integration.test_migration_0003 import insert, migrate
+from tests.integration.test_outages import database_down, make_recorder
 
 LOCAL = "http://127.0.0.1:9"
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -246,3 +248,41 @@ def test_migration_0005_infers_each_accounts_schedule_and_backfills_its_gaps(db_
         assert not {"poll_schedules", "poll_gaps"} & names
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def outage_engine(db_url):
+    """An engine whose SQLite writes give up quickly while another connection holds the lock."""
+    engine = make_engine(db_url, sqlite_busy_timeout_ms=100)
+    upgrade_to_head(engine)
+    yield engine
+    engine.dispose()
+
+
+def test_a_database_outage_bridged_by_the_spool_is_no_gap_but_a_failed_poll_inside_it_is(
+    simulator, db_url, outage_engine, tmp_path, clock: FixedClock
+):
+    """Polls spooled while the database was down were taken on time: stored late, they leave no gap."""
+    clock.now = T0
+    recorder = make_recorder(simulator, outage_engine, tmp_path / "spool", clock=clock)
+    assert declare_run_schedule(recorder, 60, source="run", at=T0)
+    recorder.poll_once()
+    with database_down(db_url):
+        # The database refuses the schedule too; the caller (run()) tries again on the next tick.
+        assert not declare_run_schedule(recorder, 30, source="run", at=T0)
+        for _ in range(3):
+            clock.advance(60)
+            with pytest.raises(StorageError):
+                recorder.poll_once()
+        simulator.inject("http-503", times=RETRY_ATTEMPTS)
+        clock.advance(60)
+        with pytest.raises(ExchangeUnavailable):
+            recorder.poll_once()
+    clock.advance(60)
+    recorder.poll_once()  # replays the four spooled polls first, in order
+    sessions = make_sessions(outage_engine)
+    with sessions() as session:
+        found = queries.gaps(session, "default")
+    assert spans(found) == [(180.0, 300.0, False, {"ExchangeUnavailable": 1})]
+    assert stored_gaps(sessions) == [(180.0, 300.0, 90_000)]
+    recorder.client.close()
