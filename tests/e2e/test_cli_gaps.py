@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.db import make_engine, make_sessions
 from recorder.exchange import RETRY_ATTEMPTS
-from recorder.models import Poll
+from recorder.models import Poll, PollSchedule
 
 RECORDER = [sys.executable, "-m", "recorder"]
 DEADLINE_SECONDS = 60
@@ -139,3 +139,28 @@ def test_a_locked_database_that_stalls_the_service_is_a_gap(simulator, cli_env, 
     reader = {name: value for name, value in cli_env.items() if not name.startswith("BINANCE_")}
     gaps = json.loads(read(reader, "gaps", "--format", "json", "--since", "2000-01-01").stdout)
     assert any(parse(g["start"]) <= locked_at + timedelta(seconds=2) and parse(g["end"]) >= released_at for g in gaps), gaps
+
+
+def schedules(db_url: str) -> list[tuple[int, str]]:
+    engine = make_engine(db_url)
+    try:
+        with make_sessions(engine)() as session:
+            rows = session.execute(select(PollSchedule.interval_ms, PollSchedule.source).order_by(PollSchedule.started_at))
+            return [tuple(row) for row in rows]
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_one_shot_poll_declares_its_cadence_only_when_told(simulator, cli_env, db_url):
+    def poll(*args: str, **env: str) -> None:
+        result = subprocess.run([*RECORDER, "poll", *args], env={**cli_env, **env}, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+
+    poll()
+    assert schedules(db_url) == []  # nothing declared: readers use the default 60 s
+    poll("--interval", "300")
+    poll(RECORDER_INTERVAL="300")  # the same cadence again, from a cron job's environment: no new row
+    poll()  # declares nothing: the 300 s schedule stays in force
+    poll(RECORDER_INTERVAL="30")
+    assert schedules(db_url) == [(300_000, "poll"), (30_000, "poll")]
