@@ -519,8 +519,10 @@ def check(sessions, naive: Naive, history: History) -> None:
     assert len(events) == len(in_last_day), (len(events), len(in_last_day))
     with sessions() as session:
         for tolerance in (None, timedelta(seconds=75), timedelta(seconds=300)):
-            found = [(g.start, g.end) for g in queries.gaps(session, "busy", since=START, until=history.end, tolerance=tolerance)]
-            assert found == naive.gaps("busy", tolerance or TOLERANCE), (tolerance, len(found))
+            found = queries.gaps(session, "busy", since=START, until=history.end, tolerance=tolerance)
+            # The history ends inside an outage: that one is still open (ongoing), naive lists closed ones.
+            closed = [(g.start, g.end) for g in found if not g.open_end]
+            assert closed == naive.gaps("busy", tolerance or TOLERANCE), (tolerance, len(closed))
 
 
 def run_queries(sessions, naive: Naive, history: History, repeat: int, naive_repeat: int) -> dict[str, Any]:
@@ -605,6 +607,10 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for name in ("as_of busy", "diff busy 1d"):
         out[f"sqlite {longest}m {name} p50 < 2 ms"] = q[name]["ours"]["p50_ms"] < 2.0
     out[f"sqlite {longest}m as_of >= 20x naive"] = q["as_of busy"]["speedup_p50"] >= 20
+    # gaps over the whole history reads the stored gaps; the 75 s override scans every poll
+    # as gaps did before they were stored: the same-run baseline.
+    stored, scanned = q["gaps busy all"]["ours"]["p50_ms"], q["gaps busy all tol 75s"]["ours"]["p50_ms"]
+    out[f"sqlite {longest}m gaps all p50 < 50 ms (scan/stored {scanned / stored:.0f}x)"] = stored < 50
     if shortest != longest:
         short = by[("sqlite", shortest)]["queries"]
         for name in ("as_of busy", "diff busy 1d"):
