@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -286,3 +287,14 @@ def test_a_database_outage_bridged_by_the_spool_is_no_gap_but_a_failed_poll_insi
     assert spans(found) == [(180.0, 300.0, False, {"ExchangeUnavailable": 1})]
     assert stored_gaps(sessions) == [(180.0, 300.0, 90_000)]
     recorder.client.close()
+
+
+def test_the_documented_failures_per_gap_sql_runs_on_both_backends(sessions):
+    """The README's poll_gaps example, as pasted, counts the failures inside each stored gap."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    (block,) = [part.split("```", 1)[0] for part in readme.split("```sql\n")[1:] if "FROM poll_gaps g" in part]
+    for seconds, outcome in [(0, USDT), (60, DOWN), (100, DOWN), (120, USDT), (180, USDT), (400, USDT)]:
+        record(sessions, seconds, outcome)
+    with sessions() as session:
+        rows = session.execute(text(block.strip().rstrip(";"))).all()
+    assert [(row.failures,) for row in rows] == [(2,), (0,)]
