@@ -7,6 +7,7 @@ result with `recorder.reports`. An unknown asset or a malformed time is a usage 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -71,7 +72,7 @@ def range_options(function: F) -> F:
 @contextmanager
 def reading(database_url: str | None, account: str | None, assets: Sequence[str]) -> Iterator[tuple[Settings, Session, list[str]]]:
     """Open the database read-only, check the account and assets, and yield a session."""
-    settings = load_settings({"database_url": database_url, "account": account})
+    settings = load_settings({"database_url": database_url, "account": account}, environ=_reader_environment())
     _require_existing_sqlite_file(settings.database_url)
     engine = make_engine(settings.database_url)
     try:
@@ -91,6 +92,12 @@ def reading(database_url: str | None, account: str | None, assets: Sequence[str]
                 raise StorageError(f"cannot read the database: {database_error_line(exc)}") from None
     finally:
         engine.dispose()
+
+
+def _reader_environment() -> dict[str, str]:
+    # The polling interval is the writer's (stored in the database); a reader's own
+    # RECORDER_INTERVAL, even a malformed one, must not change or break any answer.
+    return {name: value for name, value in os.environ.items() if name != "RECORDER_INTERVAL"}
 
 
 def _require_existing_sqlite_file(url: str) -> None:

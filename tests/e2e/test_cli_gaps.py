@@ -91,9 +91,9 @@ def test_run_at_one_second_through_an_outage_and_a_failed_poll_shows_both_gaps_f
     # From the first poll to the last: no silence after the service stopped is reported.
     span = ("--since", log[0][0].isoformat(), "--until", log[-1][0].isoformat())
 
-    # The reader's shell: no RECORDER_INTERVAL, and then a misleading one (an hour).
+    # The reader's shell: no RECORDER_INTERVAL, a misleading one (an hour), a malformed one.
     reader = {name: value for name, value in cli_env.items() if not name.startswith("BINANCE_")}
-    for env in (reader, {**reader, "RECORDER_INTERVAL": "3600"}):
+    for env in (reader, {**reader, "RECORDER_INTERVAL": "3600"}, {**reader, "RECORDER_INTERVAL": "every minute"}):
         gaps = json.loads(read(env, "gaps", *span, "--format", "json").stdout)
         with_failures = [gap for gap in gaps if gap["failures"]]
         assert [sum(gap["failures"].values()) for gap in with_failures] == [1, 5], gaps
