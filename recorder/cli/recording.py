@@ -141,7 +141,8 @@ def poll(**values: Any) -> None:
 @click.option(
     "--interval",
     type=float,
-    help="Seconds between polls [env RECORDER_INTERVAL; default 60]. The first poll runs at start.",
+    help="Seconds between polls [env RECORDER_INTERVAL; default 60]. The first poll runs at start. "
+    "Stored in the database as the account's schedule: a poll later than 1.5 intervals is a gap for every reader.",
 )
 def run_command(**values: Any) -> None:
     """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""
