@@ -59,8 +59,7 @@ def gaps(
     found by scanning the successful polls in the range.
     """
     account_id = _account_id(session, account)
-    low, high = since or EARLIEST, until or LATEST
-    if tolerance is not None and tolerance < _largest_tolerance(session, account_id, low, high):
+    if tolerance is not None and tolerance < _largest_tolerance(session, account_id, since, until):
         spans = _scanned_spans(session, account_id, since, until, tolerance)
     else:
         spans = _stored_spans(session, account_id, since, until, tolerance)
@@ -70,7 +69,11 @@ def gaps(
 Span = tuple[datetime, datetime, bool, timedelta]
 
 
-def _largest_tolerance(session: Session, account_id: int, low: datetime, high: datetime) -> timedelta:
+def _largest_tolerance(session: Session, account_id: int, since: datetime | None, until: datetime | None) -> timedelta:
+    # From the last successful poll before `since`: a gap crossing `since` was judged by the
+    # schedule in force there.
+    before = _last_ok_poll(session, account_id, since, inclusive=False) if since is not None else None
+    low, high = before or since or EARLIEST, until or LATEST
     return max(schedule.tolerance for schedule in schedules_over(session.connection(), account_id, low, high))
 
 

@@ -298,3 +298,20 @@ def test_the_documented_failures_per_gap_sql_runs_on_both_backends(sessions):
     with sessions() as session:
         rows = session.execute(text(block.strip().rstrip(";"))).all()
     assert [(row.failures,) for row in rows] == [(2,), (0,)]
+
+
+def test_a_tolerance_override_judges_a_gap_crossing_since_by_the_schedule_it_started_under(sessions):
+    """An hourly schedule at the last poll before `since`, a 5 s one from just before `since`."""
+    declare(sessions, 0, 3600)
+    record(sessions, 0)
+    declare(sessions, 1000, 5)
+    # Due by min(0 + 5400, 1000 + 7.5) s: the poll at 1005 s is in time, so nothing is stored.
+    record(sessions, 1005)
+    record(sessions, 1010)
+    with sessions() as session:
+        stored = queries.gaps(session, "default", since=at(1002))
+        # Every stored tolerance from 1002 s on is 7.5 s, but the stretch crossing 1002 s was
+        # judged under the hourly one: a 60 s override must scan, and finds it.
+        overridden = queries.gaps(session, "default", since=at(1002), tolerance=timedelta(seconds=60))
+    assert spans(stored) == []
+    assert spans(overridden) == [(0.0, 1005.0, False, {})]
