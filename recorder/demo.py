@@ -83,7 +83,7 @@ def _print_summary(engine, database_url: str) -> None:
     click.echo("try:")
     click.echo(f"  {recorder} balances --database-url {url} --account {DEMO_ACCOUNT}")
     click.echo(f"  {recorder} history --database-url {url} --account {DEMO_ACCOUNT} --asset USDT")
-    click.echo(f"  {recorder} gaps --database-url {url} --account {DEMO_ACCOUNT} --tolerance 1.5")
+    click.echo(f"  {recorder} gaps --database-url {url} --account {DEMO_ACCOUNT}")
     if make_url(database_url).get_backend_name() == "sqlite":
         click.echo(
             f'  sqlite3 {where} "SELECT asset, balance, observed_at FROM latest_balances ORDER BY balance DESC"'

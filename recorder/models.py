@@ -187,3 +187,52 @@ class DatabaseIdentity(Base):
     # A random UUID (36 characters, lower-case hex with dashes).
     database_id: Mapped[str] = mapped_column(String(36))
     created_at: Mapped[datetime]
+
+
+SCHEDULE_SOURCES = ("run", "poll", "inferred")
+
+
+class PollSchedule(Base):
+    """The poll interval a recorder declared for an account, from `started_at` until the next row.
+
+    Written by the writer (`recorder run`, or `recorder poll --interval`), so every reader
+    judges gaps by the schedule the polls were taken on, not by its own environment.
+    `tolerance_ms` is stored beside the interval so the rule that derives it can change
+    without rewriting history.
+    """
+
+    __tablename__ = "poll_schedules"
+    __table_args__ = (
+        CheckConstraint("source IN ('run', 'poll', 'inferred')", name="source"),
+        CheckConstraint("interval_ms > 0 AND tolerance_ms > 0", name="positive"),
+    )
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(primary_key=True)
+    interval_ms: Mapped[int] = mapped_column(BigInteger)
+    # A stretch longer than this after a successful poll without the next one is a gap.
+    tolerance_ms: Mapped[int] = mapped_column(BigInteger)
+    # run / poll: declared by that command; inferred: derived from the polls by migration 0005.
+    source: Mapped[str] = mapped_column(String(16))
+
+
+class PollGap(Base):
+    """Two consecutive successful polls further apart than the schedule allowed: a gap.
+
+    Written in the transaction of the poll that ends it, so `recorder gaps` reads gaps
+    instead of scanning every poll. `start_at` and `end_at` are those polls' finished_at;
+    the next poll was due `tolerance_ms` after `start_at`.
+    """
+
+    __tablename__ = "poll_gaps"
+    __table_args__ = (
+        CheckConstraint("end_at > start_at", name="ordered"),
+        # A gap is found by its end: the key of the successful poll that ended it.
+        PrimaryKeyConstraint("account_id", "end_at"),
+        ForeignKeyConstraint(["account_id", "end_at"], ["polls.account_id", "polls.finished_at"]),
+    )
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    end_at: Mapped[datetime]
+    start_at: Mapped[datetime]
+    tolerance_ms: Mapped[int] = mapped_column(BigInteger)

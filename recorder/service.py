@@ -16,7 +16,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from recorder import store
+from recorder import coverage, store
 from recorder.db import database_error_line
 from recorder.errors import ConfigError, ExchangeError, RecorderError, RejectedPoll, SpoolError, StorageError
 from recorder.exchange import BinanceFuturesClient
@@ -267,8 +267,15 @@ def run(recorder: Recorder, interval: float, *, stop_after: float | None = None)
     in_flight = threading.Lock()
     stop: dict[str, object] = {}
 
+    started_at = utcnow()
+    declared = [declare_schedule(recorder, interval, source="run", at=started_at)]
+
     def tick() -> None:
         with in_flight:
+            if not declared[0]:
+                # The database was unavailable at start: the schedule still dates from then,
+                # before any poll this run spooled meanwhile.
+                declared[0] = declare_schedule(recorder, interval, source="run", at=started_at)
             try:
                 recorder.poll_once()
             except ConfigError as error:
@@ -316,6 +323,27 @@ def run(recorder: Recorder, interval: float, *, stop_after: float | None = None)
         in_flight.release()
     log.info("stopped")
     return RunResult(int(stop.get("exit_code", 0)), abandoned)
+
+
+def declare_schedule(recorder: Recorder, interval: float, *, source: str, at: datetime) -> bool:
+    """Store the interval this recorder polls the account at from `at` on; False if the database cannot take it now.
+
+    Readers judge gaps and staleness by it (recorder.coverage), so it is written by the
+    writer, in the database, instead of read from each reader's environment.
+    """
+    try:
+        if recorder.lock is not None:
+            recorder.lock.ensure()
+        with recorder.sessions.begin() as session:
+            account = store.ensure_account(session, recorder.account, recorder.client.base_url, at)
+            changed = coverage.declare_schedule(session.connection(), account.id, interval, source=source, at=at)
+    except (RecorderError, SQLAlchemyError) as exc:
+        problem = _database_problem(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
+        log.warning("could not store the poll schedule (every %gs) yet: %s", interval, problem)
+        return False
+    if changed:
+        log.info("poll schedule account=%s every %gs from %s (%s)", recorder.account, interval, at.isoformat(), source)
+    return True
 
 
 def _elapsed_ms(began: float) -> int:

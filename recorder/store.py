@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
+from recorder import coverage
 from recorder.config import BALANCE_ENDPOINTS, environment_of
 from recorder.errors import ConfigError, ExchangeError, RecorderError
 from recorder.models import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, Account, Balance, BalanceHead, Poll
@@ -143,6 +144,7 @@ def record_poll(
     )
     if not inserted:
         return _stored(connection, account.id, finished_at)
+    coverage.note_ok_poll(connection, account.id, finished_at)
     if account.account_alias is None:
         connection.execute(
             update(_accounts).where(_accounts.c.id == account.id).values(account_alias=fetched.account_alias)

@@ -7,6 +7,7 @@ result with `recorder.reports`. An unknown asset or a malformed time is a usage 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -73,7 +74,7 @@ def reading(database_url: str | None, account: str | None, assets: Sequence[str]
     Never migrates and never writes: a schema behind this recorder's is a one-line error
     telling the user to run `recorder migrate`, and the database stays byte-identical.
     """
-    settings = load_settings({"database_url": database_url, "account": account})
+    settings = load_settings({"database_url": database_url, "account": account}, environ=_reader_environment())
     _require_existing_sqlite_file(settings.database_url)
     read_engine = make_read_engine(settings.database_url)
     try:
@@ -95,6 +96,12 @@ def reading(database_url: str | None, account: str | None, assets: Sequence[str]
         read_engine.verify_unchanged()
     finally:
         read_engine.close()
+
+
+def _reader_environment() -> dict[str, str]:
+    # The polling interval is the writer's (stored in the database); a reader's own
+    # RECORDER_INTERVAL, even a malformed one, must not change or break any answer.
+    return {name: value for name, value in os.environ.items() if name != "RECORDER_INTERVAL"}
 
 
 def _require_existing_sqlite_file(url: str) -> None:
@@ -127,12 +134,15 @@ def tolerance_option(function: F) -> F:
     return click.option(
         "--tolerance",
         type=click.FloatRange(min=0, min_open=True),
-        help="Seconds without a successful poll that make a gap [default: twice RECORDER_INTERVAL, i.e. 120].",
+        help="Seconds without a successful poll that make a gap [default: from the schedule the recorder "
+        "stored: 1.5 x the interval it polled at (90 s where none was declared); RECORDER_INTERVAL "
+        "in this shell plays no part].",
     )(function)
 
 
-def _tolerance(settings: Settings, seconds: float | None) -> timedelta:
-    return timedelta(seconds=seconds if seconds is not None else 2 * settings.interval)
+def _tolerance(seconds: float | None) -> timedelta | None:
+    # None: the queries take the tolerance from the schedule stored in the database.
+    return None if seconds is None else timedelta(seconds=seconds)
 
 
 def _note(line: str | None) -> None:
@@ -153,7 +163,7 @@ def balances(database_url, account, assets, fmt, tz, at, tolerance) -> None:
     """
     require_showable(tz, at=at)
     with reading(database_url, account, assets) as (settings, session, wanted):
-        result = queries.as_of(session, settings.account, at, assets=wanted or None, tolerance=_tolerance(settings, tolerance))
+        result = queries.as_of(session, settings.account, at, assets=wanted or None, tolerance=_tolerance(tolerance))
     _note(reports.describe_freshness(result.freshness, "--at", tz))
     reports.write_balances(result, fmt, sys.stdout, tz)
 
@@ -172,7 +182,7 @@ def diff(database_url, account, assets, fmt, tz, start, end, tolerance) -> None:
     require_order("--from", start, "--to", end)
     require_showable(tz, **{"from": start, "to": end})
     with reading(database_url, account, assets) as (settings, session, wanted):
-        result = queries.diff(session, settings.account, start, end, assets=wanted or None, tolerance=_tolerance(settings, tolerance))
+        result = queries.diff(session, settings.account, start, end, assets=wanted or None, tolerance=_tolerance(tolerance))
     _note(reports.describe_freshness(result.start, "--from", tz))
     _note(reports.describe_freshness(result.end, "--to", tz))
     reports.write_diff(result, fmt, sys.stdout, tz)
@@ -201,7 +211,9 @@ def changes(database_url, account, assets, fmt, tz, since, until) -> None:
 def gaps(database_url, account, assets, fmt, tz, since, until, tolerance) -> None:
     """Stretches without a successful poll longer than the tolerance, with the failures inside.
 
-    A gap runs from the last successful poll before it to the next one; one still going on
+    The tolerance is the recorder's: 1.5 x the interval it stored for the account (so one
+    failed or missed poll is a gap), whatever this shell's RECORDER_INTERVAL says; --tolerance
+    overrides it. A gap runs from the last successful poll before it to the next one; one still going on
     at --until is marked ongoing. A poll reads every asset at once, so the gaps are the same
     for every asset: --asset only checks that the asset was recorded. Times without an
     offset are UTC.
@@ -209,7 +221,7 @@ def gaps(database_url, account, assets, fmt, tz, since, until, tolerance) -> Non
     require_order("--since", since, "--until", until)
     require_showable(tz, since=since, until=until)
     with reading(database_url, account, assets) as (settings, session, _):
-        found = queries.gaps(session, settings.account, since=since, until=until, tolerance=_tolerance(settings, tolerance))
+        found = queries.gaps(session, settings.account, since=since, until=until, tolerance=_tolerance(tolerance))
     reports.write_gaps(found, fmt, sys.stdout, tz)
 
 
@@ -235,7 +247,7 @@ def series(database_url, account, asset, field, every, since, until, fmt, tz, to
     with reading(database_url, account, (asset,)) as (settings, session, wanted):
         try:
             points = queries.series(session, settings.account, wanted[0], field, since, until, every=every,
-                                    tolerance=_tolerance(settings, tolerance), tz=tz)
+                                    tolerance=_tolerance(tolerance), tz=tz)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
     reports.write_series(points, wanted[0], field, fmt, sys.stdout, tz)

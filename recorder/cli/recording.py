@@ -140,10 +140,22 @@ def migrate(**values: Any) -> None:
 
 @cli.command()
 @exchange_options
+@click.option(
+    "--interval",
+    type=float,
+    envvar="RECORDER_INTERVAL",
+    help="Seconds between the polls your scheduler (cron, a timer) runs [env RECORDER_INTERVAL], stored "
+    "so readers judge gaps by it. Not given: the interval declared last stays in force (60 s if none ever was).",
+)
 def poll(**values: Any) -> None:
     """Poll the balances once now; exit 0 on success, 1 with a one-line error on failure."""
-    recorder = _recorder(_settings(values))
+    from recorder.service import declare_schedule, utcnow
+
+    settings = _settings(values)
+    recorder = _recorder(settings)
     try:
+        if values.get("interval") is not None:
+            declare_schedule(recorder, settings.interval, source="poll", at=utcnow())
         recorder.poll_once()
     finally:
         recorder.client.close()
@@ -156,7 +168,8 @@ def poll(**values: Any) -> None:
 @click.option(
     "--interval",
     type=float,
-    help="Seconds between polls, 0.2 to 86400 [env RECORDER_INTERVAL; default 60]. The first poll runs at start.",
+    help="Seconds between polls, 0.2 to 86400 [env RECORDER_INTERVAL; default 60]. The first poll runs at start. "
+    "Stored in the database as the account's schedule: a poll later than 1.5 intervals is a gap for every reader.",
 )
 def run_command(**values: Any) -> None:
     """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""

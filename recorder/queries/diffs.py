@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from recorder.models import AMOUNT_FIELDS, STATE_FIELDS
 from recorder.queries.snapshots import Freshness, _as_of
-from recorder.queries.states import DEFAULT_TOLERANCE, AssetState
+from recorder.queries.states import AssetState
 
 # Exact arithmetic for any two amounts a database can hold: the default context keeps 28
 # significant digits and would silently round 123456789012345678901.12345678 - 0.00000001.
@@ -61,9 +61,12 @@ def diff(
     end: datetime,
     *,
     assets: Sequence[str] | None = None,
-    tolerance: timedelta = DEFAULT_TOLERANCE,
+    tolerance: timedelta | None = None,
 ) -> Diff:
-    """Per asset, the state at `start`, at `end` and the exact change of every amount (end - start)."""
+    """Per asset, the state at `start`, at `end` and the exact change of every amount (end - start).
+
+    Each end's staleness follows the stored schedule unless `tolerance` overrides it.
+    """
     before = _as_of(session, account, start, assets, tolerance)
     after = _as_of(session, account, end, assets, tolerance)
     then = {p.asset: _present(p.state) for p in before.positions}

@@ -22,6 +22,7 @@ from recorder.queries.states import (
     _STATE_COLUMNS,
     AssetState,
     _account_id,
+    _due,
     _last_ok_poll,
     _require_aware,
 )
@@ -138,19 +139,26 @@ def as_of(
     at: datetime,
     *,
     assets: Sequence[str] | None = None,
-    tolerance: timedelta = DEFAULT_TOLERANCE,
+    tolerance: timedelta | None = None,
 ) -> AsOf:
     """Each asset's last successfully observed state at or before `at`, and how stale it is.
 
+    Stale means later than the schedule the recorder stored allowed after the last
+    successful poll (see recorder.coverage); `tolerance` overrides that with a fixed span.
     One index probe per asset the account ever had, plus one for the last successful
-    poll: the cost does not grow with the length of the history.
+    poll and one for the schedule: the cost does not grow with the length of the history.
     """
     return _as_of(session, account, at, assets, tolerance)
 
 
-def _as_of(session: Session, label: str, at: datetime, assets: Sequence[str] | None, tolerance: timedelta) -> AsOf:
+def _as_of(
+    session: Session, label: str, at: datetime, assets: Sequence[str] | None, tolerance: timedelta | None
+) -> AsOf:
     _require_aware(at)
-    _, last_poll_at, states = _snapshot(session, label, at, assets, inclusive=True)
+    account_id, last_poll_at, states = _snapshot(session, label, at, assets, inclusive=True)
+    if tolerance is None:
+        # The span the stored schedule allowed after the last successful poll.
+        tolerance = DEFAULT_TOLERANCE if last_poll_at is None else _due(session, account_id, last_poll_at, at) - last_poll_at
     freshness = Freshness(at, last_poll_at, tolerance)
     positions = tuple(
         Position(asset, state, _position_status(state, freshness)) for asset, state in sorted(states.items())

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from recorder.config import DEFAULT_INTERVAL_SECONDS
+from recorder.coverage import DEFAULT_SCHEDULE, due_at, schedules_over
 from recorder.db_types import UtcDateTime
 from recorder.errors import ConfigError
 from recorder.models import AMOUNT_FIELDS, POLL_OK, Account, Balance, BalanceHead, Poll
 
 UTC = timezone.utc
-# A state is stale, and a stretch without a successful poll a gap, past twice the interval.
-DEFAULT_TOLERANCE = timedelta(seconds=2 * DEFAULT_INTERVAL_SECONDS)
+# The tolerance of an account with no declared schedule (1.5 x the default 60 s interval).
+# Every other tolerance comes from the schedule the writer stored (recorder.coverage), never
+# from the reader's environment.
+DEFAULT_TOLERANCE = DEFAULT_SCHEDULE.tolerance
 
 # Statements are built once, with bound parameters, and run on the session's connection:
 # building an ORM statement per call cost more than the index probes themselves (~1.5 ms
@@ -134,6 +136,11 @@ def _last_ok_poll(session: Session, account_id: int, at: datetime, *, inclusive:
 
 def _first_ok_poll(session: Session, account_id: int, at: datetime) -> datetime | None:
     return session.connection().execute(_FIRST_OK_POLL, {"account_id": account_id, "at": at}).scalar()
+
+
+def _due(session: Session, account_id: int, last_ok: datetime, at: datetime) -> datetime:
+    """When the successful poll after `last_ok` was due, by the schedules stored up to `at`."""
+    return due_at(last_ok, schedules_over(session.connection(), account_id, last_ok, at))
 
 
 def _require_aware(value: datetime) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from recorder.models import AMOUNT_FIELDS
 from recorder.queries.poll_gaps import Gap, gaps
-from recorder.queries.states import DEFAULT_TOLERANCE, UTC, _AT, _BALANCES, _account_id, _first_ok_poll, _require_aware
+from recorder.queries.states import UTC, _AT, _BALANCES, _account_id, _first_ok_poll, _require_aware
 
 BUCKETS = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 MAX_BUCKETS = 100_000
@@ -43,14 +43,15 @@ def series(
     until: datetime,
     *,
     every: str = "hour",
-    tolerance: timedelta = DEFAULT_TOLERANCE,
+    tolerance: timedelta | None = None,
     tz: tzinfo = UTC,
 ) -> list[SeriesPoint]:
     """The value of `field` at the end of each minute, hour or day bucket of [since, until).
 
     Minute and hour buckets are aligned in UTC; day buckets start at midnight in `tz`
     (default UTC). The value of a bucket is the last state recorded strictly before its end
-    (or before `until`, for a last bucket that `until` cuts short).
+    (or before `until`, for a last bucket that `until` cuts short). A bucket is a gap by the
+    stored schedule (see gaps), or by `tolerance` when given.
     """
     if field not in AMOUNT_FIELDS:
         raise ValueError(f"{field!r} is not an amount field: {', '.join(AMOUNT_FIELDS)}")
@@ -72,7 +73,7 @@ def series(
             points.append(SeriesPoint(start, end, None, None, "unobserved"))
             continue
         observed_at, present, value = found
-        if _inside_gap(gap_list, gap_starts, cut, tolerance):
+        if _inside_gap(gap_list, gap_starts, cut):
             points.append(SeriesPoint(start, end, None, observed_at, "gap"))
         elif not present:
             points.append(SeriesPoint(start, end, None, observed_at, "absent"))
@@ -95,14 +96,14 @@ _SERIES_PROBE = {
 }
 
 
-def _inside_gap(gap_list: Sequence[Gap], starts: Sequence[datetime], at: datetime, tolerance: timedelta) -> bool:
-    # The last gap starting before `at`: `at` is stale when it lies past start + tolerance
-    # and no later than the gap's end (the next successful poll is only known from then on).
+def _inside_gap(gap_list: Sequence[Gap], starts: Sequence[datetime], at: datetime) -> bool:
+    # The last gap starting before `at`: `at` is stale when it lies past the gap's due time
+    # and no later than its end (the next successful poll is only known from then on).
     index = bisect_left(starts, at) - 1
     if index < 0:
         return False
     gap = gap_list[index]
-    return gap.start + tolerance < at <= gap.end
+    return gap.start + gap.tolerance < at <= gap.end
 
 
 def _buckets(since: datetime, until: datetime, every: str, tz: tzinfo) -> list[tuple[datetime, datetime]]:

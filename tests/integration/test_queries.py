@@ -1,6 +1,7 @@
 """The query module on a scripted sequence of polls with known balances, on both backends.
 
-The script (UTC, one poll a minute, interval 60 s so the gap tolerance is 120 s):
+The script (UTC, one poll a minute; no declared schedule, so the default 60 s interval and its
+gap tolerance of 90 s apply):
 
     00:00 ok      USDT 100.00000000   BNB 0.50000000
     00:01 ok      (unchanged)
@@ -157,10 +158,10 @@ def test_as_of_a_microsecond_earlier_is_the_previous_state(scripted):
 
 def test_as_of_inside_a_gap_reports_staleness_instead_of_freshness(scripted):
     with scripted() as session:
-        edge = queries.as_of(session, "default", at(4))
+        edge = queries.as_of(session, "default", at(3, 30))
         inside = queries.as_of(session, "default", at(5, 30))
-    # 00:04 is exactly the tolerance (120 s) after the last success at 00:02: still fresh.
-    assert (edge.freshness.stale_seconds, edge.freshness.in_gap, positions(edge)["USDT"][0]) == (120.0, False, "ok")
+    # 00:03:30 is exactly the tolerance (90 s) after the last success at 00:02: still fresh.
+    assert (edge.freshness.stale_seconds, edge.freshness.in_gap, positions(edge)["USDT"][0]) == (90.0, False, "ok")
     assert (inside.freshness.last_poll_at, inside.freshness.stale_seconds) == (at(2), 210.0)
     assert (inside.freshness.in_gap, inside.freshness.status) == (True, "gap")
     assert positions(inside)["USDT"] == ("stale", (Decimal("99.5"), Decimal("-0.25"), False), at(2))
@@ -294,7 +295,7 @@ def test_series_carries_values_forward_and_marks_gaps_missing(scripted):
         ("ok", Decimal("100")),  # end 00:01
         ("ok", Decimal("100")),  # end 00:02: the 00:02 state is not before the end
         ("ok", Decimal("99.5")),
-        ("ok", Decimal("99.5")),  # end 00:04: exactly the tolerance after 00:02
+        ("gap", None),  # end 00:04: 120 s after 00:02, past the 90 s tolerance (one missed poll)
         ("gap", None),
         ("gap", None),
         ("gap", None),  # end 00:07: the 00:07 poll is not before the end
