@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from recorder import queries, reports
 from recorder.cli import cli
 from recorder.cli.options import database_options
+from recorder.cli.params import Bounded
 from recorder.config import Settings, load_settings
 from recorder.db import database_error_line, make_read_engine, make_sessions, sqlite_file_path
 from recorder.errors import StorageError
@@ -129,12 +130,17 @@ def history(database_url, account, assets, fmt, tz, since, until) -> None:
 
 
 
+# A year: no recorder polls less often, and a larger value would only hide every gap.
+MAX_TOLERANCE_SECONDS = 366 * 86400
+
+
 def tolerance_option(function: F) -> F:
     """--tolerance: how long without a successful poll counts as a gap."""
     return click.option(
         "--tolerance",
-        type=click.FloatRange(min=0, min_open=True),
-        help="Seconds without a successful poll that make a gap [default: from the schedule the recorder "
+        # Finite and bounded: `nan` would compare false everywhere and `inf` overflow a timedelta.
+        type=Bounded(float, 0.001, MAX_TOLERANCE_SECONDS, "s"),
+        help="Seconds without a successful poll that make a gap, 0.001 to 31622400 (a year) [default: from the schedule the recorder "
         "stored: 1.5 x the interval it polled at (90 s where none was declared); RECORDER_INTERVAL "
         "in this shell plays no part].",
     )(function)

@@ -121,6 +121,9 @@ NUMBER_CASES = [
     (("run", "--interval", "nan"), "RECORDER_INTERVAL (--interval) must be a finite number"),
     (("run", "--interval", "1e300"), "RECORDER_INTERVAL (--interval) must be at most 86400 s"),
     (("run", "--interval", "-1"), "RECORDER_INTERVAL (--interval) must be at least 0.2 s"),
+    (("poll", "--interval", "inf"), "RECORDER_INTERVAL (--interval) must be a finite number from 0.2 to 86400 s"),
+    *(((command, "--tolerance", value), f"{value!r} is outside the allowed range, 0.001 to 31622400 s")
+      for command in ("gaps", "balances") for value in ("nan", "inf", "1e300", "-1", "0")),
 ]
 
 
