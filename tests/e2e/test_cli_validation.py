@@ -137,8 +137,10 @@ def test_numbers_must_be_finite_and_in_range(sqlite_url, tmp_path, args, message
 
 ENV_CASES = [
     ({"RECORDER_INTERVAL": "inf"}, ("run",), "RECORDER_INTERVAL (--interval) must be a finite number"),
-    ({"RECORDER_INTERVAL": "nan"}, ("history",), "RECORDER_INTERVAL (--interval) must be a finite number"),
-    ({"RECORDER_INTERVAL": "1e300"}, ("gaps",), "RECORDER_INTERVAL (--interval) must be at most 86400 s"),
+    # Read commands ignore RECORDER_INTERVAL (the writer's interval is stored in the database);
+    # the commands that poll refuse a bad one.
+    ({"RECORDER_INTERVAL": "nan"}, ("poll",), "RECORDER_INTERVAL (--interval) must be a finite number"),
+    ({"RECORDER_INTERVAL": "1e300"}, ("run",), "RECORDER_INTERVAL (--interval) must be at most 86400 s"),
     ({"RECORDER_TIMEOUT": "inf"}, ("poll",), "RECORDER_TIMEOUT (--timeout) must be a finite number"),
     ({"RECORDER_RECV_WINDOW": "1e300"}, ("poll",), "RECORDER_RECV_WINDOW (--recv-window) must be an integer, not '1e300'"),
     ({"RECORDER_WEIGHT_LIMIT": "-1"}, ("run",), "RECORDER_WEIGHT_LIMIT (--weight-limit) must be at least 20"),

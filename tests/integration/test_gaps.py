@@ -27,7 +27,7 @@ from recorder.service import declare_schedule as declare_run_schedule
 from recorder.store import ensure_account, record_failure, record_poll
 from tests.conftest import SIM_KEY, SIM_SECRET, FixedClock
 from tests.integration.test_migration_0003 import insert, migrate
-from tests.integration.test_outages import database_down, make_recorder
+from tests.integration.test_outages import database_down, make_recorder, outage_engine  # noqa: F401 - a fixture
 
 LOCAL = "http://127.0.0.1:9"
 T0 = datetime(2026, 3, 1, tzinfo=timezone.utc)
@@ -249,15 +249,6 @@ def test_migration_0005_infers_each_accounts_schedule_and_backfills_its_gaps(db_
         assert not {"poll_schedules", "poll_gaps"} & names
     finally:
         engine.dispose()
-
-
-@pytest.fixture
-def outage_engine(db_url):
-    """An engine whose SQLite writes give up quickly while another connection holds the lock."""
-    engine = make_engine(db_url, sqlite_busy_timeout_ms=100)
-    upgrade_to_head(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_a_database_outage_bridged_by_the_spool_is_no_gap_but_a_failed_poll_inside_it_is(
