@@ -50,10 +50,13 @@ def _snapshot_query(dialect: str, inclusive: bool, filtered: bool) -> Select:
         .correlate(accounts)
         .scalar_subquery()
     )
+    # Ordering by asset too (a constant here) spells out the (account_id, asset, observed_at)
+    # key: without it PostgreSQL's planner may walk (account_id, observed_at) backwards and
+    # filter a busy account's other assets, ~0.5 s on a year of data instead of one seek.
     latest = (
         select(older)
         .where(older.c.account_id == _HEADS.c.account_id, older.c.asset == _HEADS.c.asset, state_bound)
-        .order_by(older.c.observed_at.desc())
+        .order_by(older.c.asset.desc(), older.c.observed_at.desc())
         .limit(1)
     )
     heads = accounts.join(_HEADS, _HEADS.c.account_id == accounts.c.id)
