@@ -17,8 +17,6 @@ from recorder.cli.params import Bounded
 from recorder.config import TESTNET_BASE_URL, Settings, load_settings
 from recorder.db import make_engine, make_sessions
 from recorder.schema import upgrade_to_head
-from recorder.locks import WriterLock
-from recorder.spool import Spool, spool_dir_for
 
 if TYPE_CHECKING:
     # requests and APScheduler are imported inside the commands that poll, so `recorder
@@ -99,7 +97,8 @@ def _recorder(settings: Settings) -> Recorder:
     from recorder.exchange import BinanceFuturesClient
     from recorder.service import Recorder
     from recorder.identity import database_id
-    from recorder.spool import legacy_spool_dir_for
+    from recorder.locks import WriterLock
+    from recorder.spool import Spool, legacy_spool_dir_for, spool_dir_for
 
     client = BinanceFuturesClient.from_settings(settings)
     engine = make_engine(settings.database_url)
