@@ -3,8 +3,9 @@
 Core statements rather than the ORM: a poll is the hot path (one a minute per account for
 years), and when this module used the ORM its unit of work cost more than the SQL itself
 (1.5 ms against 0.08 ms of an idle poll on SQLite, profiled with scripts/bench_poll.py;
-the poll went from 3.4 ms to 2.1 ms). An idle poll is three statements: the account, the
-asset heads, and the poll row.
+the poll went from 3.4 ms to 2.1 ms). An idle poll is four statements: the account, the
+asset heads, the poll row, and the gap check (recorder.coverage: the previous successful
+poll and the schedule in force, in one statement).
 
 A poll's identity is (account, finished_at): storing the same poll twice, as a spool replay
 after a crash between commit and spool removal can, stores it once.
