@@ -44,7 +44,10 @@ READ_COMMANDS = [
     ["series", "--asset", "USDT", "--every", "minute", "--since", "2026-01-01T00:00:00Z",
      "--until", "2026-01-01T00:05:00Z"],
 ]
-NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+# Root without the capabilities that bypass file permissions: the modes then bind it like any
+# user, while it can still read the checkout and its .venv wherever the clone lives (a
+# private 0700 folder would shut another user such as nobody out of the code itself).
+PERMISSIONS_BIND = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 
 
 def poll(engine: Engine, minute: int, usdt: str) -> None:
@@ -278,14 +281,14 @@ def database_in(folder: Path, state: str) -> Iterator[Path]:
 
 
 @pytest.mark.parametrize("state", ["clean", "open", "crashed", "rollback-journal"])
-@pytest.mark.parametrize("access", ["chmod-444", "uri-mode-ro", "read-only-mount", "other-user-read-only-dir"])
+@pytest.mark.parametrize("access", ["chmod-444", "uri-mode-ro", "read-only-mount", "read-only-dir"])
 def test_read_commands_answer_on_a_read_only_sqlite_database_and_change_no_byte(state, access):
     with shared_folder() as folder, database_in(folder, state) as path:
         user = None
         with read_only_mount(folder) if access == "read-only-mount" else nullcontext(folder) as where:
-            if access == "other-user-read-only-dir":
+            if access == "read-only-dir":
                 if os.geteuid() == 0:
-                    user = NOBODY
+                    user = PERMISSIONS_BIND
                 folder.chmod(0o555)
             url = f"sqlite:///{where / path.name}"
             if access == "uri-mode-ro":
@@ -299,12 +302,12 @@ def test_read_commands_answer_on_a_read_only_sqlite_database_and_change_no_byte(
 
 
 def test_read_only_sqlite_folder_is_really_read_only_for_the_reader():
-    """Guards the test above: its other user truly cannot create a file in the folder."""
+    """Guards the test above: its reader truly cannot create a file in the folder."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to switch users")
+        pytest.skip("needs root to drop its capabilities")
     with shared_folder() as folder:
         folder.chmod(0o555)
-        probe = subprocess.run([*NOBODY, "touch", str(folder / "probe")], capture_output=True, text=True)
+        probe = subprocess.run([*PERMISSIONS_BIND, "touch", str(folder / "probe")], capture_output=True, text=True)
         assert probe.returncode != 0
         assert not (folder / "probe").exists()
 
