@@ -85,11 +85,18 @@ class Settings:
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    *,
+    ignore: frozenset[str] = frozenset(),
 ) -> Settings:
-    """Build Settings from the environment, then CLI overrides (None means not given)."""
+    """Build Settings from the environment, then CLI overrides (None means not given).
+
+    `ignore` names environment variables this command must not read at all.
+    """
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
     for variable, name in ENVIRONMENT.items():
+        if variable in ignore:
+            continue
         value = environ.get(variable)
         if value not in (None, ""):
             raw[name] = value

@@ -19,6 +19,7 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.errors import ConfigError, StorageError
+from recorder.pidlock import hold_pid_lock
 from recorder.spool import MAX_NAME_BYTES, label_filename
 
 
@@ -83,17 +84,12 @@ class WriterLock:
                 f"cannot create the writer lock {path}: {exc.strerror or exc}; the database's folder "
                 "must be writable for recording"
             ) from None
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(descriptor)
+        holder = hold_pid_lock(descriptor)
+        if holder is not None:
             raise ConfigError(
                 f"another recorder (pid {holder}) is already recording account {self.account!r} "
                 f"into this database (lock {path}): stop it first, or use another --account"
-            ) from None
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+            )
         self._file = descriptor
 
     def ensure(self) -> None:

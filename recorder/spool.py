@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 
 from recorder.db_types import decimal_text
 from recorder.errors import ConfigError, SpoolError
+from recorder.pidlock import hold_pid_lock
 from recorder.records import AssetBalance, FetchedBalances
 from recorder.storable import check_amount, clean_text
 
@@ -138,18 +139,13 @@ class Spool:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise ConfigError(f"cannot use the spool folder {self.directory}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(descriptor)
+        holder = hold_pid_lock(descriptor)
+        if holder is not None:
             raise ConfigError(
                 f"another recorder (pid {holder}) uses the spool folder {self.directory} for account "
                 f"{self.account!r} of a database with the same id (a copy of this database file?): "
                 "stop it, or give this one another --spool-dir"
-            ) from None
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+            )
         self._lock_descriptor = descriptor
 
     def put(self, entry: SpooledPoll) -> Path:

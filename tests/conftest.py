@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
@@ -133,15 +134,21 @@ def simulator() -> Iterator["ExchangeSimulator"]:
         yield exchange
 
 
-@pytest.fixture
-def cli_env(simulator, db_url: str, tmp_path) -> dict[str, str]:
-    """Environment for running the `recorder` CLI against the simulator and this test's database."""
+def recorder_env(simulator, database_url: str, spool: Path | str, **extra: str) -> dict[str, str]:
+    """This process's environment without BINANCE_*/RECORDER_*, pointed at the simulator and a database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "RECORDER_"))}
     env.update(
         BINANCE_API_KEY=SIM_KEY,
         BINANCE_API_SECRET=SIM_SECRET,
         BINANCE_BASE_URL=simulator.base_url,
-        RECORDER_DATABASE_URL=db_url,
-        RECORDER_SPOOL_DIR=str(tmp_path / "spool"),
+        RECORDER_DATABASE_URL=database_url,
+        RECORDER_SPOOL_DIR=str(spool),
+        **extra,
     )
     return env
+
+
+@pytest.fixture
+def cli_env(simulator, db_url: str, tmp_path) -> dict[str, str]:
+    """Environment for running the `recorder` CLI against the simulator and this test's database."""
+    return recorder_env(simulator, db_url, tmp_path / "spool")

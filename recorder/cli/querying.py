@@ -7,7 +7,6 @@ result with `recorder.reports`. An unknown asset or a malformed time is a usage 
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -68,6 +67,11 @@ def range_options(function: F) -> F:
     return function
 
 
+# The polling interval is the writer's (stored in the database); a reader's own
+# RECORDER_INTERVAL, even a malformed one, must not change or break any answer.
+READER_IGNORES = frozenset({"RECORDER_INTERVAL"})
+
+
 @contextmanager
 def reading(database_url: str | None, account: str | None, assets: Sequence[str]) -> Iterator[tuple[Settings, Session, list[str]]]:
     """Open the database read-only, check its schema, the account and assets, and yield a session.
@@ -75,7 +79,7 @@ def reading(database_url: str | None, account: str | None, assets: Sequence[str]
     Never migrates and never writes: a schema behind this recorder's is a one-line error
     telling the user to run `recorder migrate`, and the database stays byte-identical.
     """
-    settings = load_settings({"database_url": database_url, "account": account}, environ=_reader_environment())
+    settings = load_settings({"database_url": database_url, "account": account}, ignore=READER_IGNORES)
     _require_existing_sqlite_file(settings.database_url)
     read_engine = make_read_engine(settings.database_url)
     try:
@@ -97,12 +101,6 @@ def reading(database_url: str | None, account: str | None, assets: Sequence[str]
         read_engine.verify_unchanged()
     finally:
         read_engine.close()
-
-
-def _reader_environment() -> dict[str, str]:
-    # The polling interval is the writer's (stored in the database); a reader's own
-    # RECORDER_INTERVAL, even a malformed one, must not change or break any answer.
-    return {name: value for name, value in os.environ.items() if name != "RECORDER_INTERVAL"}
 
 
 def _require_existing_sqlite_file(url: str) -> None:

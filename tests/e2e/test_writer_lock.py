@@ -3,7 +3,6 @@ from whatever directory, with whatever spool; different labels never share a loc
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -12,23 +11,14 @@ from sqlalchemy import func, select
 
 from recorder.db import make_engine, make_sessions
 from recorder.models import Account, Poll
-from tests.conftest import SIM_KEY, SIM_SECRET
+from tests.conftest import recorder_env
 from tests.e2e.test_cli_recording import RECORDER, stop
 
 DEADLINE_SECONDS = 60
 
 
 def base_env(simulator, database_url: str, spool: Path, account: str = "default") -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "RECORDER_"))}
-    env.update(
-        BINANCE_API_KEY=SIM_KEY,
-        BINANCE_API_SECRET=SIM_SECRET,
-        BINANCE_BASE_URL=simulator.base_url,
-        RECORDER_DATABASE_URL=database_url,
-        RECORDER_SPOOL_DIR=str(spool),
-        RECORDER_ACCOUNT=account,
-    )
-    return env
+    return recorder_env(simulator, database_url, spool, RECORDER_ACCOUNT=account)
 
 
 def start(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
