@@ -17,7 +17,8 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from recorder import queries, reports
+from recorder import queries
+from recorder.reports import render as reports
 from recorder.cli import cli
 from recorder.cli.options import database_options
 from recorder.cli.params import Bounded

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from recorder import reports
+from recorder.reports import render as reports
 from recorder.queries import AssetState
 
 OBSERVED = datetime(2026, 1, 1, 23, 30, 0, 3000, tzinfo=timezone.utc)
