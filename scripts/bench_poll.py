@@ -430,6 +430,326 @@ def profile_sqlite(backend: Backend, sim: ExchangeSimulator, polls: int, top: in
     return buffer.getvalue()
 
 
+# --- the service as it runs ---------------------------------------------------------------------
+
+SERVICE_POLLS = 150
+SERVICE_WARMUP = 20
+SERVICE_INTERVAL = 0.2
+IDLE_INTERVAL = 60.0
+CPU_RATIO_TARGET = 1.3
+RSS_TARGET_MB = 55.0
+MINIMAL_SCRIPT = Path(__file__).resolve().parent / "poll_minimal.py"
+_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (every thread, live or ended) from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as file:
+        # The command name (field 2) may hold spaces: split after its closing parenthesis.
+        fields = file.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
+
+
+def process_status_kb(pid: int, key: str) -> int:
+    """A kB figure of /proc/<pid>/status, e.g. VmHWM (peak resident set) or VmRSS."""
+    with open(f"/proc/{pid}/status") as file:
+        for line in file:
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/status has no {key}")
+
+
+def context_switches(pid: int) -> dict[str, int]:
+    """Voluntary + involuntary context switches per live thread ("tid name"): each is a wake-up."""
+    counts: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            total = 0
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                    total += int(line.split()[1])
+        except OSError:
+            continue  # the thread ended meanwhile
+        counts[f"{task.name} {name}"] = total
+    return counts
+
+
+class Polling:
+    """A polling subprocess whose output lines are counted as polls by a reader thread."""
+
+    def __init__(self, command: list[str], env: dict[str, str], marker: str, stream: str) -> None:
+        import subprocess
+        import threading
+
+        self.marker = marker
+        self.polls = 0
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1
+        )
+        watched, other = (
+            (self.process.stderr, self.process.stdout) if stream == "stderr" else (self.process.stdout, self.process.stderr)
+        )
+        self._threads = [
+            threading.Thread(target=self._read, args=(watched, True), daemon=True),
+            threading.Thread(target=self._read, args=(other, False), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _read(self, stream: Any, counted: bool) -> None:
+        for line in stream:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                del self.lines[:-50]
+                if counted and self.marker in line:
+                    self.polls += 1
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, polls: int, timeout: float) -> None:
+        """Block until `polls` polls were reported; RuntimeError with its last lines if it dies or stalls."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.polls < polls:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    tail = "\n".join(self.lines[-15:])
+                    raise RuntimeError(f"{self.process.args[:4]} reported {self.polls}/{polls} polls:\n{tail}")
+                self._changed.wait(1.0)
+
+    def stop(self) -> None:
+        """SIGTERM, then wait for the exit."""
+        import signal as signals
+
+        if self.process.poll() is None:
+            self.process.send_signal(signals.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except Exception:  # noqa: BLE001 - a benchmark tidying up must never hang
+            self.process.kill()
+            self.process.wait()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+@dataclass
+class ServiceRow:
+    """One line of the service table: CPU per poll and peak memory of a whole process."""
+
+    backend: str
+    account: str
+    variant: str
+    polls: int
+    cpu_ms_per_poll: float
+    peak_rss_mb: float
+    cpu_vs_minimal: float | None = None
+
+
+def _service_database(backend: Backend, stack: contextlib.ExitStack, label: str) -> str:
+    """A fresh database at the recorder's schema (migrated here, so the service starts on a current schema)."""
+    engine = stack.enter_context(backend.database(label))
+    upgrade_to_head(engine)
+    url = engine.url.render_as_string(hide_password=False)
+    engine.dispose()
+    return url
+
+
+def start_service(sim: ExchangeSimulator, key: str, url: str, interval: float, workdir: Path, label: str) -> Polling:
+    """`recorder run` as a user starts it, against the simulator, counting its "poll ok" lines."""
+    secret = dict(KEYS.values())[key]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "RECORDER_"))}
+    env.update(
+        BINANCE_API_KEY=key,
+        BINANCE_API_SECRET=secret,
+        BINANCE_BASE_URL=sim.base_url,
+        RECORDER_DATABASE_URL=url,
+        RECORDER_ACCOUNT=label,
+        RECORDER_SPOOL_DIR=str(workdir / f"spool-{label}"),
+        RECORDER_WEIGHT_LIMIT=str(MAX_WEIGHT_LIMIT_SETTING),
+        RECORDER_INTERVAL=str(interval),
+    )
+    return Polling([sys.executable, "-m", "recorder", "run"], env, "poll ok", "stderr")
+
+
+MAX_WEIGHT_LIMIT_SETTING = 1_000_000  # recorder's own ceiling for --weight-limit
+
+
+def start_minimal(sim: ExchangeSimulator, key: str, url: str, interval: float) -> Polling:
+    """scripts/poll_minimal.py at the same cadence, into the same kind of database."""
+    secret = dict(KEYS.values())[key]
+    command = [
+        sys.executable, str(MINIMAL_SCRIPT), "--base-url", sim.base_url, "--api-key", key, "--api-secret", secret,
+        "--database", url, "--interval", str(interval),
+    ]
+    return Polling(command, dict(os.environ), "ok", "stdout")
+
+
+def measure_pair(sim: ExchangeSimulator, key: str, urls: dict[str, str], args: argparse.Namespace,
+                 workdir: Path, backend: str, account: str) -> list[ServiceRow]:
+    """The service and the minimal script side by side (so load on the machine hits both alike)."""
+    processes = {
+        "recorder run": start_service(sim, key, urls["recorder run"], args.service_interval, workdir, f"svc-{account}"),
+        "minimal": start_minimal(sim, key, urls["minimal"], args.service_interval),
+    }
+    timeout = 120 + (args.service_polls + args.service_warmup) * args.service_interval * 10
+    rows: list[ServiceRow] = []
+    try:
+        cpu_before: dict[str, float] = {}
+        for name, polling in processes.items():
+            polling.wait_for(args.service_warmup, timeout)
+            cpu_before[name] = process_cpu_seconds(polling.process.pid)
+        for name, polling in processes.items():
+            polling.wait_for(args.service_warmup + args.service_polls, timeout)
+            pid = polling.process.pid
+            done = polling.polls - args.service_warmup
+            cpu = process_cpu_seconds(pid) - cpu_before[name]
+            # Counted from its own warm-up mark: a few polls more than asked when it ran ahead.
+            rows.append(ServiceRow(backend, account, name, done, round(cpu * 1000 / done, 3),
+                                   round(process_status_kb(pid, "VmHWM") / 1024, 1)))
+    finally:
+        for polling in processes.values():
+            polling.stop()
+    minimal = rows[1].cpu_ms_per_poll
+    rows[0].cpu_vs_minimal = round(rows[0].cpu_ms_per_poll / minimal, 2) if minimal else None
+    return rows
+
+
+def measure_idle_wakeups(sim: ExchangeSimulator, key: str, url: str, seconds: float, workdir: Path) -> dict[str, Any]:
+    """Context switches of an idle `recorder run --interval 60` between two polls, per minute and per thread."""
+    service = start_service(sim, key, url, IDLE_INTERVAL, workdir, "svc-idle-wakeups")
+    try:
+        service.wait_for(1, 120)
+        time.sleep(2)  # let the first poll's log line and commit settle
+        before = context_switches(service.process.pid)
+        time.sleep(seconds)
+        after = context_switches(service.process.pid)
+        polls_during = service.polls - 1
+    finally:
+        service.stop()
+    per_thread = {name: after[name] - before.get(name, 0) for name in after}
+    total = sum(per_thread.values())
+    return {
+        "seconds": seconds,
+        "polls_during": polls_during,
+        "wakeups": total,
+        "per_minute": round(total * 60 / seconds, 1),
+        "per_thread": {name: count for name, count in per_thread.items() if count},
+    }
+
+
+def recorder_statements(sim: ExchangeSimulator, backend: Backend, busy: bool) -> list[str]:
+    """The SQL `Recorder.poll_once` sends for one poll (idle, or with USDT changed), in order."""
+    from sqlalchemy import event
+
+    key = KEYS["busy" if busy else "idle"][0]
+    with backend.database("statements") as engine:
+        upgrade_to_head(engine)
+        recorder_ = make_recorder(sim, engine, "busy" if busy else "idle")
+        try:
+            for _ in range(3):
+                recorder_.poll_once()
+            sent: list[str] = []
+            listener = lambda *a: sent.append(a[2])  # noqa: E731 - (conn, cursor, statement, ...)
+            event.listen(engine, "before_cursor_execute", listener)
+            if busy:
+                sim.step(key)
+            recorder_.poll_once()
+            event.remove(engine, "before_cursor_execute", listener)
+        finally:
+            recorder_.client.close()
+    return [" ".join(statement.split()) for statement in sent]
+
+
+def check_statements(sim: ExchangeSimulator, backend: Backend) -> dict[str, int]:
+    """Statements per poll of the recorder, and whether poll_minimal.py sends each of them verbatim."""
+    sys.path.insert(0, str(MINIMAL_SCRIPT.parent))
+    import poll_minimal
+
+    known = {" ".join(statement.split()) for statement in poll_minimal.STATEMENTS.values()}
+    counts = {}
+    for busy in (False, True):
+        sent = recorder_statements(sim, backend, busy)
+        extra = [s for s in sent if s not in known and not s.startswith(("BEGIN", "COMMIT"))]
+        for statement in extra:
+            log(f"  recorder sends, the minimal script does not: {statement[:160]}")
+        counts["busy" if busy else "idle"] = len(sent)
+    return counts
+
+
+def service_main(args: argparse.Namespace, backends: list[str]) -> int:
+    """--service: CPU per poll and peak memory of `recorder run` beside poll_minimal.py, and idle wake-ups."""
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_poll-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    rows: list[ServiceRow] = []
+    statements: dict[str, dict[str, int]] = {}
+    idle: dict[str, Any] | None = None
+    idle_sim = ExchangeSimulator(weight_limit=NO_WEIGHT_LIMIT, auto_move=False, seed=7, history_limit=100)
+    # Every balance request moves this one's market: each poll of it stores a changed USDT row.
+    busy_sim = ExchangeSimulator(weight_limit=NO_WEIGHT_LIMIT, auto_move=True, seed=7, history_limit=100)
+    try:
+        with idle_sim, busy_sim, contextlib.ExitStack() as stack:
+            for sim in (idle_sim, busy_sim):
+                for kind, (key, secret) in KEYS.items():
+                    sim.add_account(api_key=key, api_secret=secret, account_alias=f"Bench{kind.title()}")
+            for name in backends:
+                backend = Backend(name, workdir, args.postgres_url)
+                statements[name] = check_statements(idle_sim, backend)
+                for account, sim in (("idle", idle_sim), ("busy", busy_sim)):
+                    key = KEYS[account][0]
+                    urls = {v: _service_database(backend, stack, f"svc-{account}-{v.split()[0]}") for v in ("recorder run", "minimal")}
+                    log(f"{name} {account}: {args.service_polls} polls each every {args.service_interval}s")
+                    rows += measure_pair(sim, key, urls, args, workdir, name, account)
+            if args.idle_seconds > 0:
+                url = _service_database(Backend(backends[0], workdir, args.postgres_url), stack, "svc-idle-wakeups")
+                log(f"idle wake-ups: recorder run --interval {IDLE_INTERVAL:g}, {args.idle_seconds:g} s after its first poll")
+                idle = measure_idle_wakeups(idle_sim, KEYS["idle"][0], url, args.idle_seconds, workdir)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    header = ("backend", "account", "process", "polls", "cpu ms/poll", "peak RSS MB", "cpu vs minimal")
+    lines = [header] + [
+        (r.backend, r.account, r.variant, str(r.polls), f"{r.cpu_ms_per_poll:.2f}", f"{r.peak_rss_mb:.1f}",
+         "-" if r.cpu_vs_minimal is None else f"{r.cpu_vs_minimal:.2f}x")
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    print(f"# whole-process CPU (utime+stime from /proc) per poll after {args.service_warmup} warm-up polls, "
+          f"one poll every {args.service_interval:g} s; peak RSS = VmHWM")
+    for index, line in enumerate(lines):
+        print("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip())
+        if index == 0:
+            print("  ".join("-" * w for w in widths))
+    for name, counts in statements.items():
+        print(f"# {name}: the recorder sends {counts['idle']} statements for an idle poll, {counts['busy']} for a busy one "
+              "(BEGIN included; COMMIT goes through the driver)")
+    if idle is not None:
+        threads = ", ".join(f"{name}: {count}" for name, count in sorted(idle["per_thread"].items()))
+        print(f"idle wake-ups: {idle['per_minute']:g} per minute ({idle['wakeups']} context switches in "
+              f"{idle['seconds']:g} s between polls at --interval {IDLE_INTERVAL:g}; {threads or 'none'})")
+    targets = {}
+    for r in rows:
+        if r.variant == "recorder run":
+            targets[f"{r.backend}_{r.account}_cpu"] = {"met": (r.cpu_vs_minimal or 0) <= CPU_RATIO_TARGET,
+                                                      "cpu_vs_minimal": r.cpu_vs_minimal}
+            targets[f"{r.backend}_{r.account}_rss"] = {"met": r.peak_rss_mb <= RSS_TARGET_MB, "peak_rss_mb": r.peak_rss_mb}
+    for name, verdict in targets.items():
+        detail = ", ".join(f"{k}={v}" for k, v in verdict.items() if k != "met")
+        print(f"target {name}: {'MET' if verdict['met'] else 'NOT MET'} ({detail})")
+    elapsed = round(time.perf_counter() - began, 1)
+    print(f"# run took {elapsed} s")
+    if args.json:
+        document = {"service_polls": args.service_polls, "interval": args.service_interval, "elapsed_s": elapsed,
+                    "statements": statements, "idle_wakeups": idle, "targets": targets,
+                    "rows": [asdict(row) for row in rows]}
+        print(json.dumps(document, separators=(",", ":")))
+    return 0
+
+
 # --- report ------------------------------------------------------------------------------------
 
 
@@ -507,6 +827,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", help="folder for the SQLite files (default: a new temporary folder)")
     parser.add_argument("--profile", action="store_true", help="cProfile poll_once on SQLite; top functions on stderr")
     parser.add_argument("--json", action="store_true", help="print every figure as one JSON object on the last line")
+    parser.add_argument(
+        "--service", action="store_true",
+        help="measure the running service instead: `recorder run` and scripts/poll_minimal.py as processes",
+    )
+    parser.add_argument("--service-polls", type=int, default=SERVICE_POLLS, help="--service: timed polls per process")
+    parser.add_argument("--service-warmup", type=int, default=SERVICE_WARMUP, help="--service: polls before timing")
+    parser.add_argument("--service-interval", type=float, default=SERVICE_INTERVAL, help="--service: seconds between polls")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=50.0,
+        help="--service: how long to count an idle service's wake-ups between two polls (0: skip; at most 55)",
+    )
     args = parser.parse_args(argv)
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -515,6 +846,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.polls < 10:
         parser.error("--polls must be at least 10")
     server_version = None
+    if args.idle_seconds > IDLE_INTERVAL - 5:
+        parser.error(f"--idle-seconds must leave the window between two polls: at most {IDLE_INTERVAL - 5:g}")
     if "postgresql" in backends:
         probe = create_engine(args.postgres_url)
         try:
@@ -526,6 +859,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             probe.dispose()
 
+    if args.service:
+        return service_main(args, backends)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_poll-"))
     workdir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
