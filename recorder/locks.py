@@ -60,6 +60,9 @@ class WriterLock:
         self.path = sqlite_lock_path(engine.url.database or "", account) if engine.dialect.name == "sqlite" else None
         self._file: int | None = None
         self._connection: Connection | None = None
+        # Counts the times the lock was taken: between two equal readings this process was
+        # the only writer throughout, so what it cached of its own writes is still true.
+        self.generation = 0
         digest = hashlib.sha256(f"recorder-writer:{account}".encode()).digest()
         self._advisory_key = int.from_bytes(digest[:8], "big", signed=True)
 
@@ -91,6 +94,7 @@ class WriterLock:
                 f"into this database (lock {path}): stop it first, or use another --account"
             )
         self._file = descriptor
+        self.generation += 1
 
     def ensure(self) -> None:
         """Hold the advisory lock again after a lost connection (PostgreSQL restarted)."""
@@ -119,6 +123,7 @@ class WriterLock:
                 "database (advisory lock held): stop it first, or use another --account"
             )
         self._connection = connection
+        self.generation += 1
 
     def _advisory_holder(self, connection: Connection) -> str | None:
         """`pid N on HOST` of the session holding our advisory lock, when it is a recorder."""

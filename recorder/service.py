@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from recorder import coverage, store
+from recorder.config import environment_of
 from recorder.db import database_error_line
 from recorder.errors import ConfigError, ExchangeError, RecorderError, RejectedPoll, SpoolError, StorageError
 from recorder.exchange import BinanceFuturesClient
@@ -54,6 +55,9 @@ class Recorder:
     spool: Spool | None = None
     lock: WriterLock | None = None
     _last_finished_at: datetime | None = field(default=None, init=False, repr=False)
+    # Only with a writer lock: see store.HeadCache for why the lock makes it sound.
+    _heads: store.HeadCache = field(default_factory=store.HeadCache, init=False, repr=False)
+    _heads_lock_generation: int | None = field(default=None, init=False, repr=False)
 
     def poll_once(self) -> PollOutcome:
         """Fetch balances once and store them atomically; a failure is logged, stored and raised.
@@ -225,15 +229,45 @@ class Recorder:
         """One transaction; a refused value becomes RejectedPoll, an unavailable database StorageError."""
         recorded_at = self.clock()
         try:
-            with self.sessions.begin() as session:
-                account = store.ensure_account(session, entry.account, entry.base_url, entry.started_at)
-                return store.record_entry(session, account, entry, recorded_at=recorded_at)
+            return self._transaction(entry, recorded_at)
         except SQLAlchemyError as exc:
             if store.rejected_for_content(exc):
                 raise RejectedPoll(f"the database refused the poll: {_database_problem(exc)}") from None
             raise StorageError(f"cannot store the poll: {_database_problem(exc)}") from None
         except store.CONTENT_ERRORS as exc:
             raise RejectedPoll(f"the poll cannot be stored: {type(exc).__name__}: {_one_line(str(exc))[:300]}") from None
+
+
+    def _transaction(self, entry: SpooledPoll, recorded_at: datetime) -> PollOutcome:
+        """One poll's transaction, through the head cache when this recorder holds the writer lock."""
+        cache = self._head_cache()
+        try:
+            with self.sessions.begin() as session:
+                if cache is None:
+                    account = store.ensure_account(session, entry.account, entry.base_url, entry.started_at)
+                    return store.record_entry(session, account, entry, recorded_at=recorded_at)
+                cache.begin()
+                account = cache.account
+                if account is None or (account.label, account.environment) != (entry.account, environment_of(entry.base_url)):
+                    # First write, or a spooled poll from another endpoint: ensure_account checks it.
+                    account = store.ensure_account(session, entry.account, entry.base_url, entry.started_at)
+                outcome = store.record_entry(session, account, entry, recorded_at=recorded_at, cache=cache)
+            cache.commit(account)
+            return outcome
+        except BaseException:
+            # Rolled back, or not known to have committed: the next write reads the database again.
+            self._heads.clear()
+            raise
+
+    def _head_cache(self) -> store.HeadCache | None:
+        """The head cache, valid while the writer lock has been held without a break; None without a lock."""
+        if self.lock is None:
+            return None
+        if self._heads_lock_generation != self.lock.generation:
+            # The lock was (re)taken since the cache was filled: another writer may have written meanwhile.
+            self._heads.clear()
+            self._heads_lock_generation = self.lock.generation
+        return self._heads
 
 
 def _refusal(entry: SpooledPoll, error: RecorderError) -> SpooledPoll:

@@ -5,7 +5,8 @@ years), and when this module used the ORM its unit of work cost more than the SQ
 (1.5 ms against 0.08 ms of an idle poll on SQLite, profiled with scripts/bench_poll.py;
 the poll went from 3.4 ms to 2.1 ms). An idle poll is four statements: the account, the
 asset heads, the poll row, and the gap check (recorder.coverage: the previous successful
-poll and the schedule in force, in one statement).
+poll and the schedule in force, in one statement); two with a HeadCache (the poll row and
+the gap check), which the service keeps while it holds the writer lock.
 
 A poll's identity is (account, finished_at): storing the same poll twice, as a spool replay
 after a crash between commit and spool removal can, stores it once.
@@ -17,12 +18,13 @@ never cure from an unavailable database.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from sqlalchemy.orm import Session
 
@@ -55,14 +57,25 @@ _MOVE_HEAD = (
     .where(_heads.c.account_id == bindparam("head_account_id"), _heads.c.asset == bindparam("head_asset"))
     .values(balance_id=bindparam("new_balance_id"))
 )
-# A replayed poll conflicts on the key and inserts nothing; RETURNING tells which happened
-# (rowcount is not reliable for this on every driver).
-_INSERT_POLL = {
-    name: dialect.insert(_polls)
-    .on_conflict_do_nothing(index_elements=["account_id", "finished_at"])
-    .returning(_polls.c.account_id)
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
-}
+
+
+@cache
+def _insert_poll_statement(dialect: str) -> Any:
+    """INSERT of a poll row that does nothing when the poll is stored already.
+
+    A replayed poll conflicts on the key and inserts nothing; RETURNING tells which happened
+    (rowcount is not reliable for this on every driver). Built on first use for the
+    database's own dialect only: importing SQLAlchemy's PostgreSQL dialect costs a SQLite
+    service 1.4 MB it would keep for its whole life.
+    """
+    if dialect not in ("sqlite", "postgresql"):
+        raise ValueError(f"no poll insert for the {dialect} dialect")
+    module = importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+    return (
+        module.insert(_polls)
+        .on_conflict_do_nothing(index_elements=["account_id", "finished_at"])
+        .returning(_polls.c.account_id)
+    )
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,35 @@ class PollOutcome:
     changed_count: int
     used_weight: int | None
     replayed: bool = False
+
+
+@dataclass
+class HeadCache:
+    """The account row and its assets' latest states as our last committed write left them.
+
+    It spares every poll the account and head SELECTs. It is sound only while this process
+    is the account's single writer in this database (recorder.locks): then nobody else can
+    add an account alias or move a head between two of our polls, so what we committed is
+    what the database holds. The caller starts each transaction with `begin()`, calls
+    `commit()` once the database committed, and `clear()` on any failure or rollback (and
+    whenever the writer lock was lost and taken again).
+    """
+
+    account: AccountRef | None = None
+    heads: dict[str, dict[str, Any]] | None = None
+    pending: dict[str, dict[str, Any]] | None = None
+
+    def begin(self) -> None:
+        """A transaction starts: what it writes stays pending until commit()."""
+        self.pending = self.heads
+
+    def commit(self, account: AccountRef) -> None:
+        """The transaction committed: its account row and heads are the database's now."""
+        self.account, self.heads, self.pending = account, self.pending, None
+
+    def clear(self) -> None:
+        """Forget everything: the next write reads the account and heads from the database."""
+        self.account = self.heads = self.pending = None
 
 
 @dataclass
@@ -113,12 +155,15 @@ def record_poll(
     started_at: datetime,
     finished_at: datetime,
     recorded_at: datetime | None = None,
+    cache: HeadCache | None = None,
 ) -> PollOutcome:
     """Store a successful poll: the log row plus a balances row per asset that changed.
 
     `recorded_at` is when the row reaches the database (a poll replayed from the spool
     passes the replay time); it is kept only when late, so the poll log shows the delay.
-    A poll already stored (same account and finished_at) stores nothing.
+    A poll already stored (same account and finished_at) stores nothing. With a `cache`
+    the heads are compared with its committed view instead of read, and its pending view
+    gets the heads this poll moves.
     """
     connection = session.connection()
     fetched = storable_fetched(fetched)
@@ -130,7 +175,11 @@ def record_poll(
             f"the API key reads Binance account {fetched.account_alias!r} but account {account.label!r} "
             f"records {account.account_alias!r}: use another --account label for this key"
         )
-    changed = _changed_states(connection, account.id, fetched)
+    if cache is not None and cache.pending is not None:
+        heads = cache.pending
+    else:
+        heads = {row.asset: row._asdict() for row in connection.execute(_HEAD_STATES, {"account_id": account.id})}
+    changed = _changed_states(heads, fetched)
     inserted = _insert_poll(
         connection,
         account_id=account.id,
@@ -153,6 +202,8 @@ def record_poll(
         account.account_alias = fetched.account_alias
     if changed:
         _insert_states(connection, account.id, finished_at, changed)
+    if cache is not None:
+        cache.pending = {**heads, **{row["asset"]: row for _, row in changed}}
     return PollOutcome(finished_at, POLL_OK, len(fetched.assets), len(changed), fetched.used_weight)
 
 
@@ -189,11 +240,13 @@ def record_failure(
     return PollOutcome(finished_at, POLL_FAILED, 0, 0, failure.used_weight)
 
 
-def record_entry(session: Session, account: AccountRef, entry: SpooledPoll, *, recorded_at: datetime) -> PollOutcome:
+def record_entry(
+    session: Session, account: AccountRef, entry: SpooledPoll, *, recorded_at: datetime, cache: HeadCache | None = None
+) -> PollOutcome:
     """Store one poll, successful or failed, as the service or the spool describes it."""
     when = {"started_at": entry.started_at, "finished_at": entry.finished_at, "recorded_at": recorded_at}
     if entry.fetched is not None:
-        return record_poll(session, account, entry.fetched, **when)
+        return record_poll(session, account, entry.fetched, cache=cache, **when)
     if entry.failure is None:
         raise ValueError(f"spooled poll {entry.uid} has neither balances nor a failure")
     return record_failure(session, account, entry.failure, endpoint=entry.endpoint, **when)
@@ -236,21 +289,20 @@ def rejected_for_content(error: BaseException) -> bool:
     return isinstance(error, CONTENT_ERRORS)
 
 
-def _changed_states(connection: Connection, account_id: int, fetched: FetchedBalances) -> list[tuple[bool, dict[str, Any]]]:
-    """The balances rows this poll must write, each as (the asset has a head already, values)."""
-    heads = {
-        row.asset: row
-        for row in connection.execute(_HEAD_STATES, {"account_id": account_id})
-    }
+def _changed_states(heads: dict[str, dict[str, Any]], fetched: FetchedBalances) -> list[tuple[bool, dict[str, Any]]]:
+    """The balances rows this poll must write, each as (the asset has a head already, values).
+
+    `heads` maps each asset to its head's row (asset, present and the state fields).
+    """
     changed: list[tuple[bool, dict[str, Any]]] = []
     for asset in fetched.assets:
         previous = heads.get(asset.asset)
         state = {name: getattr(asset, name) for name in STATE_FIELDS}
-        if previous is None or not previous.present or any(getattr(previous, n) != v for n, v in state.items()):
+        if previous is None or not previous["present"] or any(previous[n] != v for n, v in state.items()):
             changed.append((previous is not None, {"asset": asset.asset, "present": True, **state}))
     seen = {asset.asset for asset in fetched.assets}
     for name, previous in heads.items():
-        if name not in seen and previous.present:
+        if name not in seen and previous["present"]:
             # Vanished from the response: a marker row with NULL amounts, never invented zeros.
             changed.append((True, {"asset": name, "present": False, **dict.fromkeys(STATE_FIELDS)}))
     return changed
@@ -279,7 +331,7 @@ def _insert_poll(connection: Connection, **values: Any) -> bool:
     """
     dialect = connection.dialect.name
     row = storable_row(_polls, values, dialect, note_column="error_message")
-    return connection.execute(_INSERT_POLL[dialect], row).first() is not None
+    return connection.execute(_insert_poll_statement(dialect), row).first() is not None
 
 
 def _insert_states(
