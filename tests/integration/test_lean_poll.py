@@ -1,0 +1,144 @@
+"""The lean poll: heads cached under the writer lock, and no Alembic on a current schema."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event, select
+
+from recorder.db import make_sessions
+from recorder.errors import StorageError
+from recorder.locks import WriterLock
+from recorder.models import Poll
+from tests.conftest import SIM_KEY
+from tests.integration.test_outages import (  # noqa: F401 - outage_engine is a fixture
+    database_down,
+    make_recorder,
+    outage_engine,
+    served_usdt,
+    usdt_history,
+)
+
+
+@contextmanager
+def statements(engine) -> Iterator[list[str]]:
+    """The first word of each statement of a poll's transaction sent on `engine` meanwhile.
+
+    BEGIN and the PostgreSQL writer lock's liveness check (`SELECT 1` on its own connection)
+    are left out: the lock is checked before every write on purpose.
+    """
+    sent: list[str] = []
+
+    def record(_connection, _cursor, statement, *_args) -> None:
+        if statement.strip() not in ("SELECT 1", "BEGIN", "BEGIN IMMEDIATE"):
+            sent.append(statement.split(None, 1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+@pytest.fixture
+def lock(engine) -> Iterator[WriterLock]:
+    taken = WriterLock(engine, "default")
+    taken.acquire()
+    yield taken
+    taken.release()
+
+
+def test_poll_under_the_writer_lock_reads_neither_account_nor_heads(simulator, engine, lock, tmp_path, clock):
+    recorder = make_recorder(simulator, engine, tmp_path / "spool", lock=lock, clock=clock)
+    recorder.poll_once()
+    clock.advance(60)
+    with statements(engine) as idle:
+        assert recorder.poll_once().changed_count == 0
+    simulator.step(SIM_KEY)
+    clock.advance(60)
+    with statements(engine) as busy:
+        assert recorder.poll_once().changed_count >= 1
+    # The poll row and the gap check; a change adds its balances row and moves its head.
+    assert idle == ["INSERT", "SELECT"]
+    assert busy[:2] == ["INSERT", "SELECT"]
+    assert "UPDATE" in busy and busy.count("SELECT") == 1
+    assert usdt_history(engine) == served_usdt(simulator)
+
+
+def test_poll_without_a_lock_reads_the_heads_every_time(simulator, engine, tmp_path, clock):
+    recorder = make_recorder(simulator, engine, tmp_path / "spool", clock=clock)
+    recorder.poll_once()
+    clock.advance(60)
+    with statements(engine) as idle:
+        recorder.poll_once()
+    assert idle.count("SELECT") == 3  # the account, the heads, the gap check
+
+
+def test_lock_taken_again_forgets_what_another_writer_changed_meanwhile(simulator, engine, tmp_path, clock):
+    first_lock = WriterLock(engine, "default")
+    first_lock.acquire()
+    first = make_recorder(simulator, engine, tmp_path / "spool", lock=first_lock, clock=clock)
+    first.poll_once()
+    first_lock.release()
+
+    # Another recorder holds the account meanwhile and stores a new USDT state.
+    simulator.step(SIM_KEY)
+    clock.advance(60)
+    second_lock = WriterLock(engine, "default")
+    second_lock.acquire()
+    second = make_recorder(simulator, engine, tmp_path / "spool", lock=second_lock, clock=clock)
+    assert second.poll_once().changed_count == 1
+    second_lock.release()
+
+    first_lock.acquire()
+    try:
+        clock.advance(60)
+        # The exchange still serves the state the other recorder stored: nothing changed.
+        assert first.poll_once().changed_count == 0
+    finally:
+        first_lock.release()
+    assert usdt_history(engine) == served_usdt(simulator)
+
+
+def test_failed_writes_drop_the_cache_and_the_history_stays_exact(simulator, db_url, outage_engine, tmp_path, clock):
+    lock = WriterLock(outage_engine, "default")
+    lock.acquire()
+    try:
+        recorder = make_recorder(simulator, outage_engine, tmp_path / "spool", lock=lock, clock=clock)
+        recorder.poll_once()
+        with database_down(db_url):
+            for _ in range(2):
+                clock.advance(60)
+                simulator.step(SIM_KEY)
+                with pytest.raises(StorageError):
+                    recorder.poll_once()
+        for _ in range(2):
+            clock.advance(60)
+            simulator.step(SIM_KEY)
+            recorder.poll_once()
+        clock.advance(60)
+        assert recorder.poll_once().changed_count == 0
+    finally:
+        lock.release()
+    assert recorder.spool.pending() == []
+    assert usdt_history(outage_engine) == served_usdt(simulator)
+    with make_sessions(outage_engine)() as session:
+        outcomes = session.scalars(select(Poll.outcome).order_by(Poll.finished_at)).all()
+    assert outcomes == ["ok"] * 6
+
+
+def test_starting_on_a_current_schema_never_imports_alembic(engine, db_url):
+    """A service's start checks the schema without Alembic, so it never carries Alembic's memory."""
+    code = (
+        "import sys\n"
+        "from recorder.db import make_engine\n"
+        "from recorder.schema import upgrade_to_head\n"
+        f"assert upgrade_to_head(make_engine({db_url!r})) is False\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('alembic', 'mako')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
