@@ -129,10 +129,10 @@ class AccountRef:
     account_alias: str | None
 
 
-def ensure_account(session: Session, label: str, base_url: str, now: datetime) -> AccountRef:
+def ensure_account(session: Session | Connection, label: str, base_url: str, now: datetime) -> AccountRef:
     """Get or create the account; refuse to mix data from another environment into it."""
     environment = environment_of(base_url)
-    connection = session.connection()
+    connection = _connection_of(session)
     row = connection.execute(_ACCOUNT_BY_LABEL, {"label": label}).one_or_none()
     if row is None:
         account_id = connection.execute(
@@ -148,7 +148,7 @@ def ensure_account(session: Session, label: str, base_url: str, now: datetime) -
 
 
 def record_poll(
-    session: Session,
+    session: Session | Connection,
     account: AccountRef,
     fetched: FetchedBalances,
     *,
@@ -165,7 +165,7 @@ def record_poll(
     the heads are compared with its committed view instead of read, and its pending view
     gets the heads this poll moves.
     """
-    connection = session.connection()
+    connection = _connection_of(session)
     fetched = storable_fetched(fetched)
     if account.account_alias is not None and account.account_alias != fetched.account_alias:
         existing = _existing(connection, account.id, finished_at)
@@ -208,7 +208,7 @@ def record_poll(
 
 
 def record_failure(
-    session: Session,
+    session: Session | Connection,
     account: AccountRef,
     failure: PollFailure | RecorderError,
     *,
@@ -220,7 +220,7 @@ def record_failure(
     """Store a failed poll in the log; no balance row is touched."""
     if isinstance(failure, RecorderError):
         failure = describe_failure(failure)
-    connection = session.connection()
+    connection = _connection_of(session)
     inserted = _insert_poll(
         connection,
         account_id=account.id,
@@ -241,7 +241,7 @@ def record_failure(
 
 
 def record_entry(
-    session: Session, account: AccountRef, entry: SpooledPoll, *, recorded_at: datetime, cache: HeadCache | None = None
+    session: Session | Connection, account: AccountRef, entry: SpooledPoll, *, recorded_at: datetime, cache: HeadCache | None = None
 ) -> PollOutcome:
     """Store one poll, successful or failed, as the service or the spool describes it."""
     when = {"started_at": entry.started_at, "finished_at": entry.finished_at, "recorded_at": recorded_at}
@@ -306,6 +306,11 @@ def _changed_states(heads: dict[str, dict[str, Any]], fetched: FetchedBalances) 
             # Vanished from the response: a marker row with NULL amounts, never invented zeros.
             changed.append((True, {"asset": name, "present": False, **dict.fromkeys(STATE_FIELDS)}))
     return changed
+
+
+def _connection_of(session: Session | Connection) -> Connection:
+    """The connection to write on: the session's, or the Core connection the service passes."""
+    return session if isinstance(session, Connection) else session.connection()
 
 
 def _endpoint_version(path_or_version: str) -> str:
