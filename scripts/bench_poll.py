@@ -3,6 +3,7 @@
     .venv/bin/python scripts/bench_poll.py                  # both backends, 2,000 polls per row, ~50 s
     .venv/bin/python scripts/bench_poll.py --backends sqlite --polls 500 --json
     .venv/bin/python scripts/bench_poll.py --backends sqlite --profile
+    .venv/bin/python scripts/bench_poll.py --service        # the running service, ~4 min (below)
 
 Each row gets a fresh database (a SQLite file in --workdir, or a throwaway PostgreSQL database)
 and polls an in-process ExchangeSimulator (8 assets, no added latency, no weight limit):
@@ -20,6 +21,17 @@ pg_total_relation_size with autovacuum off (dead tuples included; the JSON also 
 after VACUUM FULL, and both the JSON and stderr split it per table and index). Rows run in
 interleaved blocks of --block polls, so other load on the machine hits every row alike;
 "cpu ms" is the polling thread's CPU time, the steadiest figure on a shared host.
+
+--service measures the process instead of the call: the real `recorder run` (a subprocess,
+one poll every --service-interval s, writer lock, spool and scheduler as a user runs it) and
+scripts/poll_minimal.py (the same signed request with requests and the same SQL on a raw
+connection, at the same cadence) run side by side per backend and account (idle: nothing
+changes; busy: a simulator whose market moves on every request). After --service-warmup
+polls each, whole-process CPU (utime + stime from /proc, every thread) is divided by the
+polls counted from their output; peak RSS is VmHWM. Then an idle `recorder run --interval
+60` has its threads' context switches counted over --idle-seconds between two polls: the
+wake-ups per minute of a service that should be asleep. Whatever `recorder run` becomes,
+this measures it.
 """
 
 from __future__ import annotations
