@@ -64,9 +64,14 @@ def test_read_commands_import_no_write_side_library(migrated, args):
     assert imported_write_side(*args, *database) == []
 
 
-def test_write_side_probe_sees_what_migrate_imports(migrated):
-    """Guards the probe above: a command that needs Alembic is seen importing it."""
-    assert "alembic" in imported_write_side("migrate", "--database-url", migrated)
+def test_write_side_probe_sees_what_migrate_imports(tmp_path):
+    """Guards the probe above: a command that needs Alembic (migrating an empty database) is seen importing it."""
+    assert "alembic" in imported_write_side("migrate", "--database-url", f"sqlite:///{tmp_path / 'empty.db'}")
+
+
+def test_migrate_on_a_current_schema_imports_no_alembic(migrated):
+    """The schema is checked with plain SQL first: a service starting on a current database never loads Alembic."""
+    assert "alembic" not in imported_write_side("migrate", "--database-url", migrated)
 
 
 def test_version_prints_the_package_version():
