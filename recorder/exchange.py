@@ -837,8 +837,13 @@ class _Watchdog:
     def remove(self, deadline: _Deadline) -> None:
         """Forget `deadline` (its request is over)."""
         with self._condition:
+            was_next = bool(self._pending) and self._pending[0][2] is deadline
             self._pending = [entry for entry in self._pending if entry[2] is not deadline]
             heapq.heapify(self._pending)
+            if was_next:
+                # Re-aim the thread now, while the poll runs anyway: left waiting for this
+                # deadline it would wake once between polls, in an otherwise idle service.
+                self._condition.notify()
 
     def _run(self) -> None:
         with self._condition:
