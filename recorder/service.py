@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Connection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from recorder import coverage, store
@@ -239,7 +239,6 @@ class Recorder:
         except store.CONTENT_ERRORS as exc:
             raise RejectedPoll(f"the poll cannot be stored: {type(exc).__name__}: {_one_line(str(exc))[:300]}") from None
 
-
     def _transaction(self, entry: SpooledPoll, recorded_at: datetime) -> PollOutcome:
         """One poll's transaction; holding the writer lock, on a kept connection through the head cache."""
         cache = self._head_cache()
@@ -250,6 +249,20 @@ class Recorder:
             with (bind.begin() if bind is not None else self.sessions.begin()) as session:
                 account = store.ensure_account(session, entry.account, entry.base_url, entry.started_at)
                 return store.record_entry(session, account, entry, recorded_at=recorded_at)
+        try:
+            return self._kept_transaction(bind, cache, entry, recorded_at)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # The kept connection was dead (a restarted server, an idle connection dropped by a
+            # firewall): what the pool's pre-ping did, once, on a new connection. Nothing was
+            # stored, or if the commit did go through, the poll's key makes the retry store nothing.
+            log.info("the database connection was lost since the last poll; writing on a new one")
+            return self._kept_transaction(bind, self._head_cache(), entry, recorded_at)
+
+    def _kept_transaction(
+        self, bind: Engine, cache: store.HeadCache, entry: SpooledPoll, recorded_at: datetime
+    ) -> PollOutcome:
         try:
             if self._connection is None:
                 # Kept between polls: a pool checkout and return (and PostgreSQL's pre-ping
@@ -269,6 +282,10 @@ class Recorder:
             # again, on a new connection.
             self._forget_database_state()
             raise
+
+    def close(self) -> None:
+        """Close the connection kept between polls; the client and the writer lock are the caller's to close."""
+        self._forget_database_state()
 
     def _forget_database_state(self) -> None:
         """Drop the head cache and the kept connection (after a failure, or the lock taken again)."""

@@ -157,6 +157,7 @@ def poll(**values: Any) -> None:
             declare_schedule(recorder, settings.interval, source="poll", at=utcnow())
         recorder.poll_once()
     finally:
+        recorder.close()
         recorder.client.close()
         if recorder.lock is not None:
             recorder.lock.release()

@@ -14,14 +14,31 @@ from recorder.db import make_sessions
 from recorder.errors import StorageError
 from recorder.locks import WriterLock
 from recorder.models import Poll
+from recorder.service import Recorder
 from tests.conftest import SIM_KEY
+from tests.integration import test_outages
 from tests.integration.test_outages import (  # noqa: F401 - outage_engine is a fixture
     database_down,
-    make_recorder,
     outage_engine,
     served_usdt,
     usdt_history,
 )
+
+_made: list[Recorder] = []
+
+
+def make_recorder(*args, **kwargs) -> Recorder:
+    """test_outages' recorder, closed after the test (its kept connection), as the CLI closes it."""
+    _made.append(test_outages.make_recorder(*args, **kwargs))
+    return _made[-1]
+
+
+@pytest.fixture(autouse=True)
+def close_recorders() -> Iterator[None]:
+    """Close what make_recorder made: a psycopg connection left open warns, and warnings are errors."""
+    yield
+    while _made:
+        _made.pop().close()
 
 
 @contextmanager
@@ -129,6 +146,26 @@ def test_failed_writes_drop_the_cache_and_the_history_stays_exact(simulator, db_
     with make_sessions(outage_engine)() as session:
         outcomes = session.scalars(select(Poll.outcome).order_by(Poll.finished_at)).all()
     assert outcomes == ["ok"] * 6
+
+
+def test_a_dropped_database_connection_costs_no_poll(simulator, engine, lock, tmp_path, clock):
+    """The kept connection dies between polls (server restart, firewall): the next poll still goes straight in."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("only a server can drop a connection")
+    recorder = make_recorder(simulator, engine, tmp_path / "spool", lock=lock, clock=clock)
+    recorder.poll_once()
+    with engine.connect() as admin:
+        # Every session of this database except the writer lock's (named after its holder) and this one.
+        killed = admin.exec_driver_sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND application_name NOT LIKE 'recorder pid %%'"
+        ).scalar_one()
+    assert killed >= 1
+    simulator.step(SIM_KEY)
+    clock.advance(60)
+    assert recorder.poll_once().changed_count == 1
+    assert recorder.spool.pending() == []
+    assert usdt_history(engine) == served_usdt(simulator)
 
 
 def test_starting_on_a_current_schema_never_imports_alembic(engine, db_url):
