@@ -296,3 +296,18 @@ class _Lines:
                 continue
             return f"{self.path} line {start + 1}"
         return self.path
+
+
+# The process-wide settings' environment variables: they override the file's top-level values.
+PROCESS_ENVIRONMENT = {"RECORDER_DATABASE_URL": "database_url", "RECORDER_SPOOL_DIR": "spool_dir",
+                       "RECORDER_WEIGHT_LIMIT": "weight_limit"}
+
+
+def process_settings(accounts: AccountsFile, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
+    """Database, spool folder and weight limit: the file's values, then the environment's, then the command line's."""
+    raw = dict(accounts.process)
+    for variable, name in PROCESS_ENVIRONMENT.items():
+        if environ.get(variable, "") != "":
+            raw[name] = environ[variable]
+    raw.update({name: value for name, value in overrides.items() if name in PROCESS_KEYS and value is not None})
+    return validated_settings(raw)

@@ -7,10 +7,11 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,7 +23,8 @@ from recorder.errors import (ConfigError, ExchangeError, RateLimited, RecorderEr
 from recorder.exchange import REQUEST_WEIGHT, SERVER_TIME_PATH, BinanceFuturesClient
 from recorder.locks import WriterLock
 from recorder.records import FetchedBalances
-from recorder.scheduling import LeaseBook, Slot, Wakeup, WeightBudget
+from recorder.scheduling import (Demand, LeaseBook, Slot, Wakeup, WeightBudget, lease_seconds, plan_intervals,
+                                 spread_slots)
 from recorder.spool import CorruptEntry, ForeignEntry, PollFailure, Spool, SpooledPoll
 from recorder.storable import UnstorableValue, clean_text, storable_fetched, with_notes
 from recorder.store import ERROR_MESSAGE_LIMIT, PollOutcome, describe_failure
@@ -288,6 +290,7 @@ def run_accounts(
     workers: int = 16,
     stop_after: float | None = None,
     single: bool = False,
+    close_between_polls: bool = False,
 ) -> RunResult:
     """Poll every member at its slots on a small thread pool until SIGTERM/SIGINT or `stop_after` seconds.
 
@@ -346,6 +349,8 @@ def run_accounts(
         except RecorderError:
             pass  # already logged and recorded as a failed poll; the next slot goes on
         finally:
+            if close_between_polls:
+                recorder.client.close()
             budget.settle(member.weight, recorder.client.last_used_weight)
             offset = recorder.client.clock_offset_ms
             if offset is not None and budget.offset_ms is None:
@@ -476,3 +481,82 @@ def _database_problem(exc: BaseException) -> str:
 def _one_line(text: str) -> str:
     """Text for a log line: whatever the exchange put in it, it stays one line."""
     return clean_text(text)
+
+
+# Past this many accounts a poll opens its own connection and closes it after: hundreds of
+# idle keep-alive sockets (one per account, each idle a whole interval) cost more than a
+# connect per poll.
+KEEP_ALIVE_MAX_ACCOUNTS = 64
+POLL_WORKERS = 8
+
+
+def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[str, Any], *,
+                      stop_after: float | None = None) -> RunResult:
+    """`recorder run --config FILE`: poll every account of the file inside one weight budget.
+
+    SQLite: this process polls every account, each under its writer lock, as `run` does for
+    one. PostgreSQL: the accounts are shared by every process running this file on the
+    database, through leases (recorder.scheduling.LeaseBook).
+    """
+    from recorder.accounts import load_accounts_file, process_settings
+    from recorder.db import make_engine, make_sessions
+    from recorder.identity import database_id
+    from recorder.schema import upgrade_to_head
+    from recorder.spool import spool_dir_for
+
+    accounts = load_accounts_file(path)
+    process = process_settings(accounts, environ, overrides)
+    # Every credential is read before the first request: a missing one stops the start, not a poll.
+    settings = [entry.settings(environ, process) for entry in accounts.accounts]
+    for one in settings:
+        one.require_credentials()
+    plan = plan_intervals(
+        [Demand(s.account, s.interval, REQUEST_WEIGHT[s.balance_path]) for s in settings], process.weight_limit
+    )
+    if plan.stretched:
+        log.warning("%s", plan.warning())
+    engine = make_engine(process.database_url)
+    upgrade_to_head(engine)
+    shared = engine.dialect.name == "postgresql"
+    identity = database_id(engine)
+    sessions = make_sessions(engine, write=True)
+    slots = spread_slots([plan.intervals[s.account] for s in settings])
+    members: list[Member] = []
+    locks: list[WriterLock] = []
+    try:
+        for one, slot in zip(settings, slots):
+            client = BinanceFuturesClient.from_settings(one)
+            recorder = Recorder(client=client, sessions=sessions, account=one.account)
+            if not shared:
+                lock = WriterLock(engine, one.account)
+                lock.acquire()
+                locks.append(lock)
+                recorder.lock = lock
+                recorder.spool = Spool(spool_dir_for(process.spool_dir, identity, one.account),
+                                       database_id=identity, account=one.account, exclusive=True)
+            members.append(Member(recorder, slot, weight=_poll_weight(recorder)))
+
+        def on_lease(member: Member, held: bool) -> None:
+            # The lease, not a folder lock, makes this process the account's only writer now.
+            label = member.recorder.account
+            member.recorder.spool = (
+                Spool(spool_dir_for(process.spool_dir, identity, label), database_id=identity, account=label)
+                if held else None
+            )
+            member.declared = False
+
+        leases = LeaseBook(engine, [s.account for s in settings], lease_seconds(min(plan.intervals.values()))) \
+            if shared else None
+        log.info(
+            "recording %d accounts from %s (%s); stop with Ctrl-C or SIGTERM",
+            len(members), path,
+            "shared with every recorder running it on this database" if shared else "this process polls all",
+        )
+        return run_accounts(members, budget=WeightBudget(process.weight_limit), leases=leases, on_lease=on_lease,
+                            workers=POLL_WORKERS, stop_after=stop_after,
+                            close_between_polls=len(members) > KEEP_ALIVE_MAX_ACCOUNTS)
+    finally:
+        for member in members:
+            member.recorder.client.close()
+        for lock in locks:
+            lock.release()
