@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -361,6 +361,14 @@ def run_accounts(
                 running[0] -= 1
                 in_flight.notify_all()
 
+    def cancelled(future: Future[None], member: Member) -> None:
+        # A poll still queued at shutdown never runs: it is not in flight either.
+        if future.cancelled():
+            with in_flight:
+                member.busy = False
+                running[0] -= 1
+                in_flight.notify_all()
+
     stop_code = [0]
     now_utc = utcnow()
     for member in members:
@@ -406,7 +414,7 @@ def run_accounts(
                 with in_flight:
                     member.busy = True
                     running[0] += 1
-                pool.submit(poll, member)
+                pool.submit(poll, member).add_done_callback(lambda future, m=member: cancelled(future, m))
                 push(member.slot.next_after(max(now, due)), index)
     finally:
         reason = wakeup.stop_reason or "interrupted"

@@ -20,7 +20,8 @@ after the first interval), then SIGTERM.
   ceiling       2,400 / 5 = 480 polls a minute: the IP's whole budget; "of ceiling" is the ratio
   on time       accounts whose every gap between polls stayed within 1.5 x their interval
   refused       429/418 answers the simulator sent (must be 0)
-  cpu %         the service processes' CPU time over the run (user + system) / wall time
+  cpu %         the service processes' CPU time over the run (user + system) / wall time, start-up included
+  2nd half      the same over the second half of the run only: the steady cost
   rss MB        peak resident memory (VmHWM), the largest process; x baseline is the ratio
 """
 
@@ -64,6 +65,7 @@ class Result:
     failed: int
     refused: int
     cpu_percent: float
+    steady_cpu_percent: float
     rss_mb: float
     announced: str
 
@@ -105,7 +107,10 @@ def run_case(name: str, accounts: int, processes: int, seconds: float, workdir: 
         began = time.time()
         services = [subprocess.Popen([sys.executable, "-m", "recorder", "run", "--config", str(path)], env=env,
                                      stdout=subprocess.DEVNULL, stderr=log) for log in logs]
-        time.sleep(seconds)
+        time.sleep(seconds / 2)
+        halfway = time.time()
+        cpu_halfway = sum(proc_cpu_seconds(service.pid) for service in services)
+        time.sleep(seconds / 2)
         cpu = sum(proc_cpu_seconds(service.pid) for service in services)
         rss = max(proc_peak_rss_mb(service.pid) for service in services)
         ended = time.time()
@@ -148,7 +153,8 @@ def run_case(name: str, accounts: int, processes: int, seconds: float, workdir: 
                 on_time += 1
         refused = sum(1 for record in simulator.requests_log if record.status in (418, 429))
         return Result(name, accounts, processes, interval, in_window / minutes if minutes > 0 else 0.0, on_time,
-                      failed, refused, 100 * cpu / (ended - began), rss, announced)
+                      failed, refused, 100 * cpu / (ended - began), 100 * (cpu - cpu_halfway) / (ended - halfway),
+                      rss, announced)
     finally:
         simulator.stop()
         with psycopg.connect(ADMIN_URL, autocommit=True) as connection:
@@ -174,13 +180,16 @@ def main() -> None:
     print(f"50 ms latency, weight limit {WEIGHT_LIMIT}/min, /fapi/v3/balance (weight {BALANCE_WEIGHT}), "
           f"{args.seconds:g} s per case; ceiling {ceiling:.0f} polls/min")
     header = (f"{'case':<9} {'accounts':>8} {'procs':>5} {'interval s':>10} {'polls/min':>9} {'of ceiling':>10} "
-              f"{'on time':>9} {'failed':>6} {'refused':>7} {'cpu %':>6} {'rss MB':>7} {'x base':>6}")
+              f"{'on time':>9} {'failed':>6} {'refused':>7} {'cpu %':>6} {'2nd half':>8} {'x base':>6} {'rss MB':>7} "
+              f"{'x base':>6}")
     print(header)
     print("-" * len(header))
     for r in results:
         print(f"{r.case:<9} {r.accounts:>8} {r.processes:>5} {r.interval:>10g} {r.polls_per_minute:>9.1f} "
               f"{r.polls_per_minute / ceiling:>10.1%} {r.on_time:>4}/{r.accounts:<4} {r.failed:>6} {r.refused:>7} "
-              f"{r.cpu_percent:>6.1f} {r.rss_mb:>7.1f} {r.rss_mb / base.rss_mb:>6.2f}")
+              f"{r.cpu_percent:>6.1f} {r.steady_cpu_percent:>8.2f} "
+              f"{r.steady_cpu_percent / base.steady_cpu_percent if base.steady_cpu_percent else 0:>6.1f} "
+              f"{r.rss_mb:>7.1f} {r.rss_mb / base.rss_mb:>6.2f}")
     for r in results:
         if r.announced:
             print(f"{r.case}: announced at start: {r.announced}")
