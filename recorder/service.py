@@ -526,6 +526,8 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
     engine = make_engine(process.database_url)
     upgrade_to_head(engine)
     shared = engine.dialect.name == "postgresql"
+    if not shared:
+        _allow_open_files(2 * len(settings) + 256)
     identity = database_id(engine)
     sessions = make_sessions(engine, write=True)
     slots = spread_slots([plan.intervals[s.account] for s in settings])
@@ -568,3 +570,16 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
             member.recorder.client.close()
         for lock in locks:
             lock.release()
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise the soft open-files limit towards `needed`: on SQLite each account holds its writer
+    lock and its spool folder's lock open, and a common default soft limit is 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
