@@ -10,6 +10,7 @@ import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.cli import cli
+from recorder.config import ENVIRONMENT, load_settings
 from recorder.reports import render as reports
 from recorder.timespec import TimeZoneParam
 
@@ -39,7 +40,7 @@ def accounts_command(config_file: str | None, database_url: str | None, fmt: str
     from recorder.queries.account_health import AccountHealth, account_health
     from recorder.schema import require_current_schema
 
-    path = config_file or os.environ.get("RECORDER_CONFIG", "")
+    path = config_file or load_settings(ignore=frozenset(ENVIRONMENT) - {"RECORDER_CONFIG"}).config_file
     if not path:
         raise click.UsageError("give the accounts file with --config FILE or RECORDER_CONFIG")
     accounts = load_accounts_file(path)

@@ -14,7 +14,7 @@ import click
 from recorder.cli import cli
 from recorder.cli.options import database_options
 from recorder.cli.params import Bounded
-from recorder.config import TESTNET_BASE_URL, Settings, load_settings
+from recorder.config import ENVIRONMENT, TESTNET_BASE_URL, Settings, load_settings
 from recorder.db import make_engine, make_sessions
 from recorder.schema import upgrade_to_head
 
@@ -180,7 +180,7 @@ def run_command(**values: Any) -> None:
     """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""
     from recorder.service import run
 
-    config_file = values.pop("config_file") or os.environ.get("RECORDER_CONFIG") or None
+    config_file = values.pop("config_file") or load_settings(ignore=ALL_BUT_CONFIG).config_file
     if config_file:
         from recorder.service import run_accounts_file
 
@@ -192,6 +192,9 @@ def run_command(**values: Any) -> None:
     result = run(recorder, settings.interval)
     _exit_after_run(result.exit_code, result.abandoned_poll)
 
+
+# Only RECORDER_CONFIG decides between the two modes; the rest of the environment is read by the mode chosen.
+ALL_BUT_CONFIG = frozenset(ENVIRONMENT) - {"RECORDER_CONFIG"}
 
 # With an accounts file these are per account, in the file; the command line keeps the process-wide ones.
 PER_ACCOUNT_OPTIONS = ("api_key", "api_secret", "base_url", "testnet", "endpoint", "recv_window", "timeout",
