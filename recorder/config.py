@@ -36,6 +36,7 @@ ENVIRONMENT = {
     "BINANCE_PRIVATE_KEY_PASSPHRASE": "private_key_passphrase",
     "RECORDER_SPOOL_DIR": "spool_dir",
     "RECORDER_WEIGHT_LIMIT": "weight_limit",
+    "RECORDER_CONFIG": "config_file",
 }
 DEFAULT_SPOOL_DIR = ".recorder-spool"
 # Binance's REQUEST_WEIGHT limit per IP per minute (exchangeInfo rateLimits).
@@ -65,6 +66,8 @@ class Settings:
     private_key_passphrase: str | None = field(default=None, repr=False)
     spool_dir: str = DEFAULT_SPOOL_DIR
     weight_limit: int = DEFAULT_WEIGHT_LIMIT
+    # The accounts file (recorder.accounts) that `run` polls instead of the one account above.
+    config_file: str | None = None
 
     @property
     def balance_path(self) -> str:
@@ -152,7 +155,14 @@ def _validated(raw: dict[str, Any]) -> Settings:
     if "weight_limit" in raw:
         values["weight_limit"] = _number(raw["weight_limit"], "RECORDER_WEIGHT_LIMIT (--weight-limit)", int,
                                          minimum=MIN_WEIGHT_LIMIT, maximum=MAX_WEIGHT_LIMIT)
+    if "config_file" in raw:
+        values["config_file"] = str(raw["config_file"])
     return Settings(**values)
+
+
+def validated_settings(raw: Mapping[str, Any]) -> Settings:
+    """Settings from raw values by field name, under the same rules as the environment's."""
+    return _validated(dict(raw))
 
 
 def _number(value: Any, label: str, kind: type, *, minimum: float, maximum: float, unit: str = "") -> Any:

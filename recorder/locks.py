@@ -41,6 +41,12 @@ def sqlite_lock_path(database: str, account: str) -> Path | None:
     return real.parent / folder / f"{label_filename(account)}.lock"
 
 
+def advisory_key(account: str) -> int:
+    """The PostgreSQL advisory lock key of `account`'s writer (a 64-bit hash of its label)."""
+    digest = hashlib.sha256(f"recorder-writer:{account}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def _holder_name() -> str:
     # PostgreSQL keeps 63 bytes of application_name.
     return f"recorder pid {os.getpid()} on {socket.gethostname()}"[:63]
@@ -63,8 +69,7 @@ class WriterLock:
         # Counts the times the lock was taken: between two equal readings this process was
         # the only writer throughout, so what it cached of its own writes is still true.
         self.generation = 0
-        digest = hashlib.sha256(f"recorder-writer:{account}".encode()).digest()
-        self._advisory_key = int.from_bytes(digest[:8], "big", signed=True)
+        self._advisory_key = advisory_key(account)
 
     def acquire(self) -> None:
         """Take the lock or raise ConfigError naming the holder (or the folder it cannot use)."""

@@ -236,3 +236,30 @@ class PollGap(Base):
     end_at: Mapped[datetime]
     start_at: Mapped[datetime]
     tolerance_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class LeaseHolder(Base):
+    """A `recorder run` process sharing a PostgreSQL database's accounts file, alive until `expires_at`.
+
+    The live holders' count sets each one's share of the accounts (recorder.scheduling).
+    """
+
+    __tablename__ = "lease_holders"
+
+    # "pid N on HOST #random": unique per process start.
+    holder: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires_at: Mapped[datetime]
+
+
+class AccountLease(Base):
+    """Which process polls an account of the accounts file, until `expires_at` (PostgreSQL's clock).
+
+    By label, not accounts.id: a lease exists before the account's first poll creates its row.
+    An expired lease, or one without a holder, is free for any live process to take.
+    """
+
+    __tablename__ = "account_leases"
+
+    account: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(128))
+    expires_at: Mapped[datetime]

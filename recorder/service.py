@@ -1,18 +1,18 @@
-"""poll_once() and run(): one poll as one transaction, and the APScheduler loop around it."""
+"""poll_once() and run(): one poll as one transaction, and the deadline loop that runs it for one or many accounts."""
 
 from __future__ import annotations
 
+import heapq
 import logging
-import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from types import FrameType
+from typing import Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,10 +20,13 @@ from sqlalchemy.orm import Session, sessionmaker
 from recorder import coverage, store
 from recorder.config import environment_of
 from recorder.db import database_error_line
-from recorder.errors import ConfigError, ExchangeError, RecorderError, RejectedPoll, SpoolError, StorageError
-from recorder.exchange import BinanceFuturesClient
+from recorder.errors import (ConfigError, ExchangeError, RateLimited, RecorderError, RejectedPoll, SpoolError,
+                             StorageError)
+from recorder.exchange import REQUEST_WEIGHT, SERVER_TIME_PATH, BinanceFuturesClient
 from recorder.locks import WriterLock
 from recorder.records import FetchedBalances
+from recorder.scheduling import (Demand, LeaseBook, Slot, Wakeup, WeightBudget, lease_seconds, plan_intervals,
+                                 spread_slots)
 from recorder.spool import CorruptEntry, ForeignEntry, PollFailure, Spool, SpooledPoll
 from recorder.storable import UnstorableValue, clean_text, storable_fetched, with_notes
 from recorder.store import ERROR_MESSAGE_LIMIT, PollOutcome, describe_failure
@@ -32,8 +35,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 SHUTDOWN_GRACE_SECONDS = 4.0
-# How often the main thread looks for a stop request; bounds the reaction to SIGTERM.
-STOP_CHECK_SECONDS = 0.1
 
 
 def utcnow() -> datetime:
@@ -332,71 +333,202 @@ class RunResult:
 
 
 def run(recorder: Recorder, interval: float, *, stop_after: float | None = None) -> RunResult:
-    """Poll every `interval` seconds until SIGTERM/SIGINT (or `stop_after` seconds)."""
-    # A BackgroundScheduler and a main thread that only sleeps and checks a flag: the signal
-    # handler then needs no lock. Shutting a BlockingScheduler down from the handler sets a
-    # threading.Event, which deadlocks when the signal lands while the main thread holds
-    # that Event's lock inside its own wait() (seen here as a SIGTERM that never stopped).
-    scheduler = BackgroundScheduler(timezone=timezone.utc)
-    in_flight = threading.Lock()
-    stop: dict[str, object] = {}
-
-    started_at = utcnow()
-    declared = [declare_schedule(recorder, interval, source="run", at=started_at)]
-
-    def tick() -> None:
-        with in_flight:
-            if not declared[0]:
-                # The database was unavailable at start: the schedule still dates from then,
-                # before any poll this run spooled meanwhile.
-                declared[0] = declare_schedule(recorder, interval, source="run", at=started_at)
-            try:
-                recorder.poll_once()
-            except ConfigError as error:
-                # Configuration problems (another account's key, mixed environments) need a human.
-                log.error("stopping: %s", error)
-                stop.setdefault("reason", "a configuration error")
-                stop.setdefault("exit_code", 1)
-            except RecorderError:
-                pass  # already logged and recorded as a failed poll; the next tick goes on
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.setdefault("reason", f"received {signal.Signals(signum).name}")
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    scheduler.add_job(
-        tick,
-        "interval",
-        seconds=interval,
-        next_run_time=utcnow(),
-        max_instances=1,
-        coalesce=True,
-        misfire_grace_time=max(1, int(interval)),
-        id="poll",
-    )
-    deadline = None if stop_after is None else time.monotonic() + stop_after
+    """Poll one account every `interval` seconds, the first poll at once, until SIGTERM/SIGINT (or `stop_after` s)."""
+    started = time.time()
+    member = Member(recorder, Slot(phase=started, interval=interval), weight=_poll_weight(recorder))
     log.info("recording account=%s every %gs; stop with Ctrl-C or SIGTERM", recorder.account, interval)
-    scheduler.start()
+    return run_accounts([member], budget=WeightBudget(recorder.client.weight_limit), first_at=started,
+                        stop_after=stop_after, single=True)
+
+
+@dataclass
+class Member:
+    """One account in the run loop: its recorder, its slots and its state."""
+
+    recorder: Recorder
+    slot: Slot
+    weight: int
+    busy: bool = False
+    stopped: bool = False
+    declared: bool = False
+    declared_at: datetime | None = None
+
+
+def run_accounts(
+    members: list[Member],
+    *,
+    budget: WeightBudget,
+    first_at: float | None = None,
+    leases: LeaseBook | None = None,
+    on_lease: Callable[[Member, bool], None] | None = None,
+    workers: int = 16,
+    stop_after: float | None = None,
+    single: bool = False,
+    close_between_polls: bool = False,
+) -> RunResult:
+    """Poll every member at its slots on a small thread pool until SIGTERM/SIGINT or `stop_after` seconds.
+
+    The main thread sleeps until the next slot (or lease refresh) and wakes for nothing else:
+    no timer ticks between polls. A member still polling at its next slot skips that slot, so a
+    slow or hung account holds one worker and delays no other. Every poll first reserves its
+    weight from `budget`; without room it waits for the next minute instead of earning a 429.
+    With `leases`, only the accounts this process leases are polled; `on_lease(member, held)`
+    runs when one is gained or given up.
+    """
+    wakeup = Wakeup()
+    pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(members))), thread_name_prefix="poll")
+    in_flight = threading.Condition()
+    running = [0]
+    by_label = {member.recorder.account: member for member in members}
+    monotonic_end = None if stop_after is None else time.monotonic() + stop_after
+    now = time.time()
+    # (due wall-clock time, sequence, member index or -1 for the lease refresh)
+    heap: list[tuple[float, int, int]] = []
+    for index, member in enumerate(members):
+        due = first_at if first_at is not None else member.slot.next_after(now - 1e-6)
+        heap.append((due, index, index))
+    if leases is not None:
+        heap.append((now, -1, -1))
+    heapq.heapify(heap)
+    sequence = [len(members)]
+
+    def push(due: float, index: int) -> None:
+        sequence[0] += 1
+        heapq.heappush(heap, (due, sequence[0], index))
+
+    def poll(member: Member) -> None:
+        recorder = member.recorder
+        try:
+            if not member.declared:
+                # The database may have been unavailable at start: the schedule still dates from then.
+                member.declared = declare_schedule(recorder, member.slot.interval, source="run",
+                                                   at=member.declared_at or utcnow())
+            recorder.poll_once()
+        except ConfigError as error:
+            # Configuration problems (another account's key, mixed environments) need a human.
+            if single:
+                log.error("stopping: %s", error)
+                wakeup.stop("a configuration error")
+                stop_code[0] = 1
+            else:
+                log.error("account %s stopped until restart: %s", recorder.account, error)
+                member.stopped = True
+                if all(m.stopped for m in members):
+                    stop_code[0] = 1
+                    wakeup.stop("every account stopped on a configuration error")
+        except RateLimited as error:
+            # A 429/418 is about the IP, not the account: every account waits.
+            if error.retry_after:
+                budget.hold(error.retry_after)
+        except RecorderError:
+            pass  # already logged and recorded as a failed poll; the next slot goes on
+        finally:
+            if close_between_polls:
+                recorder.client.close()
+            budget.settle(member.weight, recorder.client.last_used_weight)
+            offset = recorder.client.clock_offset_ms
+            if offset is not None and budget.offset_ms is None:
+                budget.offset_ms = offset
+            member.weight = _poll_weight(recorder)
+            with in_flight:
+                member.busy = False
+                running[0] -= 1
+                in_flight.notify_all()
+
+    def cancelled(future: Future[None], member: Member) -> None:
+        # A poll still queued at shutdown never runs: it is not in flight either.
+        if future.cancelled():
+            with in_flight:
+                member.busy = False
+                running[0] -= 1
+                in_flight.notify_all()
+
+    stop_code = [0]
+    now_utc = utcnow()
+    for member in members:
+        member.declared_at = now_utc
+        if leases is None:
+            member.declared = declare_schedule(member.recorder, member.slot.interval, source="run", at=now_utc)
+    wakeup.install()
     try:
-        while "reason" not in stop:
-            if deadline is not None and time.monotonic() >= deadline:
-                stop.setdefault("reason", "the set duration is over")
+        while wakeup.stop_reason is None:
+            wait = heap[0][0] - time.time() if heap else 3600.0
+            if monotonic_end is not None:
+                wait = min(wait, monotonic_end - time.monotonic())
+            wakeup.wait(wait)
+            if wakeup.stop_reason is not None:
                 break
-            time.sleep(STOP_CHECK_SECONDS)
+            if monotonic_end is not None and time.monotonic() >= monotonic_end:
+                wakeup.stop("the set duration is over")
+                break
+            now = time.time()
+            while heap and heap[0][0] <= now and wakeup.stop_reason is None:
+                due, _, index = heapq.heappop(heap)
+                if index < 0:
+                    _refresh_leases(leases, by_label, on_lease)
+                    push(now + leases.period, -1)
+                    continue
+                member = members[index]
+                if member.stopped:
+                    continue
+                if leases is not None and (member.recorder.account not in leases.held or not leases.valid()):
+                    push(member.slot.next_after(now), index)
+                    continue
+                with in_flight:
+                    if member.busy:
+                        # Still polling since an earlier slot: this one is skipped (coalesced).
+                        push(member.slot.next_after(now), index)
+                        continue
+                wait_for_budget = budget.reserve(member.weight)
+                if wait_for_budget > 0:
+                    push(now + wait_for_budget, index)
+                    continue
+                if budget.offset_ms is not None and member.recorder.client.clock_offset_ms is None:
+                    member.recorder.client.adopt_clock_offset(budget.offset_ms)
+                with in_flight:
+                    member.busy = True
+                    running[0] += 1
+                pool.submit(poll, member).add_done_callback(lambda future, m=member: cancelled(future, m))
+                push(member.slot.next_after(max(now, due)), index)
     finally:
-        log.info("%s: finishing the current poll and stopping", stop.get("reason", "interrupted"))
-        scheduler.shutdown(wait=False)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        reason = wakeup.stop_reason or "interrupted"
+        wakeup.close()
+        log.info("%s: finishing the current poll and stopping", reason)
+        pool.shutdown(wait=False, cancel_futures=True)
     # A poll still running finishes (its transaction commits whole) or is abandoned before
     # writing; either way no half-written poll exists, because one poll is one transaction.
-    abandoned = not in_flight.acquire(timeout=SHUTDOWN_GRACE_SECONDS)
+    with in_flight:
+        abandoned = not in_flight.wait_for(lambda: running[0] == 0, timeout=SHUTDOWN_GRACE_SECONDS)
     if abandoned:
         log.warning("a poll was still waiting for the exchange at shutdown; it is abandoned, nothing of it is stored")
-    else:
-        in_flight.release()
+    if leases is not None:
+        leases.release_all()
     log.info("stopped")
-    return RunResult(int(stop.get("exit_code", 0)), abandoned)
+    return RunResult(stop_code[0], abandoned)
+
+
+def _refresh_leases(leases: LeaseBook, by_label: dict[str, Member],
+                    on_lease: Callable[[Member, bool], None] | None) -> None:
+    try:
+        gained, lost = leases.refresh()
+    except SQLAlchemyError as exc:
+        log.warning("could not renew the account leases: %s; polling stops when they expire", _database_problem(exc))
+        return
+    for label in sorted(lost):
+        log.info("account %s handed to another recorder", label)
+        if on_lease is not None:
+            on_lease(by_label[label], False)
+    for label in sorted(gained):
+        log.info("account %s taken (this recorder polls %d of %d)", label, len(leases.held), len(by_label))
+        if on_lease is not None:
+            on_lease(by_label[label], True)
+
+
+def _poll_weight(recorder: Recorder) -> int:
+    """The IP weight the member's next poll costs, a clock sync included when it has none yet."""
+    client = recorder.client
+    weight = REQUEST_WEIGHT.get(client.balance_path, 10)
+    return weight + (REQUEST_WEIGHT[SERVER_TIME_PATH] if client.clock_offset_ms is None else 0)
 
 
 def declare_schedule(recorder: Recorder, interval: float, *, source: str, at: datetime) -> bool:
@@ -431,3 +563,97 @@ def _database_problem(exc: BaseException) -> str:
 def _one_line(text: str) -> str:
     """Text for a log line: whatever the exchange put in it, it stays one line."""
     return clean_text(text)
+
+
+# Past this many accounts a poll opens its own connection and closes it after: hundreds of
+# idle keep-alive sockets (one per account, each idle a whole interval) cost more than a
+# connect per poll.
+KEEP_ALIVE_MAX_ACCOUNTS = 64
+POLL_WORKERS = 8
+
+
+def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[str, Any], *,
+                      stop_after: float | None = None) -> RunResult:
+    """`recorder run --config FILE`: poll every account of the file inside one weight budget.
+
+    SQLite: this process polls every account, each under its writer lock, as `run` does for
+    one. PostgreSQL: the accounts are shared by every process running this file on the
+    database, through leases (recorder.scheduling.LeaseBook).
+    """
+    from recorder.accounts import load_accounts_file, process_settings
+    from recorder.db import make_engine, make_sessions
+    from recorder.identity import database_id
+    from recorder.schema import upgrade_to_head
+    from recorder.spool import spool_dir_for
+
+    accounts = load_accounts_file(path)
+    process = process_settings(accounts, environ, overrides)
+    # Every credential is read before the first request: a missing one stops the start, not a poll.
+    settings = [entry.settings(environ, process) for entry in accounts.accounts]
+    for one in settings:
+        one.require_credentials()
+    plan = plan_intervals(
+        [Demand(s.account, s.interval, REQUEST_WEIGHT[s.balance_path]) for s in settings], process.weight_limit
+    )
+    if plan.stretched:
+        log.warning("%s", plan.warning())
+    engine = make_engine(process.database_url)
+    upgrade_to_head(engine)
+    shared = engine.dialect.name == "postgresql"
+    if not shared:
+        _allow_open_files(2 * len(settings) + 256)
+    identity = database_id(engine)
+    sessions = make_sessions(engine, write=True)
+    slots = spread_slots([plan.intervals[s.account] for s in settings])
+    members: list[Member] = []
+    locks: list[WriterLock] = []
+    try:
+        for one, slot in zip(settings, slots):
+            client = BinanceFuturesClient.from_settings(one)
+            recorder = Recorder(client=client, sessions=sessions, account=one.account)
+            if not shared:
+                lock = WriterLock(engine, one.account)
+                lock.acquire()
+                locks.append(lock)
+                recorder.lock = lock
+                recorder.spool = Spool(spool_dir_for(process.spool_dir, identity, one.account),
+                                       database_id=identity, account=one.account, exclusive=True)
+            members.append(Member(recorder, slot, weight=_poll_weight(recorder)))
+
+        def on_lease(member: Member, held: bool) -> None:
+            # The lease, not a folder lock, makes this process the account's only writer now.
+            label = member.recorder.account
+            member.recorder.spool = (
+                Spool(spool_dir_for(process.spool_dir, identity, label), database_id=identity, account=label)
+                if held else None
+            )
+            member.declared = False
+
+        leases = LeaseBook(engine, [s.account for s in settings], lease_seconds(min(plan.intervals.values()))) \
+            if shared else None
+        log.info(
+            "recording %d accounts from %s (%s); stop with Ctrl-C or SIGTERM",
+            len(members), path,
+            "shared with every recorder running it on this database" if shared else "this process polls all",
+        )
+        return run_accounts(members, budget=WeightBudget(process.weight_limit), leases=leases, on_lease=on_lease,
+                            workers=POLL_WORKERS, stop_after=stop_after,
+                            close_between_polls=len(members) > KEEP_ALIVE_MAX_ACCOUNTS)
+    finally:
+        for member in members:
+            member.recorder.client.close()
+        for lock in locks:
+            lock.release()
+
+
+def _allow_open_files(needed: int) -> None:
+    """Raise the soft open-files limit towards `needed`: on SQLite each account holds its writer
+    lock and its spool folder's lock open, and a common default soft limit is 1024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))

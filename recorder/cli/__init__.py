@@ -61,9 +61,6 @@ def configure_logging(level: str) -> None:
     # urllib3 logs every request URL at DEBUG, and a signed URL carries the signature.
     for noisy in ("urllib3", "requests", "alembic", "sqlalchemy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # APScheduler warns once a second while one slow poll (a locked database) holds the
-    # single job slot; the poll log and `recorder gaps` already show that blind time.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
 
 def main() -> None:
@@ -102,7 +99,8 @@ def main() -> None:
 
 
 # Command modules register themselves on `cli`; imported last to avoid a cycle. Both are
-# cheap to import: whatever needs requests, APScheduler, Alembic or cryptography is
+# cheap to import: whatever needs requests, Alembic or cryptography is
 # imported inside the command that uses it, so a read command starts without them.
 from recorder.cli import recording  # noqa: E402,F401
 from recorder.cli import querying  # noqa: E402,F401
+from recorder.cli import accounts  # noqa: E402,F401

@@ -14,12 +14,12 @@ import click
 from recorder.cli import cli
 from recorder.cli.options import database_options
 from recorder.cli.params import Bounded
-from recorder.config import TESTNET_BASE_URL, Settings, load_settings
+from recorder.config import ENVIRONMENT, TESTNET_BASE_URL, Settings, load_settings
 from recorder.db import make_engine, make_sessions
 from recorder.schema import upgrade_to_head
 
 if TYPE_CHECKING:
-    # requests and APScheduler are imported inside the commands that poll, so `recorder
+    # requests is imported inside the commands that poll, so `recorder
     # --help` and the read commands start without them.
     from recorder.service import Recorder
 
@@ -171,14 +171,42 @@ def poll(**values: Any) -> None:
     help="Seconds between polls, 0.2 to 86400 [env RECORDER_INTERVAL; default 60]. The first poll runs at start. "
     "Stored in the database as the account's schedule: a poll later than 1.5 intervals is a gap for every reader.",
 )
+@click.option(
+    "--config",
+    "config_file",
+    help="Accounts file (TOML) listing the accounts to poll [env RECORDER_CONFIG]; see 'Many accounts' in the "
+    "README. Its accounts carry their own credentials, endpoint and interval.",
+)
 def run_command(**values: Any) -> None:
     """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""
     from recorder.service import run
 
+    config_file = values.pop("config_file") or load_settings(ignore=ALL_BUT_CONFIG).config_file
+    if config_file:
+        from recorder.service import run_accounts_file
+
+        _refuse_account_options(values)
+        result = run_accounts_file(config_file, os.environ, values)
+        _exit_after_run(result.exit_code, result.abandoned_poll)
     settings = _settings(values)
     recorder = _recorder(settings)
     result = run(recorder, settings.interval)
     _exit_after_run(result.exit_code, result.abandoned_poll)
+
+
+# Only RECORDER_CONFIG decides between the two modes; the rest of the environment is read by the mode chosen.
+ALL_BUT_CONFIG = frozenset(ENVIRONMENT) - {"RECORDER_CONFIG"}
+
+# With an accounts file these are per account, in the file; the command line keeps the process-wide ones.
+PER_ACCOUNT_OPTIONS = ("api_key", "api_secret", "base_url", "testnet", "endpoint", "recv_window", "timeout",
+                       "api_secret_file", "private_key_path", "interval", "account")
+
+
+def _refuse_account_options(values: dict[str, Any]) -> None:
+    given = [name for name in PER_ACCOUNT_OPTIONS if values.get(name) not in (None, False)]
+    if given:
+        options = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise click.UsageError(f"{options}: set per account in the accounts file, not on the command line with --config")
 
 
 @cli.command()

@@ -46,8 +46,11 @@ class ExchangeSimulator:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, clock_offset_ms: int = 0,
                  weight_limit: int = 2400, seed: int = 0, auto_move: bool = False,
-                 history_limit: int | None = None) -> None:
+                 history_limit: int | None = None, latency: float = 0.0) -> None:
         self.host = host
+        # Seconds every request waits before it is answered, like the round trip to Binance's
+        # servers; each connection has its own handler thread, so waits overlap as they would.
+        self.latency = latency
         self.port = port
         self.clock_offset_ms = clock_offset_ms
         self.weight_limit = weight_limit
@@ -172,6 +175,8 @@ class ExchangeSimulator:
         """Answer one request; None means reset the connection without a response."""
         path, _, query = target.partition("?")
         balance = method == "GET" and path in _BALANCE_PATHS
+        if self.latency > 0 and self._stopping.wait(self.latency):
+            return None
         with self._lock:
             now = self.server_time_ms()
             if balance and self._faults and self._faults[0].name == "reset":

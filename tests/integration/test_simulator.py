@@ -556,3 +556,12 @@ def test_huge_body_fault_streams_without_length(sim: ExchangeSimulator, http: re
                 break
     assert received > 32 << 20
     assert signed_get(http, sim).status_code == 200
+
+
+def test_simulator_latency_delays_every_answer():
+    """The added latency is a floor on each request's round trip (bench_accounts.py uses 50 ms)."""
+    with ExchangeSimulator(latency=0.3) as exchange:
+        began = time.monotonic()
+        answer = requests.get(f"{exchange.base_url}/fapi/v1/ping", timeout=10)
+        assert answer.status_code == 200
+        assert time.monotonic() - began >= 0.3
