@@ -84,6 +84,39 @@ def exchange_options(function: Any) -> Any:
     return database_options(function)
 
 
+def operations_options(function: Any) -> Any:
+    """The metrics endpoint and the key check of `run`."""
+    for option in reversed(
+        [
+            click.option(
+                "--metrics-addr",
+                help="Serve /metrics (Prometheus) and /healthz at PORT (on 127.0.0.1) or HOST:PORT "
+                "[env RECORDER_METRICS_ADDR; default: off].",
+            ),
+            click.option(
+                "--metrics-allow-remote",
+                is_flag=True,
+                default=None,
+                help="Allow a --metrics-addr host other than loopback [env RECORDER_METRICS_ALLOW_REMOTE].",
+            ),
+            click.option(
+                "--require-read-only-key",
+                is_flag=True,
+                default=None,
+                help="Refuse to start (exit 2) unless the key is checked and can only read "
+                "[env RECORDER_REQUIRE_READ_ONLY_KEY].",
+            ),
+            click.option(
+                "--spot-base-url",
+                help="Spot API host for the key's permission check [env BINANCE_SPOT_BASE_URL; default "
+                "https://api.binance.com for the live futures host, the base URL on loopback].",
+            ),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
 def _settings(values: dict[str, Any]) -> Settings:
     overrides = {name: value for name, value in values.items() if name != "testnet"}
     if values.get("testnet"):
@@ -170,14 +203,41 @@ def poll(**values: Any) -> None:
     help="Seconds between polls, 0.2 to 86400 [env RECORDER_INTERVAL; default 60]. The first poll runs at start. "
     "Stored in the database as the account's schedule: a poll later than 1.5 intervals is a gap for every reader.",
 )
+@operations_options
 def run_command(**values: Any) -> None:
     """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""
     from recorder.service import run
 
     settings = _settings(values)
     recorder = _recorder(settings)
-    result = run(recorder, settings.interval)
+    server = _start_operations(settings, recorder)
+    try:
+        result = run(recorder, settings.interval)
+    finally:
+        if server is not None:
+            server.stop()
     _exit_after_run(result.exit_code, result.abandoned_poll)
+
+
+def _start_operations(settings: Settings, recorder: Recorder) -> Any:
+    """The key check, then the metrics endpoint when asked for; the server to stop, or None."""
+    from recorder.keycheck import check_key
+
+    try:
+        check_key(recorder.client, settings)
+        if settings.metrics_addr is None:
+            return None
+        from recorder.metrics import PollMetrics, serve_metrics
+
+        metrics = PollMetrics()
+        metrics.watch(recorder.account, settings.interval, recorder.spool.directory if recorder.spool else None)
+        recorder.observer = metrics.observe
+        return serve_metrics(metrics, settings.metrics_addr)
+    except BaseException:
+        recorder.client.close()
+        if recorder.lock is not None:
+            recorder.lock.release()
+        raise
 
 
 @cli.command()
