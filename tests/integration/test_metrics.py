@@ -104,7 +104,15 @@ def _voluntary_switches(native_id: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to count a thread's wake-ups")
+# epoll_wait, epoll_pwait and epoll_pwait2 on x86_64, epoll_pwait on aarch64.
+_EPOLL_WAITS = {"232", "281", "441", "22"}
+
+
+def _waiting_in_epoll(native_id: int) -> bool:
+    return Path(f"/proc/self/task/{native_id}/syscall").read_text().split()[0] in _EPOLL_WAITS
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to watch a thread's wake-ups")
 def test_idle_endpoint_never_wakes_and_stops_promptly():
     """Between scrapes the accept thread sleeps in select() with no timeout: no periodic wake-up.
 
@@ -112,11 +120,17 @@ def test_idle_endpoint_never_wakes_and_stops_promptly():
     """
     server = MetricsServer(PollMetrics(), "127.0.0.1:0").start()
     try:
-        get(server.url + "/healthz")
+        assert get(server.url + "/healthz")[0] == 503  # nothing watched: nothing is being recorded
         thread = next(t for t in threading.enumerate() if t.name == "metrics-http")
+        # The condition, not a delay: the scrape's accept is over once the thread waits again.
+        deadline = time.monotonic() + 60
+        while not _waiting_in_epoll(thread.native_id):
+            assert time.monotonic() < deadline, "the accept thread never went back to waiting"
+            time.sleep(0.01)
         before = _voluntary_switches(thread.native_id)
-        time.sleep(1.5)  # a window, not a deadline: any periodic wake-up in it is a failure
+        time.sleep(1.5)  # a window, not a deadline: any periodic wake-up inside it is a failure
         assert _voluntary_switches(thread.native_id) == before
+        assert _waiting_in_epoll(thread.native_id)
     finally:
         server.stop()
     assert not thread.is_alive()
