@@ -64,7 +64,8 @@ class Recorder:
         try:
             outcome = self._poll_once()
             return outcome
-        except RecorderError as exc:
+        except BaseException as exc:
+            # Whatever ends the poll, a bug included, is not a success in the figures.
             error = exc
             raise
         finally:
