@@ -209,8 +209,9 @@ def run_command(**values: Any) -> None:
     from recorder.service import run
 
     settings = _settings(values)
+    _check_key(settings)
     recorder = _recorder(settings)
-    server = _start_operations(settings, recorder)
+    server = _serve_metrics(settings, recorder)
     try:
         result = run(recorder, settings.interval)
     finally:
@@ -219,19 +220,28 @@ def run_command(**values: Any) -> None:
     _exit_after_run(result.exit_code, result.abandoned_poll)
 
 
-def _start_operations(settings: Settings, recorder: Recorder) -> Any:
-    """The key check, then the metrics endpoint when asked for; the server to stop, or None."""
+def _check_key(settings: Settings) -> None:
+    """The read-only key check, before the database is touched: a refused key migrates and locks nothing."""
+    from recorder.exchange import BinanceFuturesClient
     from recorder.keycheck import check_key
 
+    client = BinanceFuturesClient.from_settings(settings)
     try:
-        check_key(recorder.client, settings)
-        if settings.metrics_addr is None:
-            return None
-        from recorder.metrics import PollMetrics, serve_metrics
+        check_key(client, settings)
+    finally:
+        client.close()
 
-        metrics = PollMetrics()
-        metrics.watch(recorder.account, settings.interval, recorder.spool.directory if recorder.spool else None)
-        recorder.observer = metrics.observe
+
+def _serve_metrics(settings: Settings, recorder: Recorder) -> Any:
+    """Start /metrics and /healthz when asked for, reporting the recorder's polls; the server, or None."""
+    if settings.metrics_addr is None:
+        return None
+    from recorder.metrics import PollMetrics, serve_metrics
+
+    metrics = PollMetrics()
+    metrics.watch(recorder.account, settings.interval, recorder.spool.directory if recorder.spool else None)
+    recorder.observer = metrics.observe
+    try:
         return serve_metrics(metrics, settings.metrics_addr)
     except BaseException:
         recorder.client.close()

@@ -296,6 +296,8 @@ def test_withdrawal_key_with_the_refuse_setting_exits_2_before_recording(simulat
         "RECORDER_REQUIRE_READ_ONLY_KEY (--require-read-only-key) to start anyway"
     )
     assert not any(r.path.endswith("/balance") for r in simulator.requests_log)
+    # Refused before the database: nothing was created, migrated or locked.
+    assert not (tmp_path / "r.db").exists()
 
 
 def test_key_without_reading_is_named(simulator, sqlite_env, tmp_path):
