@@ -132,11 +132,11 @@ def test_run_serves_metrics_then_a_failing_account_makes_healthz_503_and_status_
     assert "serving /metrics and /healthz at http://127.0.0.1:" in stderr
 
 
-def test_metrics_port_in_use_exits_2_with_one_line(simulator, cli_env, db_url):
+def test_metrics_port_in_use_exits_2_with_one_line(simulator, sqlite_env):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        result = recorder("run", "--metrics-addr", str(taken.getsockname()[1]), env=cli_env)
+        result = recorder("run", "--metrics-addr", str(taken.getsockname()[1]), env=sqlite_env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: ConfigError: cannot serve metrics on 127.0.0.1:")
 
@@ -158,25 +158,32 @@ def test_status_is_healthy_after_a_poll_then_unhealthy_past_the_tolerance(simula
     assert table.stdout.splitlines()[0].split() == ["account", "health", "last_ok_at", "due_at", "failures",
                                                     "used_weight", "spool", "problems"]
     assert table.stdout.splitlines()[2].split()[:2] == ["default", "ok"]
+    assert recorder("status", "--account", "ghost", env=cli_env).stdout.splitlines()[2].split()[:2] == [
+        "ghost", "UNHEALTHY"]
 
     # A schedule of 0.2 s makes the next poll due 0.3 s after this one.
     assert recorder("poll", "--interval", "0.2", env=cli_env).returncode == 0
     exit_code, document = wait_for(lambda: (lambda r: r if r[0] == 1 else None)(status(cli_env)))
     assert "no successful poll since" in document["accounts"][0]["problems"][0]
-    table = recorder("status", env=cli_env)
-    assert table.returncode == 1 and "UNHEALTHY" in table.stdout
 
 
-def test_status_counts_failures_and_names_the_error(simulator, cli_env, db_url):
+def test_status_counts_failures_names_the_error_and_judges_each_account(simulator, cli_env, db_url):
     failing = {**cli_env, "BINANCE_API_SECRET": "wrong-secret"}
     assert recorder("poll", env=failing).returncode == 1
     assert recorder("poll", env=failing).returncode == 1
+    assert recorder("poll", "--interval", "60", "--account", "second", env=cli_env).returncode == 0
     exit_code, document = status(cli_env)
-    assert exit_code == 1
-    account = document["accounts"][0]
-    assert account["consecutive_failures"] == 2
-    assert account["last_ok_at"] is None and account["problems"] == ["no successful poll yet"]
-    assert account["last_error"].startswith("AuthError")
+    assert exit_code == 1 and document["failing"] == ["default"]
+    default, second = document["accounts"]
+    assert default["consecutive_failures"] == 2
+    assert default["last_ok_at"] is None and default["problems"] == ["no successful poll yet"]
+    assert default["last_error"].startswith("AuthError")
+    assert second["account"] == "second" and second["healthy"] and second["consecutive_failures"] == 0
+    exit_code, document = status(cli_env, "--account", "second")
+    assert exit_code == 0 and [a["account"] for a in document["accounts"]] == ["second"]
+    exit_code, document = status(cli_env, "--account", "second", "--account", "ghost")
+    assert exit_code == 1 and document["failing"] == ["ghost"]
+    assert document["accounts"][1]["problems"] == ["never recorded in this database"]
 
 
 def test_status_spool_entries_make_it_unhealthy(simulator, cli_env, db_url):
@@ -194,16 +201,6 @@ def test_status_spool_entries_make_it_unhealthy(simulator, cli_env, db_url):
     assert exit_code == 1
     assert document["accounts"][0]["spool_depth"] == 2
     assert document["accounts"][0]["problems"] == ["2 poll(s) waiting in the spool: the database did not take them"]
-
-
-def test_status_only_named_accounts_and_unknown_is_unhealthy(simulator, cli_env, db_url):
-    assert recorder("poll", "--interval", "60", env=cli_env).returncode == 0
-    assert recorder("poll", "--interval", "60", "--account", "second", env=cli_env).returncode == 0
-    exit_code, document = status(cli_env)
-    assert exit_code == 0 and [a["account"] for a in document["accounts"]] == ["default", "second"]
-    exit_code, document = status(cli_env, "--account", "second", "--account", "ghost")
-    assert exit_code == 1 and document["failing"] == ["ghost"]
-    assert document["accounts"][1]["problems"] == ["never recorded in this database"]
 
 
 def test_status_never_writes_nor_migrates(cli_env, db_url, tmp_path):
