@@ -327,3 +327,17 @@ def test_testnet_says_the_check_could_not_be_made(simulator, sqlite_env):
         "permission endpoint (set BINANCE_SPOT_BASE_URL if it has one); refusing to start: unset "
         "RECORDER_REQUIRE_READ_ONLY_KEY (--require-read-only-key) to start anyway"
     )
+
+
+def test_status_imports_nothing_of_the_write_side(simulator, sqlite_env, tmp_path):
+    assert recorder("poll", env=sqlite_env).returncode == 0
+    probe = (
+        "import sys\n"
+        "from recorder.cli import main\n"
+        "sys.argv = ['recorder', 'status']\n"
+        "try:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\n"
+        "loaded = [m for m in ('requests', 'apscheduler', 'alembic', 'prometheus_client') if m in sys.modules]\n"
+        "print('LOADED', loaded, code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], env=sqlite_env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines()[-1] == "LOADED [] 0", result.stderr
