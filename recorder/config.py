@@ -13,6 +13,8 @@ from recorder.errors import ConfigError
 
 LIVE_BASE_URL = "https://fapi.binance.com"
 TESTNET_BASE_URL = "https://demo-fapi.binance.com"
+# Account-wide endpoints (/sapi: the API key's permissions) live on the spot host.
+LIVE_SPOT_BASE_URL = "https://api.binance.com"
 DEFAULT_DATABASE_URL = "sqlite:///recorder.db"
 DEFAULT_INTERVAL_SECONDS = 60.0
 DEFAULT_RECV_WINDOW_MS = 5000
@@ -37,6 +39,10 @@ ENVIRONMENT = {
     "RECORDER_SPOOL_DIR": "spool_dir",
     "RECORDER_WEIGHT_LIMIT": "weight_limit",
     "RECORDER_CONFIG": "config_file",
+    "RECORDER_METRICS_ADDR": "metrics_addr",
+    "RECORDER_METRICS_ALLOW_REMOTE": "metrics_allow_remote",
+    "RECORDER_REQUIRE_READ_ONLY_KEY": "require_read_only_key",
+    "BINANCE_SPOT_BASE_URL": "spot_base_url",
 }
 DEFAULT_SPOOL_DIR = ".recorder-spool"
 # Binance's REQUEST_WEIGHT limit per IP per minute (exchangeInfo rateLimits).
@@ -68,6 +74,11 @@ class Settings:
     weight_limit: int = DEFAULT_WEIGHT_LIMIT
     # The accounts file (recorder.accounts) that `run` polls instead of the one account above.
     config_file: str | None = None
+    # Operations (recorder.metrics, recorder.keycheck): "host:port" of /metrics and /healthz.
+    metrics_addr: str | None = None
+    metrics_allow_remote: bool = False
+    require_read_only_key: bool = False
+    spot_base_url: str | None = None
 
     @property
     def balance_path(self) -> str:
@@ -163,6 +174,71 @@ def _validated(raw: dict[str, Any]) -> Settings:
 def validated_settings(raw: Mapping[str, Any]) -> Settings:
     """Settings from raw values by field name, under the same rules as the environment's."""
     return _validated(dict(raw))
+    values.update(_operations(raw))
+    return Settings(**values)
+
+
+def _operations(raw: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, label in (
+        ("metrics_allow_remote", "RECORDER_METRICS_ALLOW_REMOTE (--metrics-allow-remote)"),
+        ("require_read_only_key", "RECORDER_REQUIRE_READ_ONLY_KEY (--require-read-only-key)"),
+    ):
+        if name in raw:
+            values[name] = _flag(raw[name], label)
+    if "metrics_addr" in raw:
+        host, port = metrics_address(str(raw["metrics_addr"]))
+        if not is_loopback(host) and not values.get("metrics_allow_remote"):
+            # Metrics name accounts and show their health: not for every network by accident.
+            raise ConfigError(
+                f"RECORDER_METRICS_ADDR (--metrics-addr) {host!r} is not a loopback address: "
+                "set RECORDER_METRICS_ALLOW_REMOTE=true (--metrics-allow-remote) to serve it beyond this machine"
+            )
+        values["metrics_addr"] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if "spot_base_url" in raw:
+        values["spot_base_url"] = validate_base_url(str(raw["spot_base_url"]), "BINANCE_SPOT_BASE_URL (--spot-base-url)")
+    return values
+
+
+def _flag(value: Any, label: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{label} must be true or false, not {value!r}")
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """Parse PORT, :PORT, HOST:PORT or [IPv6]:PORT; a bare port means 127.0.0.1."""
+    text = text.strip()
+    host, _, port_text = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or "127.0.0.1"
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535 or not host or any(c.isspace() for c in host):
+        raise ConfigError(
+            f"RECORDER_METRICS_ADDR (--metrics-addr) must be PORT or HOST:PORT with a port 0 to 65535, not {text!r}"
+        )
+    return host, int(port_text)
+
+
+def spot_base_url_for(settings: Settings) -> str | None:
+    """Where GET /sapi/v1/account/apiRestrictions lives for this key; None where it does not exist.
+
+    Binance's futures host (fapi) has no /sapi endpoints: they are on the spot host. The
+    simulator serves both on one port. Testnet and unknown hosts have no such endpoint.
+    """
+    if settings.spot_base_url:
+        return settings.spot_base_url
+    host = urlsplit(settings.base_url).hostname or ""
+    if host == urlsplit(LIVE_BASE_URL).hostname:
+        return LIVE_SPOT_BASE_URL
+    if is_loopback(host):
+        return settings.base_url
+    return None
 
 
 def _number(value: Any, label: str, kind: type, *, minimum: float, maximum: float, unit: str = "") -> Any:
@@ -185,18 +261,18 @@ def _plain(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else str(bound)
 
 
-def validate_base_url(url: str) -> str:
+def validate_base_url(url: str, label: str = "BINANCE_BASE_URL (--base-url)") -> str:
     """Accept an http(s) URL with a host and no path, query or credentials; strip the trailing slash."""
     url = url.strip().rstrip("/")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
-        raise ConfigError(f"BINANCE_BASE_URL (--base-url) is not a valid URL: {url!r}") from None
+        raise ConfigError(f"{label} is not a valid URL: {url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"BINANCE_BASE_URL (--base-url) must be an http(s) URL like {LIVE_BASE_URL}, not {url!r}")
+        raise ConfigError(f"{label} must be an http(s) URL like {LIVE_BASE_URL}, not {url!r}")
     if parts.path or parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"BINANCE_BASE_URL (--base-url) must be scheme and host only, like {LIVE_BASE_URL}")
+        raise ConfigError(f"{label} must be scheme and host only, like {LIVE_BASE_URL}")
     return url
 
 

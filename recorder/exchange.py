@@ -53,6 +53,8 @@ __all__ = ["BinanceFuturesClient", "parse_balances", "sign_hmac"]
 log = logging.getLogger(__name__)
 
 SERVER_TIME_PATH = "/fapi/v1/time"
+# On the spot host (api.binance.com): the key's permissions, for the read-only check at start.
+API_RESTRICTIONS_PATH = "/sapi/v1/account/apiRestrictions"
 USED_WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 CONNECT_TIMEOUT_SECONDS = 3.05
 
@@ -271,6 +273,36 @@ class BinanceFuturesClient:
         finally:
             self._poll_ends_at = None
 
+    def fetch_api_restrictions(self, spot_base_url: str) -> dict[str, bool]:
+        """GET /sapi/v1/account/apiRestrictions (SIGNED, weight 1) on the spot host: the key's permissions.
+
+        Binance's names are kept (enableReading, enableWithdrawals...): only the boolean ones.
+        Sent like every other request (signed with the futures clock offset, no redirect, the
+        same deadline and error mapping), but its weight counts against the spot API's budget,
+        not the futures one, so this client's futures weight and backoff state are left as found.
+        """
+        if self._offset_ms is None:
+            self.sync_clock()
+        timestamp = round(self._wall_clock() * 1000) + (self._offset_ms or 0)
+        query = urlencode({"recvWindow": self.recv_window, "timestamp": timestamp})
+        saved = (self._blocked_until, self._blocked_error, self._auth_failures)
+        try:
+            response = self._send(f"{API_RESTRICTIONS_PATH}?{query}&signature={self._sign(query)}",
+                                  API_RESTRICTIONS_PATH, base_url=spot_base_url.rstrip("/"))
+            if 300 <= response.status_code < 400:
+                raise ExchangeUnavailable(
+                    f"{API_RESTRICTIONS_PATH}: HTTP {response.status_code} redirect, not followed",
+                    http_status=response.status_code,
+                )
+            if response.status_code != 200:
+                self._raise_for_status(response, API_RESTRICTIONS_PATH)
+        finally:
+            self._blocked_until, self._blocked_error, self._auth_failures = saved
+        body = _decode(response.content, API_RESTRICTIONS_PATH)
+        if not isinstance(body, dict) or not isinstance(body.get("enableReading"), bool):
+            raise BadPayload(f"{API_RESTRICTIONS_PATH}: no boolean 'enableReading' in the answer", http_status=200)
+        return {name: value for name, value in body.items() if isinstance(name, str) and isinstance(value, bool)}
+
     def _fetch_balances_once(self) -> FetchedBalances:
         if self._offset_ms is None:
             self.sync_clock()
@@ -324,7 +356,7 @@ class BinanceFuturesClient:
             self._raise_for_status(response, path)
         return response
 
-    def _send(self, path_and_query: str, path: str) -> _Answer:
+    def _send(self, path_and_query: str, path: str, base_url: str | None = None) -> _Answer:
         """The HTTP exchange itself: one GET, the whole of it (body included) within `timeout` seconds."""
         seconds = self.timeout
         if self._poll_ends_at is not None:
@@ -336,7 +368,7 @@ class BinanceFuturesClient:
         try:
             deadline.start()
             response = self._session.get(
-                self.base_url + path_and_query,
+                (base_url or self.base_url) + path_and_query,
                 timeout=(min(CONNECT_TIMEOUT_SECONDS, seconds), seconds),
                 stream=True,
                 allow_redirects=False,

@@ -56,6 +56,8 @@ class Recorder:
     clock: Clock = utcnow
     spool: Spool | None = None
     lock: WriterLock | None = None
+    # Told of every poll: (account, PollOutcome or None, the error raised or None, seconds).
+    observer: Callable[[str, PollOutcome | None, BaseException | None, float], None] | None = None
     _last_finished_at: datetime | None = field(default=None, init=False, repr=False)
     # Only with a writer lock: see store.HeadCache for why the lock makes it sound.
     _heads: store.HeadCache = field(default_factory=store.HeadCache, init=False, repr=False)
@@ -63,6 +65,24 @@ class Recorder:
     _connection: Connection | None = field(default=None, init=False, repr=False)
 
     def poll_once(self) -> PollOutcome:
+        """Poll (see _poll_once) and tell the observer how it went; its own failure never fails the poll."""
+        began = time.perf_counter()
+        outcome, error = None, None
+        try:
+            outcome = self._poll_once()
+            return outcome
+        except BaseException as exc:
+            # Whatever ends the poll, a bug included, is not a success in the figures.
+            error = exc
+            raise
+        finally:
+            if self.observer is not None:
+                try:
+                    self.observer(self.account, outcome, error, time.perf_counter() - began)
+                except Exception:  # noqa: BLE001 - figures are a side show: the poll's result stands
+                    log.exception("the poll observer failed")
+
+    def _poll_once(self) -> PollOutcome:
         """Fetch balances once and store them atomically; a failure is logged, stored and raised.
 
         Whatever goes wrong, the attempt leaves a `polls` row or a spool entry, or (database

@@ -104,3 +104,4 @@ def main() -> None:
 from recorder.cli import recording  # noqa: E402,F401
 from recorder.cli import querying  # noqa: E402,F401
 from recorder.cli import accounts  # noqa: E402,F401
+from recorder.cli import status  # noqa: E402,F401

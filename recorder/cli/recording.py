@@ -84,6 +84,39 @@ def exchange_options(function: Any) -> Any:
     return database_options(function)
 
 
+def operations_options(function: Any) -> Any:
+    """The metrics endpoint and the key check of `run`."""
+    for option in reversed(
+        [
+            click.option(
+                "--metrics-addr",
+                help="Serve /metrics (Prometheus) and /healthz at PORT (on 127.0.0.1) or HOST:PORT "
+                "[env RECORDER_METRICS_ADDR; default: off].",
+            ),
+            click.option(
+                "--metrics-allow-remote",
+                is_flag=True,
+                default=None,
+                help="Allow a --metrics-addr host other than loopback [env RECORDER_METRICS_ALLOW_REMOTE].",
+            ),
+            click.option(
+                "--require-read-only-key",
+                is_flag=True,
+                default=None,
+                help="Refuse to start (exit 2) unless the key is checked and can only read "
+                "[env RECORDER_REQUIRE_READ_ONLY_KEY].",
+            ),
+            click.option(
+                "--spot-base-url",
+                help="Spot API host for the key's permission check [env BINANCE_SPOT_BASE_URL; default "
+                "https://api.binance.com for the live futures host, the base URL on loopback].",
+            ),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
 def _settings(values: dict[str, Any]) -> Settings:
     overrides = {name: value for name, value in values.items() if name != "testnet"}
     if values.get("testnet"):
@@ -177,6 +210,7 @@ def poll(**values: Any) -> None:
     help="Accounts file (TOML) listing the accounts to poll [env RECORDER_CONFIG]; see 'Many accounts' in the "
     "README. Its accounts carry their own credentials, endpoint and interval.",
 )
+@operations_options
 def run_command(**values: Any) -> None:
     """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""
     from recorder.service import run
@@ -189,8 +223,14 @@ def run_command(**values: Any) -> None:
         result = run_accounts_file(config_file, os.environ, values)
         _exit_after_run(result.exit_code, result.abandoned_poll)
     settings = _settings(values)
+    _check_key(settings)
     recorder = _recorder(settings)
-    result = run(recorder, settings.interval)
+    server = _serve_metrics(settings, recorder)
+    try:
+        result = run(recorder, settings.interval)
+    finally:
+        if server is not None:
+            server.stop()
     _exit_after_run(result.exit_code, result.abandoned_poll)
 
 
@@ -207,6 +247,36 @@ def _refuse_account_options(values: dict[str, Any]) -> None:
     if given:
         options = ", ".join("--" + name.replace("_", "-") for name in given)
         raise click.UsageError(f"{options}: set per account in the accounts file, not on the command line with --config")
+
+
+def _check_key(settings: Settings) -> None:
+    """The read-only key check, before the database is touched: a refused key migrates and locks nothing."""
+    from recorder.exchange import BinanceFuturesClient
+    from recorder.keycheck import check_key
+
+    client = BinanceFuturesClient.from_settings(settings)
+    try:
+        check_key(client, settings)
+    finally:
+        client.close()
+
+
+def _serve_metrics(settings: Settings, recorder: Recorder) -> Any:
+    """Start /metrics and /healthz when asked for, reporting the recorder's polls; the server, or None."""
+    if settings.metrics_addr is None:
+        return None
+    from recorder.metrics import PollMetrics, serve_metrics
+
+    metrics = PollMetrics()
+    metrics.watch(recorder.account, settings.interval, recorder.spool.directory if recorder.spool else None)
+    recorder.observer = metrics.observe
+    try:
+        return serve_metrics(metrics, settings.metrics_addr)
+    except BaseException:
+        recorder.client.close()
+        if recorder.lock is not None:
+            recorder.lock.release()
+        raise
 
 
 @cli.command()

@@ -1,6 +1,7 @@
 """A built-in Binance USD-M futures exchange over real HTTP, for `recorder demo` and the test suite.
 
-Only what a balance poller touches exists: ping, time and the signed `/fapi/v2|v3/balance`. Signing,
+Only what a balance poller touches exists: ping, time, the signed `/fapi/v2|v3/balance` and the spot host's
+`/sapi/v1/account/apiRestrictions` (the key check; one port serves both hosts). Signing,
 timing, the per-IP weight limiter and the error bodies follow Binance's documented rules
 (https://developers.binance.com/docs/derivatives/usds-margined-futures/general-info) strictly, so a
 client that works here has taken no shortcut production would reject. Stdlib only for HMAC accounts: the

@@ -19,6 +19,7 @@ from recorder.simulator.rules import _WEIGHTS, _authenticate, _load_public_key, 
 from recorder.simulator.server import _Handler, _Server
 
 _BALANCE_PATHS = frozenset({"/fapi/v2/balance", "/fapi/v3/balance"})
+_RESTRICTIONS_PATH = "/sapi/v1/account/apiRestrictions"
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,15 @@ class ExchangeSimulator:
         with self._lock:
             self._accounts[api_key].rows = rows
 
+    def set_api_restrictions(self, api_key: str, **flags: bool) -> None:
+        """Change what GET /sapi/v1/account/apiRestrictions says the key may do (Binance's field names)."""
+        with self._lock:
+            restrictions = self._accounts[api_key].restrictions
+            unknown = sorted(set(flags) - set(restrictions))
+            if unknown:
+                raise ValueError(f"unknown apiRestrictions field(s): {', '.join(unknown)}")
+            restrictions.update(flags)
+
     def get_balances(self, api_key: str) -> list[dict]:
         """A deep copy of the account's current rows (without accountAlias)."""
         with self._lock:
@@ -203,6 +213,15 @@ class ExchangeSimulator:
             return _json(200, {})
         if path == "/fapi/v1/time":
             return _json(200, {"serverTime": self.server_time_ms()})
+        if path == _RESTRICTIONS_PATH:
+            # Binance serves it on the spot host; this one port stands for both hosts.
+            with self._lock:
+                known = self._accounts.get(api_key)
+            account = _authenticate(api_key, known, query, self.server_time_ms)
+            if isinstance(account, _Response):
+                return account
+            with self._lock:
+                return _json(200, dict(account.restrictions))
         if path not in _BALANCE_PATHS:
             return _error(404, -5000, f"Path {path} not found")
         if fault is not None and fault.name != "stall" and fault.name not in DECORATING_FAULTS:

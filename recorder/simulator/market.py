@@ -12,6 +12,22 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 _Q8 = Decimal("0.00000001")
+# Binance's answer for a key with only "Enable Reading" ticked (api-key-permission docs).
+READ_ONLY_RESTRICTIONS: dict[str, Any] = {
+    "ipRestrict": False,
+    "createTime": 1623840271000,
+    "enableReading": True,
+    "enableWithdrawals": False,
+    "enableInternalTransfer": False,
+    "enableMargin": False,
+    "enableFutures": False,
+    "permitsUniversalTransfer": False,
+    "enableVanillaOptions": False,
+    "enableFixApiTrade": False,
+    "enableFixReadOnly": True,
+    "enableSpotAndMarginTrading": False,
+    "enablePortfolioMarginTrading": False,
+}
 
 
 @dataclass
@@ -24,6 +40,8 @@ class _Account:
     steps: int = 0
     # An Ed25519 or RSA public key (a `cryptography` object) for asymmetric accounts; None for HMAC.
     public_key: Any = field(default=None, repr=False)
+    # GET /sapi/v1/account/apiRestrictions: what the key may do; a read-only key by default.
+    restrictions: dict[str, Any] = field(default_factory=lambda: dict(READ_ONLY_RESTRICTIONS))
 
 
 def _money(value: Decimal) -> str:

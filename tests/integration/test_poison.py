@@ -62,6 +62,9 @@ class HostileExchange:
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 if self.path.startswith("/fapi/v1/time"):
                     status, headers, body = 200, {}, json.dumps({"serverTime": int(time.time() * 1000)}).encode()
+                elif not self.path.startswith("/fapi/"):
+                    # `recorder run`'s key check (/sapi/...) must not take the balance script's answers.
+                    status, headers, body = 404, {}, b'{"code": -5000, "msg": "Path not found"}'
                 elif exchange.script:
                     status, headers, body = exchange.script.pop(0)
                 else:

@@ -1,0 +1,245 @@
+"""The service's own figures per account, served as Prometheus /metrics and as /healthz.
+
+`PollMetrics.observe` is the one seam the service reports to (`Recorder.observer`): it is
+called after every poll, on the polling thread, and only updates numbers under short locks.
+`MetricsServer` answers HTTP on its own threads; it reads those numbers and never touches the
+exchange or the database, so a scrape can neither block nor slow a poll.
+
+prometheus_client's own start_http_server is not used: its serve_forever() wakes every 0.5 s
+to look for a shutdown request, which a service that sleeps between minute-long polls should
+not pay for. Here the accept loop blocks in select() with no timeout on the listening socket
+and a wake-up socket that stop() writes to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from recorder.config import metrics_address
+from recorder.errors import ConfigError
+from recorder.health import AccountHealth, health_document, judge, spool_depth, tolerance_for
+
+log = logging.getLogger(__name__)
+
+# Seconds; a poll is one or two HTTP requests and one transaction: tens of ms to a few seconds.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# A scraper that stops mid-request holds one handler thread at most this long.
+CLIENT_TIMEOUT_SECONDS = 10.0
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class _AccountState:
+    tolerance: timedelta
+    started_at: datetime
+    spool_dir: Path | None
+    last_ok_at: datetime | None = None
+    failures: int = 0
+    used_weight: int | None = None
+    spool_depth: int = 0
+    last_error: str | None = None
+
+
+class PollMetrics:
+    """Per-account poll figures in a registry of their own, and the health verdict on them."""
+
+    def __init__(self, clock: Callable[[], datetime] = _utcnow) -> None:
+        self.clock = clock
+        self.registry = CollectorRegistry()
+        labels = ["account"]
+        self._last_ok = Gauge(
+            "recorder_last_good_poll_timestamp_seconds", "Unix time of the last successful poll.", labels, registry=self.registry
+        )
+        self._failures = Gauge(
+            "recorder_consecutive_failures", "Failed polls since the last successful one.", labels, registry=self.registry
+        )
+        self._latency = Histogram(
+            "recorder_poll_duration_seconds", "Time one poll took, exchange and database.", labels,
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self._weight = Gauge(
+            "recorder_used_weight", "Request weight this IP used in the current minute, as Binance last reported it.",
+            labels, registry=self.registry,
+        )
+        self._spool = Gauge(
+            "recorder_spool_depth", "Polls waiting in the local spool for the database.", labels, registry=self.registry
+        )
+        self._rows = Counter(
+            "recorder_rows_written", "Balance rows written (one per asset whose state changed).", labels, registry=self.registry
+        )
+        self._polls = Counter("recorder_polls", "Polls by outcome.", ["account", "outcome"], registry=self.registry)
+        self._healthy = Gauge("recorder_healthy", "1 when the account passes the /healthz rules.", labels, registry=self.registry)
+        self._accounts: dict[str, _AccountState] = {}
+        self._lock = threading.Lock()
+
+    def watch(self, account: str, interval: float, spool_dir: Path | None = None) -> None:
+        """Start judging `account`: polled every `interval` s, its spool in `spool_dir`."""
+        with self._lock:
+            self._accounts[account] = _AccountState(tolerance_for(interval), self.clock(), spool_dir)
+        # Children made now show 0 before the first poll instead of being absent.
+        self._failures.labels(account).set(0)
+        self._spool.labels(account).set(0)
+        self._rows.labels(account)
+        self._latency.labels(account)
+        self._healthy.labels(account).set(1)
+
+    def observe(self, account: str, outcome: Any, error: BaseException | None, seconds: float) -> None:
+        """Take one poll's result (a PollOutcome, or the error it raised) and how long it took."""
+        now = self.clock()
+        with self._lock:
+            state = self._accounts.get(account)
+            if state is None:
+                state = self._accounts[account] = _AccountState(tolerance_for(60.0), now, None)
+            if error is None:
+                state.last_ok_at, state.failures, state.last_error = now, 0, None
+                weight = getattr(outcome, "used_weight", None)
+            else:
+                state.failures += 1
+                state.last_error = f"{type(error).__name__}: {error}"
+                weight = getattr(error, "used_weight", None)
+            if weight is not None:
+                state.used_weight = weight
+            if state.spool_dir is not None:
+                state.spool_depth = spool_depth(state.spool_dir)
+            snapshot = _AccountState(**vars(state))
+        self._latency.labels(account).observe(seconds)
+        self._polls.labels(account, "ok" if error is None else "failed").inc()
+        self._failures.labels(account).set(snapshot.failures)
+        self._spool.labels(account).set(snapshot.spool_depth)
+        if snapshot.last_ok_at is not None:
+            self._last_ok.labels(account).set(snapshot.last_ok_at.timestamp())
+        if snapshot.used_weight is not None:
+            self._weight.labels(account).set(snapshot.used_weight)
+        if error is None:
+            self._rows.labels(account).inc(getattr(outcome, "changed_count", 0) or 0)
+
+    def health(self) -> list[AccountHealth]:
+        """Every watched account judged now, by recorder.health's rules."""
+        now = self.clock()
+        with self._lock:
+            states = {account: _AccountState(**vars(state)) for account, state in self._accounts.items()}
+        found = []
+        for account, state in sorted(states.items()):
+            # Before the first success, the start plays the last good poll's part.
+            due_at = (state.last_ok_at or state.started_at) + state.tolerance
+            problems = judge(last_ok_at=state.last_ok_at, due_at=due_at, spool_depth=state.spool_depth, now=now)
+            self._healthy.labels(account).set(0 if problems else 1)
+            found.append(
+                AccountHealth(account, state.last_ok_at, due_at, state.failures, state.used_weight,
+                              state.spool_depth, state.last_error, problems)
+            )
+        return found
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every figure, health included."""
+        self.health()
+        return generate_latest(self.registry)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    timeout = CLIENT_TIMEOUT_SECONDS
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a scrape every 15 s would drown the one-line-per-poll log
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, CONTENT_TYPE_LATEST, self.server.metrics.exposition())
+        elif path == "/healthz":
+            document = health_document(self.server.metrics.health())
+            status = 200 if document["status"] == "healthy" else 503
+            self._send(status, "application/json", json.dumps(document).encode() + b"\n")
+        else:
+            self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /healthz\n")
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    metrics: PollMetrics
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class MetricsServer:
+    """/metrics and /healthz on `address`, served from a background thread until stop()."""
+
+    def __init__(self, metrics: PollMetrics, address: str) -> None:
+        host, port = metrics_address(address)
+        try:
+            self._server = (_Server6 if ":" in host else _Server)((host, port), _Handler)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {address}: {exc.strerror or exc}") from None
+        self._server.metrics = metrics
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._thread = threading.Thread(target=self._serve, name="metrics-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        """http://host:port of the bound socket (the real port when 0 was asked for)."""
+        host, port = self._server.server_address[:2]
+        return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+
+    def start(self) -> MetricsServer:
+        """Serve in a daemon thread; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, wait for the accept loop to end and close the sockets; idempotent."""
+        if self._wake_write.fileno() == -1:
+            return
+        self._wake_write.send(b"x")
+        if self._thread.is_alive():
+            self._thread.join()
+        self._server.server_close()
+        self._wake_write.close()
+        self._wake_read.close()
+
+    def _serve(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._server.socket, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while True:
+                # No timeout: the thread sleeps until a scraper connects or stop() writes.
+                ready = {key.fileobj for key, _ in selector.select()}
+                if self._wake_read in ready:
+                    return
+                # The listening socket is readable: accept hands the connection to its own thread.
+                self._server.handle_request()
+
+
+def serve_metrics(metrics: PollMetrics, address: str) -> MetricsServer:
+    """Start the endpoint; a port in use or a host this machine does not have is a ConfigError."""
+    server = MetricsServer(metrics, address).start()
+    log.info("serving /metrics and /healthz at %s", server.url)
+    return server
