@@ -205,5 +205,13 @@ def _batches(session: Session, sql: str, params: dict[str, Any]) -> Iterator[lis
         cursor.execute(sql, params)
         while batch := cursor.fetchmany(BATCH_ROWS):
             yield batch
+    except BaseException as exc:
+        if not isinstance(exc, (Exception, GeneratorExit)):
+            # Ctrl-C or SIGTERM inside the driver's wait leaves the connection mid-command:
+            # discard it, or closing the session would try a ROLLBACK on it and hide the signal.
+            session.connection().invalidate()
+        raise
     finally:
-        cursor.close()
+        # psycopg refuses to close a cursor of a discarded connection; sqlite3 has no such flags.
+        if not getattr(cursor, "closed", False) and not getattr(connection, "closed", False):
+            cursor.close()
