@@ -233,3 +233,18 @@ def test_update_time_keeps_milliseconds(scripted, db_url, tmp_path):
     row = read_back(tmp_path / "h.jsonl", "jsonl")[0]
     assert datetime.fromisoformat(row["update_time"].replace("Z", "+00:00")) == UPDATE
     assert datetime.fromisoformat(row["observed_at"].replace("Z", "+00:00")) - at(0) == timedelta(0)
+
+
+def test_history_csv_fast_path_is_byte_identical_to_the_rendered_csv(scripted, db_url):
+    """`history --format csv` in UTC takes the export's text rows; other zones render objects: same bytes in UTC."""
+    import io
+
+    from recorder.reports import render
+
+    result = CliRunner().invoke(cli, ["history", "--database-url", db_url, "--format", "csv"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    with scripted() as session:
+        expected = io.StringIO()
+        render.write_history(queries.iter_history(session, "default"), "default", "csv", expected)
+    assert result.output == expected.getvalue()
+    assert "-0.25000000" in result.output and "1E-" not in result.output
