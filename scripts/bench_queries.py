@@ -23,7 +23,9 @@ below the stored 90 s, which falls back to scanning every poll as `gaps` did bef
 gaps were stored; with --tolerance 300 s, which filters the stored gaps), through the
 library (recorder.queries) and
 through naive SQL plus Python on the snapshot table, and prints one table and a final JSON
-line. --keep DIR keeps the SQLite files in DIR and the PostgreSQL databases (their URLs
+line. The "view ..." rows run the README's range-filtered example queries on the
+`balance_changes` view, against (in the naive columns) the same SQL on the view as it was
+before migration 0006, created beside it in the same database. --keep DIR keeps the SQLite files in DIR and the PostgreSQL databases (their URLs
 are printed) for inspection.
 
     .venv/bin/python scripts/bench_queries.py                       # both backends, 1 and 12 months
@@ -486,6 +488,7 @@ def bench(backend: Backend, months: int, repeat: int, naive_repeat: int, keep: b
         engine = make_engine(ours_url)
         naive_engine = make_engine(naive_url)
         try:
+            create_windowed_view(engine)
             sessions = make_sessions(engine)
             naive = Naive(naive_engine)
             check(sessions, naive, history)
@@ -500,6 +503,44 @@ def bench(backend: Backend, months: int, repeat: int, naive_repeat: int, keep: b
             backend.drop(ours_url)
             backend.drop(naive_url)
     return result
+
+
+def create_windowed_view(engine: Engine) -> None:
+    """balance_changes as migration 0005 left it (LAG over each asset's history), beside today's: the baseline.
+
+    The SQL is migration 0006's own copy of the old definition, under another view name.
+    """
+    import importlib.util
+
+    path = next((Path(__file__).resolve().parent.parent / "migrations" / "versions").glob("0006_*.py"))
+    spec = importlib.util.spec_from_file_location("migration_0006", path)
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    sqlite = engine.dialect.name == "sqlite"
+    collate, subtract = (" COLLATE decimal", "decimal_sub({new}, {old})") if sqlite else ("", "({new} - {old})")
+    statement = migration._windowed_changes(collate, subtract).replace("CREATE VIEW balance_changes", f"CREATE VIEW {WINDOWED}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP VIEW IF EXISTS {WINDOWED}")
+        connection.exec_driver_sql(statement)
+
+
+WINDOWED = "balance_changes_windowed"
+# The README's range-filtered example queries on balance_changes (its sqlite3 and psql sections).
+VIEW_QUERIES = {
+    "view USDT changes 7d": "SELECT observed_at, kind, previous_balance, balance, delta_balance FROM {view}"
+                            " WHERE account = 'busy' AND asset = 'USDT' AND observed_at >= :since ORDER BY observed_at",
+    "view net per asset 30d": "SELECT asset, {sum}(delta_balance) AS net FROM {view}"
+                              " WHERE account = 'busy' AND observed_at >= :since GROUP BY asset ORDER BY asset",
+}
+
+
+def view_query(sessions, name: str, view: str, since: datetime) -> list:
+    """One README example query on `view`, with --since-like bound `since`."""
+    with sessions() as session:
+        connection = session.connection()
+        sqlite = connection.dialect.name == "sqlite"
+        sql = VIEW_QUERIES[name].format(view=view, sum="decimal_sum" if sqlite else "sum")
+        return connection.execute(text(sql), {"since": sqlite_time(since) if sqlite else since}).all()
 
 
 def check(sessions, naive: Naive, history: History) -> None:
@@ -583,6 +624,17 @@ def run_queries(sessions, naive: Naive, history: History, repeat: int, naive_rep
             [None] * 3, [None] * max(2, naive_repeat // 2),
         ),
     }
+    # The view as it is (one index probe per row of the range) against the windowed one of
+    # 0002-0005 (the whole history of the account), same database, same SQL: "naive" here.
+    for name, span_back in (("view USDT changes 7d", 7 * DAY), ("view net per asset 30d", MONTH)):
+        since = history.end - span_back
+        plan[name] = (
+            lambda t, name=name: view_query(sessions, name, "balance_changes", t),
+            lambda t, name=name: view_query(sessions, name, WINDOWED, t),
+            [since] * max(3, repeat // 30), [since] * max(2, naive_repeat // 2),
+        )
+        mine, theirs = view_query(sessions, name, "balance_changes", since), view_query(sessions, name, WINDOWED, since)
+        assert mine == theirs and mine, (name, len(mine), len(theirs))
     results = {}
     for name, (mine, theirs, mine_args, their_args) in plan.items():
         results[name] = {"ours": measure(mine, mine_args), "naive": measure(theirs, their_args)}
