@@ -118,8 +118,8 @@ def _export_once(url: str, request: Request, fmt: str, out: Path | None, force: 
         with make_sessions(read_engine.engine)() as session, _storage_errors():
             require_current_schema(session.connection())
             _check(session, request)
-            columns, batches = _table(session, request)
-            _write(fmt, columns, batches, out, force)
+            columns, batches, lines = _table(session, request, csv_lines=fmt == "csv")
+            _write(fmt, columns, batches, out, force, lines)
         read_engine.verify_unchanged()
     finally:
         read_engine.close()
@@ -144,8 +144,8 @@ def _export_incremental(url: str, request: Request, name: str, fmt: str, out: Pa
                 after = cursor.last_balance_id if cursor is not None else 0
                 # The upper bound is fixed now: rows stored while the file is written go to the next one.
                 bounds[account] = (account_id, after, max(after, flat.last_balance_id(session, account)))
-            columns, batches = _table(session, request, bounds)
-            _write(fmt, columns, batches, out, force)
+            columns, batches, lines = _table(session, request, bounds, csv_lines=fmt == "csv")
+            _write(fmt, columns, batches, out, force, lines)
         # The file is complete and in place: only now does the cursor move, in one transaction.
         with make_sessions(engine, write=True).begin() as session, _storage_errors():
             for account, (account_id, after, through) in bounds.items():
@@ -184,24 +184,24 @@ def _check(session: Session, request: Request) -> None:
 
 
 def _table(
-    session: Session, request: Request, bounds: dict[str, tuple[int, int, int]] | None = None
-) -> tuple[Sequence[tuple[str, str]], Iterator[export.Batch]]:
-    """The columns and, lazily per account one after the other, the batches of rows."""
+    session: Session, request: Request, bounds: dict[str, tuple[int, int, int]] | None = None, *, csv_lines: bool = False
+) -> tuple[Sequence[tuple[str, str]], Iterator[export.Batch], bool]:
+    """The columns, the batches of rows (lazily, one account after the other), and whether they are CSV lines."""
     assets = list(request.assets) or None
     if request.what == "history":
         parts = []
         for account in request.accounts:
             after, through = (bounds[account][1:] if bounds else (None, None))
-            parts.append(flat.history_rows(session, account, assets=assets, since=request.since,
-                                           until=request.until, after_id=after, through_id=through))
-        return flat.HISTORY_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts)
+            parts.append(flat.history_rows(session, account, assets=assets, since=request.since, until=request.until,
+                                           after_id=after, through_id=through, csv_lines=csv_lines))
+        return flat.HISTORY_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts), csv_lines
     if request.what == "polls":
         parts = [flat.poll_rows(session, account, since=request.since, until=request.until) for account in request.accounts]
-        return flat.POLL_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts)
+        return flat.POLL_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts), False
     names = {"changes": CHANGE_COLUMNS, "balances": BALANCE_COLUMNS, "daily": DAILY_COLUMNS,
              "gaps": ("account", *GAP_COLUMNS)}[request.what]
     records = itertools.chain.from_iterable(_records(session, request, account, assets, bounds) for account in request.accounts)
-    return [(name, export.kind_of(name)) for name in names], export.batched(records, names)
+    return [(name, export.kind_of(name)) for name in names], export.batched(records, names), False
 
 
 def _records(session: Session, request: Request, account: str, assets: list[str] | None,
@@ -234,10 +234,11 @@ def _records(session: Session, request: Request, account: str, assets: list[str]
     return ({"account": account, **gap_record(gap), "seconds": export.seconds(gap.end - gap.start)} for gap in found)
 
 
-def _write(fmt: str, columns: Sequence[tuple[str, str]], batches: Iterator[export.Batch], out: Path | None, force: bool) -> None:
+def _write(fmt: str, columns: Sequence[tuple[str, str]], batches: Iterator[export.Batch], out: Path | None, force: bool,
+           csv_lines: bool) -> None:
     progress = export.Progress()
     try:
-        rows = export.write_rows(fmt, columns, batches, out, force=force, progress=progress)
+        rows = export.write_rows(fmt, columns, batches, out, force=force, progress=progress, csv_lines=csv_lines)
     except export.ExportError as exc:
         raise click.UsageError(str(exc)) from None
     finally:

@@ -130,8 +130,8 @@ def history(database_url, account, assets, fmt, tz, since, until) -> None:
             from recorder.queries.flat import history_rows
             from recorder.reports.export import write_csv
 
-            rows = history_rows(session, settings.account, assets=wanted or None, since=since, until=until)
-            write_csv(rows.columns, rows.batches, sys.stdout, lineterminator="\n")
+            rows = history_rows(session, settings.account, assets=wanted or None, since=since, until=until, csv_lines=True)
+            write_csv(rows.columns, rows.batches, sys.stdout, lineterminator="\n", lines=True)
         else:
             # Written while the rows are read: constant memory whatever the range.
             states = queries.iter_history(session, settings.account, assets=wanted or None, since=since, until=until)

@@ -55,10 +55,36 @@ POLL_COLUMNS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Flat:
-    """Rows to write: (name, kind) per column, and the rows in batches of text tuples."""
+    """Rows to write: (name, kind) per column, and the rows in batches of text tuples.
+
+    With `csv_lines` each row is a 1-tuple holding the whole CSV line (RFC 4180 quoting
+    done, no line end): the database builds it, and Python only joins the lines.
+    """
 
     columns: tuple[tuple[str, str], ...]
     batches: Iterator[list[tuple[Any, ...]]]
+    csv_lines: bool = False
+
+
+def csv_field(text: str) -> str:
+    """One CSV field as Python's csv module writes it (quoted only where needed)."""
+    if any(character in text for character in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _csv_quoted(dialect: str, column: str) -> str:
+    # Asset names are Binance's (letters and digits), but a field is quoted whenever it must be.
+    if dialect == "sqlite":
+        needs = f"instr({column}, ',') + instr({column}, '\"') + instr({column}, char(10)) + instr({column}, char(13)) > 0"
+    else:
+        needs = f"{column} ~ '[\",\\r\\n]'"
+    return f"""CASE WHEN {needs} THEN '"' || replace({column}, '"', '""') || '"' ELSE {column} END"""
+
+
+def _csv_line(dialect: str, expressions: Sequence[str]) -> str:
+    # NULL is an empty field; || with NULL would make the whole line NULL.
+    return " || ',' || ".join(f"coalesce({expression}, '')" for expression in expressions)
 
 
 def _time(dialect: str, column: str, *, milliseconds: bool = False) -> str:
@@ -99,11 +125,13 @@ def history_rows(
     until: datetime | None = None,
     after_id: int | None = None,
     through_id: int | None = None,
+    csv_lines: bool = False,
 ) -> Flat:
     """Every recorded state in [since, until) as text, oldest first, like queries.history.
 
     `after_id`/`through_id` bound the balances rows by their insert sequence (an
     incremental export's cursor): rows stored after the last export, whatever their time.
+    `csv_lines` asks for whole CSV lines (see Flat): half the CPU time of text tuples.
     """
     dialect = session.connection().dialect.name
     account_id = _account_id(session, account)
@@ -123,20 +151,25 @@ def history_rows(
         if value is not None:
             params[name] = value
             where.append(f"b.id {operator} {_param(dialect, name)}")
-    columns = [
-        "a.label",
-        "b.asset",
-        _time(dialect, "b.observed_at"),
+    values = [
         _bool("b.present"),
         *(_amount(dialect, f"b.{name}") for name in AMOUNT_FIELDS),
         _bool("b.margin_available"),
         _time(dialect, "b.update_time", milliseconds=True),
     ]
+    if csv_lines:
+        # The label is the same on every row: quoted once here, bound as a parameter.
+        params["label_field"] = csv_field(account)
+        line = _csv_line(dialect, [_param(dialect, "label_field"), _csv_quoted(dialect, "b.asset"),
+                                   _time(dialect, "b.observed_at"), *values])
+        columns = [line]
+    else:
+        columns = ["a.label", "b.asset", _time(dialect, "b.observed_at"), *values]
     sql = (
         f"SELECT {', '.join(columns)} FROM balances b JOIN accounts a ON a.id = b.account_id "
         f"WHERE {' AND '.join(where)} ORDER BY b.observed_at, b.asset"
     )
-    return Flat(HISTORY_COLUMNS, _batches(session, sql, params))
+    return Flat(HISTORY_COLUMNS, _batches(session, sql, params), csv_lines)
 
 
 def poll_rows(

@@ -82,14 +82,21 @@ class Progress:
 
 
 def write_csv(columns: Columns, batches: Iterable[Batch], stream: TextIO, progress: Progress | None = None,
-              *, lineterminator: str = "\r\n") -> int:
-    """RFC 4180 CSV with a header row; None is an empty cell. Returns the number of rows."""
+              *, lineterminator: str = "\r\n", lines: bool = False) -> int:
+    """RFC 4180 CSV with a header row; None is an empty cell. Returns the number of rows.
+
+    `lines`: each row is a 1-tuple holding its whole CSV line already (queries.flat.Flat.csv_lines).
+    """
     writer = csv.writer(stream, lineterminator=lineterminator)
     writer.writerow([name for name, _ in columns])
     rows = 0
     for batch in batches:
-        # writerows over tuples of text runs in C: no Python code per row.
-        writer.writerows(batch)
+        if lines:
+            stream.write(lineterminator.join([row[0] for row in batch]))
+            stream.write(lineterminator)
+        else:
+            # writerows over tuples of text runs in C: no Python code per row.
+            writer.writerows(batch)
         rows += len(batch)
         if progress is not None:
             progress.add(len(batch))
@@ -205,7 +212,7 @@ def replacing(path: Path, *, force: bool) -> Iterator[Path]:
 
 
 def write_rows(fmt: str, columns: Columns, batches: Iterable[Batch], out: Path | None, *, force: bool = False,
-               progress: Progress | None = None) -> int:
+               progress: Progress | None = None, csv_lines: bool = False) -> int:
     """Write the rows in `fmt` to `out` (atomically) or to stdout; returns the number of rows."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
@@ -214,7 +221,7 @@ def write_rows(fmt: str, columns: Columns, batches: Iterable[Batch], out: Path |
             raise ExportError("--format parquet needs --out FILE: Parquet is not written to a pipe")
         stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="", write_through=False)
         try:
-            return _write_text(fmt, columns, batches, stream, progress)
+            return _write_text(fmt, columns, batches, stream, progress, csv_lines)
         finally:
             stream.flush()
             stream.detach()
@@ -222,12 +229,13 @@ def write_rows(fmt: str, columns: Columns, batches: Iterable[Batch], out: Path |
         if fmt == "parquet":
             return write_parquet(columns, batches, temporary, progress)
         with open(temporary, "w", encoding="utf-8", newline="", buffering=WRITE_BUFFER) as stream:
-            return _write_text(fmt, columns, batches, stream, progress)
+            return _write_text(fmt, columns, batches, stream, progress, csv_lines)
 
 
-def _write_text(fmt: str, columns: Columns, batches: Iterable[Batch], stream: TextIO, progress: Progress | None) -> int:
+def _write_text(fmt: str, columns: Columns, batches: Iterable[Batch], stream: TextIO, progress: Progress | None,
+                csv_lines: bool) -> int:
     if fmt == "csv":
-        return write_csv(columns, batches, stream, progress)
+        return write_csv(columns, batches, stream, progress, lines=csv_lines)
     return write_jsonl(columns, batches, stream, progress)
 
 

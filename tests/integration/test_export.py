@@ -248,3 +248,13 @@ def test_history_csv_fast_path_is_byte_identical_to_the_rendered_csv(scripted, d
         render.write_history(queries.iter_history(session, "default"), "default", "csv", expected)
     assert result.output == expected.getvalue()
     assert "-0.25000000" in result.output and "1E-" not in result.output
+
+
+def test_csv_lines_built_by_the_database_quote_like_the_csv_module(sessions, db_url, tmp_path):
+    label = 'desk, "north"'
+    record(sessions, at(0), (asset("USDT", "1.00000000"), asset("BTC", "-0.00000001")), label=label)
+    out = tmp_path / "h.csv"
+    export(db_url, "--what", "history", "--account", label, out=out)
+    rows = read_back(out, "csv")
+    assert [(r["account"], r["asset"], r["balance"]) for r in rows] == [(label, "BTC", "-0.00000001"), (label, "USDT", "1.00000000")]
+    assert out.read_bytes().count(b"\r\n") == 3
