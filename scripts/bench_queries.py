@@ -464,7 +464,7 @@ def measure(function: Callable[[Any], Any], arguments: list[Any]) -> dict[str, f
     return {"p50_ms": round(statistics.median(timings), 3), "p95_ms": round(p95, 3), "runs": len(timings)}
 
 
-def bench(backend: Backend, months: int, repeat: int, naive_repeat: int, keep: bool) -> dict[str, Any]:
+def bench(backend: Backend, months: int, repeat: int, naive_repeat: int, keep: bool, only: str = "") -> dict[str, Any]:
     history = History(months)
     label = f"{months}m"
     is_sqlite = backend.name == "sqlite"
@@ -472,36 +472,42 @@ def bench(backend: Backend, months: int, repeat: int, naive_repeat: int, keep: b
     true, false = (1, 0) if is_sqlite else ("t", "f")
     result: dict[str, Any] = {"backend": backend.name, "months": months, "polls_per_account": history.polls}
 
+    # The view queries compare two views of one database: no naive table to load for them.
+    with_naive = not only.startswith("view")
     ours_url = backend.create(f"{label}-ours")
-    naive_url = backend.create(f"{label}-naive")
+    naive_url = backend.create(f"{label}-naive") if with_naive else None
     try:
         started = time.perf_counter()
         backend.load(ours_url, Rows(history, time_text, true, false), naive=False)
         result["load_ours_s"] = round(time.perf_counter() - started, 1)
         started = time.perf_counter()
-        backend.load(naive_url, Rows(history, time_text, true, false), naive=True)
+        if naive_url:
+            backend.load(naive_url, Rows(history, time_text, true, false), naive=True)
         result["load_naive_s"] = round(time.perf_counter() - started, 1)
         result["size_ours_mb"] = round(backend.size(ours_url) / 1e6, 1)
-        result["size_naive_mb"] = round(backend.size(naive_url) / 1e6, 1)
+        result["size_naive_mb"] = round(backend.size(naive_url) / 1e6, 1) if naive_url else 0.0
         log(f"{backend.name} {label}: loaded in {result['load_ours_s']} s (ours) + {result['load_naive_s']} s (naive)")
 
         engine = make_engine(ours_url)
-        naive_engine = make_engine(naive_url)
+        naive_engine = make_engine(naive_url) if naive_url else None
         try:
             create_windowed_view(engine)
             sessions = make_sessions(engine)
-            naive = Naive(naive_engine)
-            check(sessions, naive, history)
-            result["queries"] = run_queries(sessions, naive, history, repeat, naive_repeat)
+            naive = Naive(naive_engine) if naive_engine else None
+            if naive:
+                check(sessions, naive, history)
+            result["queries"] = run_queries(sessions, naive, history, repeat, naive_repeat, only)
         finally:
             engine.dispose()
-            naive_engine.dispose()
+            if naive_engine:
+                naive_engine.dispose()
         if keep:
             result["kept"] = {"ours": ours_url, "naive": naive_url}
     finally:
         if not keep:
             backend.drop(ours_url)
-            backend.drop(naive_url)
+            if naive_url:
+                backend.drop(naive_url)
     return result
 
 
@@ -566,7 +572,7 @@ def check(sessions, naive: Naive, history: History) -> None:
             assert closed == naive.gaps("busy", tolerance or TOLERANCE), (tolerance, len(closed))
 
 
-def run_queries(sessions, naive: Naive, history: History, repeat: int, naive_repeat: int) -> dict[str, Any]:
+def run_queries(sessions, naive: Naive | None, history: History, repeat: int, naive_repeat: int, only: str = "") -> dict[str, Any]:
     rng = random.Random(42)
     span = history.end - START
 
@@ -624,9 +630,12 @@ def run_queries(sessions, naive: Naive, history: History, repeat: int, naive_rep
             [None] * 3, [None] * max(2, naive_repeat // 2),
         ),
     }
+    plan = {name: entry for name, entry in plan.items() if name.startswith(only)}
     # The view as it is (one index probe per row of the range) against the windowed one of
     # 0002-0005 (the whole history of the account), same database, same SQL: "naive" here.
     for name, span_back in (("view USDT changes 7d", 7 * DAY), ("view net per asset 30d", MONTH)):
+        if not name.startswith(only):
+            continue
         since = history.end - span_back
         plan[name] = (
             lambda t, name=name: view_query(sessions, name, "balance_changes", t),
@@ -656,6 +665,8 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if longest is None:
         return out
     q = by[("sqlite", longest)]["queries"]
+    if "as_of busy" not in q:
+        return out
     for name in ("as_of busy", "diff busy 1d"):
         out[f"sqlite {longest}m {name} p50 < 2 ms"] = q[name]["ours"]["p50_ms"] < 2.0
     out[f"sqlite {longest}m as_of >= 20x naive"] = q["as_of busy"]["speedup_p50"] >= 20
@@ -697,6 +708,8 @@ def main() -> None:
     parser.add_argument("--naive-repeat", type=int, default=5, help="calls per naive query [5]")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="an admin URL of the PostgreSQL server; databases are created beside it")
+    parser.add_argument("--only", default="", metavar="PREFIX",
+                        help="only the queries whose name starts with PREFIX ('view' skips loading the naive table)")
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="keep the databases: SQLite files go to DIR, PostgreSQL databases stay (URLs printed)")
     args = parser.parse_args()
@@ -710,7 +723,7 @@ def main() -> None:
         for name in names:
             backend: Backend = SqliteBackend(workdir) if name == "sqlite" else PostgresBackend(args.postgres_url)
             for count in months:
-                runs.append(bench(backend, count, args.repeat, args.naive_repeat, keep=args.keep is not None))
+                runs.append(bench(backend, count, args.repeat, args.naive_repeat, keep=args.keep is not None, only=args.only))
     finally:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
