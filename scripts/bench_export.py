@@ -19,7 +19,7 @@ and the peak memory; a final JSON line has every figure.
 
     .venv/bin/python scripts/bench_export.py
     .venv/bin/python scripts/bench_export.py --before /work/main
-    .venv/bin/python scripts/bench_export.py --rows 5000000
+    .venv/bin/python scripts/bench_export.py --rows 5000000 --history-only
 """
 
 from __future__ import annotations
@@ -130,6 +130,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=0, help="history rows to build [default: 12 months, ~517,000]")
     parser.add_argument("--before", type=Path, help="a checkout of the earlier code, for history/changes before and after")
     parser.add_argument("--keep", type=Path, help="keep the database and files in this folder")
+    parser.add_argument("--history-only", action="store_true",
+                        help="only the shell and the history exports (a quick memory check at --rows 5000000)")
     args = parser.parse_args()
     months = math.ceil(args.rows / ROWS_PER_MONTH) if args.rows else 12
     directory = args.keep or Path(tempfile.mkdtemp(prefix="bench-export-"))
@@ -161,6 +163,10 @@ def main() -> None:
             out = directory / f"export-history.{suffix}"
             run("export history", fmt, [*RECORDER, "export", "--what", "history", "--format", fmt, "--force",
                                         "--out", str(out), *common], suffix + ".log", rows_of=rows_of)
+        if args.history_only:
+            print_table(runs)
+            print(json.dumps({"months": months, "runs": runs}))
+            return
         out = directory / "export-changes.csv"
         run("export changes", "csv", [*RECORDER, "export", "--what", "changes", "--force", "--out", str(out), *common],
             "log")

@@ -11,9 +11,11 @@ One concept per module; each imports only the ones listed above it:
     changelog   changes: every recorded change (Change)
     poll_gaps   gaps: stretches without a successful poll (Gap)
     timeseries  series: one amount per minute, hour or day bucket (SeriesPoint, BUCKETS)
+    daily       iter_daily: open, close, high, low of one amount per asset and day (Day)
     flat        history and the poll log as text rows in batches, for exports (Flat)
-history, changes and series have streaming twins (iter_history, iter_changes, iter_series) that yield rows
-as they are read in constant memory; the list-returning names stay for callers that want a list.
+history, changes and series have streaming twins (iter_history, iter_changes, iter_series)
+that yield rows as they are read, in constant memory; the list-returning names stay for
+callers that want a list. daily and flat are imported by their module path (exports use them).
 Callers import from here: `from recorder import queries`, `from recorder.queries import AsOf`.
 """
 
