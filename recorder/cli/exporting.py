@@ -30,10 +30,9 @@ from recorder.db import database_error_line, make_engine, make_read_engine, make
 from recorder.errors import StorageError
 from recorder.models import AMOUNT_FIELDS, ExportCursor
 from recorder.queries import flat
-from recorder.queries.changelog import iter_changes_recorded
 from recorder.queries.daily import iter_daily
 from recorder.reports import export
-from recorder.reports.render import BALANCE_COLUMNS, CHANGE_COLUMNS, GAP_COLUMNS, balance_records, change_record, gap_record
+from recorder.reports.render import BALANCE_COLUMNS, GAP_COLUMNS, balance_records, gap_record
 from recorder.schema import require_current_schema
 from recorder.timespec import TIME_HELP, TimeZoneParam, require_order
 
@@ -195,10 +194,17 @@ def _table(
             parts.append(flat.history_rows(session, account, assets=assets, since=request.since, until=request.until,
                                            after_id=after, through_id=through, csv_lines=csv_lines))
         return flat.HISTORY_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts), csv_lines
+    if request.what == "changes":
+        parts = []
+        for account in request.accounts:
+            after, through = (bounds[account][1:] if bounds else (None, None))
+            parts.append(flat.change_rows(session, account, assets=assets, since=request.since, until=request.until,
+                                          after_id=after, through_id=through))
+        return flat.CHANGE_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts), False
     if request.what == "polls":
         parts = [flat.poll_rows(session, account, since=request.since, until=request.until) for account in request.accounts]
         return flat.POLL_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts), False
-    names = {"changes": CHANGE_COLUMNS, "balances": BALANCE_COLUMNS, "daily": DAILY_COLUMNS,
+    names = {"balances": BALANCE_COLUMNS, "daily": DAILY_COLUMNS,
              "gaps": ("account", *GAP_COLUMNS)}[request.what]
     records = itertools.chain.from_iterable(_records(session, request, account, assets, bounds) for account in request.accounts)
     return [(name, export.kind_of(name)) for name in names], export.batched(records, names), False
@@ -206,13 +212,6 @@ def _table(
 
 def _records(session: Session, request: Request, account: str, assets: list[str] | None,
              bounds: dict[str, tuple[int, int, int]] | None) -> Iterator[dict[str, Any]]:
-    if request.what == "changes":
-        if bounds:
-            _, after, through = bounds[account]
-            events = iter_changes_recorded(session, account, after_id=after, through_id=through, assets=assets)
-        else:
-            events = queries.iter_changes(session, account, assets=assets, since=request.since, until=request.until)
-        return (change_record(event, account) for event in events)
     if request.what == "balances":
         result = queries.as_of(session, account, request.at, assets=assets)
         last = result.freshness.last_poll_at

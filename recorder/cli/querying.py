@@ -214,8 +214,16 @@ def changes(database_url, account, assets, fmt, tz, since, until) -> None:
     require_order("--since", since, "--until", until)
     require_showable(tz, since=since, until=until)
     with reading(database_url, account, assets) as (settings, session, wanted):
-        events = queries.iter_changes(session, settings.account, assets=wanted or None, since=since, until=until)
-        reports.write_changes(events, settings.account, fmt, sys.stdout, tz)
+        if fmt == "csv" and tz is reports.UTC:
+            # As in history: the export's text rows, byte for byte the same CSV, 5x faster.
+            from recorder.queries.flat import change_rows
+            from recorder.reports.export import write_csv
+
+            rows = change_rows(session, settings.account, assets=wanted or None, since=since, until=until)
+            write_csv(rows.columns, rows.batches, sys.stdout, lineterminator="\n")
+        else:
+            events = queries.iter_changes(session, settings.account, assets=wanted or None, since=since, until=until)
+            reports.write_changes(events, settings.account, fmt, sys.stdout, tz)
 
 
 @cli.command()

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -248,3 +249,111 @@ def _batches(session: Session, sql: str, params: dict[str, Any]) -> Iterator[lis
         # psycopg refuses to close a cursor of a discarded connection; sqlite3 has no such flags.
         if not getattr(cursor, "closed", False) and not getattr(connection, "closed", False):
             cursor.close()
+
+
+# The `changes` CSV columns (recorder.reports.render.CHANGE_COLUMNS, same order).
+CHANGE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("account", TEXT),
+    ("asset", TEXT),
+    ("observed_at", TIME),
+    ("kind", TEXT),
+    *(column for name in AMOUNT_FIELDS for column in ((name, DECIMAL), (f"previous_{name}", DECIMAL), (f"delta_{name}", DECIMAL))),
+    ("margin_available", BOOL),
+    ("previous_margin_available", BOOL),
+    ("update_time", TIME),
+    ("previous_update_time", TIME),
+    ("changed", TEXT),
+)
+_CHANGED_NAMES = ("present", *AMOUNT_FIELDS, "margin_available", "update_time")
+
+
+def change_rows(
+    session: Session,
+    account: str,
+    *,
+    assets: Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    after_id: int | None = None,
+    through_id: int | None = None,
+) -> Flat:
+    """Every change event in [since, until) as text, like queries.changes, oldest first.
+
+    Each row's previous state is the asset's latest state observed before it, found by one
+    probe of the unique index (account_id, asset, observed_at), as the balance_changes view
+    does; the deltas are exact Decimal differences of the stored text, computed here.
+    `after_id`/`through_id` bound the rows by insert sequence, as in history_rows.
+    """
+    dialect = session.connection().dialect.name
+    params: dict[str, Any] = {"account_id": _account_id(session, account)}
+    where = [f"b.account_id = {_param(dialect, 'account_id')}"]
+    if assets:
+        names = []
+        for index, asset in enumerate(assets):
+            params[f"asset{index}"] = asset
+            names.append(_param(dialect, f"asset{index}"))
+        where.append(f"b.asset IN ({', '.join(names)})")
+    for name, value, operator in (("since", since, ">="), ("until", until, "<")):
+        if value is not None:
+            params[name] = _bound(dialect, value)
+            where.append(f"b.observed_at {operator} {_param(dialect, name)}")
+    for name, value, operator in (("after_id", after_id, ">"), ("through_id", through_id, "<=")):
+        if value is not None:
+            params[name] = value
+            where.append(f"b.id {operator} {_param(dialect, name)}")
+
+    def state(alias: str) -> list[str]:
+        return [
+            _bool(f"{alias}.present"),
+            *(_amount(dialect, f"{alias}.{name}") for name in AMOUNT_FIELDS),
+            _bool(f"{alias}.margin_available"),
+            _time(dialect, f"{alias}.update_time", milliseconds=True),
+        ]
+
+    probe = (
+        "SELECT b2.{what} FROM balances b2 WHERE b2.account_id = b.account_id AND b2.asset = b.asset"
+        " AND b2.observed_at < b.observed_at ORDER BY b2.observed_at DESC LIMIT 1"
+    )
+    if dialect == "sqlite":
+        previous = f"LEFT JOIN balances p ON p.id = ({probe.format(what='id')})"
+    else:
+        previous = f"LEFT JOIN LATERAL ({probe.format(what='*')}) p ON true"
+    columns = ["a.label", "b.asset", _time(dialect, "b.observed_at"), *state("b"), *state("p")]
+    sql = (
+        f"SELECT {', '.join(columns)} FROM balances b JOIN accounts a ON a.id = b.account_id {previous} "
+        f"WHERE {' AND '.join(where)} ORDER BY b.observed_at, b.asset"
+    )
+    return Flat(CHANGE_COLUMNS, map(_change_batch, _batches(session, sql, params)))
+
+
+_WIDTH = 3 + len(AMOUNT_FIELDS)  # present, the amounts, margin_available, update_time
+
+
+def _change_batch(batch: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    # Deltas need exact arithmetic: the default context rounds to 28 digits.
+    from recorder.queries.diffs import EXACT
+
+    subtract, rows = EXACT.subtract, []
+    for row in batch:
+        label, asset, observed_at = row[0], row[1], row[2]
+        current, previous = row[3:3 + _WIDTH], row[3 + _WIDTH:]
+        present, before = current[0] == "true", previous[0]
+        if not present:
+            kind = "vanished"
+        elif before != "true":
+            kind = "appeared"
+        else:
+            kind = "changed"
+        both = present and before == "true"
+        cells: list[Any] = [label, asset, observed_at, kind]
+        for index in range(1, 1 + len(AMOUNT_FIELDS)):
+            new, old = current[index], previous[index]
+            delta = format(subtract(Decimal(new), Decimal(old)), "f") if both else None
+            cells += (new, old, delta)
+        cells += (current[-2], previous[-2], current[-1], previous[-1])
+        # No previous state counts as absent (present false); a differing stored text is a change
+        # even where the numbers are equal (10.0 and 10.00), as in queries.changes.
+        old_state = ("false", *previous[1:]) if before is None else previous
+        cells.append(",".join(name for name, a, b in zip(_CHANGED_NAMES, old_state, current) if a != b))
+        rows.append(tuple(cells))
+    return rows

@@ -258,3 +258,23 @@ def test_csv_lines_built_by_the_database_quote_like_the_csv_module(sessions, db_
     rows = read_back(out, "csv")
     assert [(r["account"], r["asset"], r["balance"]) for r in rows] == [(label, "BTC", "-0.00000001"), (label, "USDT", "1.00000000")]
     assert out.read_bytes().count(b"\r\n") == 3
+
+
+def test_changes_csv_fast_path_is_byte_identical_to_the_rendered_csv(scripted, db_url):
+    """`changes --format csv` in UTC takes the export's text rows: the same bytes as rendering Change objects."""
+    import io
+
+    from recorder.queries import flat
+    from recorder.reports import render
+
+    assert [name for name, _ in flat.CHANGE_COLUMNS] == list(render.CHANGE_COLUMNS)
+    for extra in ([], ["--since", at(2).isoformat(), "--asset", "USDT"]):
+        result = CliRunner().invoke(cli, ["changes", "--database-url", db_url, "--format", "csv", *extra],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        with scripted() as session:
+            expected = io.StringIO()
+            events = queries.iter_changes(session, "default", since=at(2) if extra else None,
+                                          assets=["USDT"] if extra else None)
+            render.write_changes(events, "default", "csv", expected)
+        assert result.output == expected.getvalue() and result.output.count("\n") > 1
