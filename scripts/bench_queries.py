@@ -23,7 +23,9 @@ below the stored 90 s, which falls back to scanning every poll as `gaps` did bef
 gaps were stored; with --tolerance 300 s, which filters the stored gaps), through the
 library (recorder.queries) and
 through naive SQL plus Python on the snapshot table, and prints one table and a final JSON
-line. --keep DIR keeps the SQLite files in DIR and the PostgreSQL databases (their URLs
+line. The "view ..." rows run the README's range-filtered example queries on the
+`balance_changes` view, against (in the naive columns) the same SQL on the view as it was
+before migration 0006, created beside it in the same database. --keep DIR keeps the SQLite files in DIR and the PostgreSQL databases (their URLs
 are printed) for inspection.
 
     .venv/bin/python scripts/bench_queries.py                       # both backends, 1 and 12 months
@@ -462,7 +464,7 @@ def measure(function: Callable[[Any], Any], arguments: list[Any]) -> dict[str, f
     return {"p50_ms": round(statistics.median(timings), 3), "p95_ms": round(p95, 3), "runs": len(timings)}
 
 
-def bench(backend: Backend, months: int, repeat: int, naive_repeat: int, keep: bool) -> dict[str, Any]:
+def bench(backend: Backend, months: int, repeat: int, naive_repeat: int, keep: bool, only: str = "") -> dict[str, Any]:
     history = History(months)
     label = f"{months}m"
     is_sqlite = backend.name == "sqlite"
@@ -470,36 +472,81 @@ def bench(backend: Backend, months: int, repeat: int, naive_repeat: int, keep: b
     true, false = (1, 0) if is_sqlite else ("t", "f")
     result: dict[str, Any] = {"backend": backend.name, "months": months, "polls_per_account": history.polls}
 
+    # The view queries compare two views of one database: no naive table to load for them.
+    with_naive = not only.startswith("view")
     ours_url = backend.create(f"{label}-ours")
-    naive_url = backend.create(f"{label}-naive")
+    naive_url = backend.create(f"{label}-naive") if with_naive else None
     try:
         started = time.perf_counter()
         backend.load(ours_url, Rows(history, time_text, true, false), naive=False)
         result["load_ours_s"] = round(time.perf_counter() - started, 1)
         started = time.perf_counter()
-        backend.load(naive_url, Rows(history, time_text, true, false), naive=True)
+        if naive_url:
+            backend.load(naive_url, Rows(history, time_text, true, false), naive=True)
         result["load_naive_s"] = round(time.perf_counter() - started, 1)
         result["size_ours_mb"] = round(backend.size(ours_url) / 1e6, 1)
-        result["size_naive_mb"] = round(backend.size(naive_url) / 1e6, 1)
+        result["size_naive_mb"] = round(backend.size(naive_url) / 1e6, 1) if naive_url else 0.0
         log(f"{backend.name} {label}: loaded in {result['load_ours_s']} s (ours) + {result['load_naive_s']} s (naive)")
 
         engine = make_engine(ours_url)
-        naive_engine = make_engine(naive_url)
+        naive_engine = make_engine(naive_url) if naive_url else None
         try:
+            create_windowed_view(engine)
             sessions = make_sessions(engine)
-            naive = Naive(naive_engine)
-            check(sessions, naive, history)
-            result["queries"] = run_queries(sessions, naive, history, repeat, naive_repeat)
+            naive = Naive(naive_engine) if naive_engine else None
+            if naive:
+                check(sessions, naive, history)
+            result["queries"] = run_queries(sessions, naive, history, repeat, naive_repeat, only)
         finally:
             engine.dispose()
-            naive_engine.dispose()
+            if naive_engine:
+                naive_engine.dispose()
         if keep:
             result["kept"] = {"ours": ours_url, "naive": naive_url}
     finally:
         if not keep:
             backend.drop(ours_url)
-            backend.drop(naive_url)
+            if naive_url:
+                backend.drop(naive_url)
     return result
+
+
+def create_windowed_view(engine: Engine) -> None:
+    """balance_changes as migration 0005 left it (LAG over each asset's history), beside today's: the baseline.
+
+    The SQL is migration 0006's own copy of the old definition, under another view name.
+    """
+    import importlib.util
+
+    path = next((Path(__file__).resolve().parent.parent / "migrations" / "versions").glob("0006_*.py"))
+    spec = importlib.util.spec_from_file_location("migration_0006", path)
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    sqlite = engine.dialect.name == "sqlite"
+    collate, subtract = (" COLLATE decimal", "decimal_sub({new}, {old})") if sqlite else ("", "({new} - {old})")
+    statement = migration._windowed_changes(collate, subtract).replace("CREATE VIEW balance_changes", f"CREATE VIEW {WINDOWED}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP VIEW IF EXISTS {WINDOWED}")
+        connection.exec_driver_sql(statement)
+
+
+WINDOWED = "balance_changes_windowed"
+# The README's range-filtered example queries on balance_changes (its sqlite3 and psql sections).
+VIEW_QUERIES = {
+    "view USDT changes 7d": "SELECT observed_at, kind, previous_balance, balance, delta_balance FROM {view}"
+                            " WHERE account = 'busy' AND asset = 'USDT' AND observed_at >= :since ORDER BY observed_at",
+    "view net per asset 30d": "SELECT asset, {sum}(delta_balance) AS net FROM {view}"
+                              " WHERE account = 'busy' AND observed_at >= :since GROUP BY asset ORDER BY asset",
+}
+
+
+def view_query(sessions, name: str, view: str, since: datetime) -> list:
+    """One README example query on `view`, with --since-like bound `since`."""
+    with sessions() as session:
+        connection = session.connection()
+        sqlite = connection.dialect.name == "sqlite"
+        sql = VIEW_QUERIES[name].format(view=view, sum="decimal_sum" if sqlite else "sum")
+        return connection.execute(text(sql), {"since": sqlite_time(since) if sqlite else since}).all()
 
 
 def check(sessions, naive: Naive, history: History) -> None:
@@ -525,7 +572,7 @@ def check(sessions, naive: Naive, history: History) -> None:
             assert closed == naive.gaps("busy", tolerance or TOLERANCE), (tolerance, len(closed))
 
 
-def run_queries(sessions, naive: Naive, history: History, repeat: int, naive_repeat: int) -> dict[str, Any]:
+def run_queries(sessions, naive: Naive | None, history: History, repeat: int, naive_repeat: int, only: str = "") -> dict[str, Any]:
     rng = random.Random(42)
     span = history.end - START
 
@@ -583,6 +630,20 @@ def run_queries(sessions, naive: Naive, history: History, repeat: int, naive_rep
             [None] * 3, [None] * max(2, naive_repeat // 2),
         ),
     }
+    plan = {name: entry for name, entry in plan.items() if name.startswith(only)}
+    # The view as it is (one index probe per row of the range) against the windowed one of
+    # 0002-0005 (the whole history of the account), same database, same SQL: "naive" here.
+    for name, span_back in (("view USDT changes 7d", 7 * DAY), ("view net per asset 30d", MONTH)):
+        if not name.startswith(only):
+            continue
+        since = history.end - span_back
+        plan[name] = (
+            lambda t, name=name: view_query(sessions, name, "balance_changes", t),
+            lambda t, name=name: view_query(sessions, name, WINDOWED, t),
+            [since] * max(3, repeat // 30), [since] * max(2, naive_repeat // 2),
+        )
+        mine, theirs = view_query(sessions, name, "balance_changes", since), view_query(sessions, name, WINDOWED, since)
+        assert mine == theirs and mine, (name, len(mine), len(theirs))
     results = {}
     for name, (mine, theirs, mine_args, their_args) in plan.items():
         results[name] = {"ours": measure(mine, mine_args), "naive": measure(theirs, their_args)}
@@ -604,6 +665,8 @@ def targets(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if longest is None:
         return out
     q = by[("sqlite", longest)]["queries"]
+    if "as_of busy" not in q:
+        return out
     for name in ("as_of busy", "diff busy 1d"):
         out[f"sqlite {longest}m {name} p50 < 2 ms"] = q[name]["ours"]["p50_ms"] < 2.0
     out[f"sqlite {longest}m as_of >= 20x naive"] = q["as_of busy"]["speedup_p50"] >= 20
@@ -645,6 +708,8 @@ def main() -> None:
     parser.add_argument("--naive-repeat", type=int, default=5, help="calls per naive query [5]")
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres",
                         help="an admin URL of the PostgreSQL server; databases are created beside it")
+    parser.add_argument("--only", default="", metavar="PREFIX",
+                        help="only the queries whose name starts with PREFIX ('view' skips loading the naive table)")
     parser.add_argument("--keep", metavar="DIR", type=Path,
                         help="keep the databases: SQLite files go to DIR, PostgreSQL databases stay (URLs printed)")
     args = parser.parse_args()
@@ -658,7 +723,7 @@ def main() -> None:
         for name in names:
             backend: Backend = SqliteBackend(workdir) if name == "sqlite" else PostgresBackend(args.postgres_url)
             for count in months:
-                runs.append(bench(backend, count, args.repeat, args.naive_repeat, keep=args.keep is not None))
+                runs.append(bench(backend, count, args.repeat, args.naive_repeat, keep=args.keep is not None, only=args.only))
     finally:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from recorder.models import STATE_FIELDS
 from recorder.queries.diffs import _delta
 from recorder.queries.snapshots import _snapshot
-from recorder.queries.states import AssetState, history
+from recorder.queries.states import AssetState, iter_history
 
 _FIELDS = ("present", *STATE_FIELDS)
 # One attrgetter call per record: `changes` runs this on every row of a long history.
@@ -50,11 +50,27 @@ def changes(
     until: datetime | None = None,
 ) -> list[Change]:
     """Every change event in [since, until), oldest first, with the previous value and delta."""
+    return list(iter_changes(session, account, assets=assets, since=since, until=until))
+
+
+def iter_changes(
+    session: Session,
+    account: str,
+    *,
+    assets: Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Iterator[Change]:
+    """changes as they are read: constant memory (one previous state per asset), any range."""
     previous: dict[str, AssetState | None] = {}
     if since is not None:
         previous = _snapshot(session, account, since, assets, inclusive=False)[2]
-    result = []
-    for state in history(session, account, assets=assets, since=since, until=until):
+    states = iter_history(session, account, assets=assets, since=since, until=until)
+    return _changes(states, previous)
+
+
+def _changes(states: Iterator[AssetState], previous: dict[str, AssetState | None]) -> Iterator[Change]:
+    for state in states:
         before = previous.get(state.asset)
         if not state.present:
             kind = "vanished"
@@ -62,10 +78,9 @@ def changes(
             kind = "appeared"
         else:
             kind = "changed"
-        result.append(Change(state.asset, state.observed_at, kind, before, state, _delta(before, state),
-                             changed_fields(before, state)))
+        yield Change(state.asset, state.observed_at, kind, before, state, _delta(before, state),
+                     changed_fields(before, state))
         previous[state.asset] = state
-    return result
 
 
 def changed_fields(before: AssetState | None, after: AssetState | None) -> tuple[str, ...]:
@@ -78,3 +93,4 @@ def changed_fields(before: AssetState | None, after: AssetState | None) -> tuple
         name for name, a, b in zip(_FIELDS, old, new)
         if a != b or (a.__class__ is Decimal and str(a) != str(b))
     )
+

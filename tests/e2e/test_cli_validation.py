@@ -68,6 +68,11 @@ READ_CASES = [
     (("series", "--asset", "USDT", "--since", "now", "--until", "1h"), "is after --until"),
     (("diff", "--from", "2026-01-03", "--to", "2026-01-02"), "--from 2026-01-03T00:00:00.000000Z is after --to"),
     (("diff", "--from", "9999-01-01"), "is after --to"),  # --to defaults to now
+    (("export", "--what", "history", "--since", "2026-01-03", "--until", "2026-01-02"), "is after --until"),
+    (("export", "--what", "history", "--at", "2026-01-02"), "--at is for --what balances"),
+    (("export", "--what", "polls", "--incremental", "nightly"), "--incremental works with --what history or changes"),
+    (("export", "--what", "history", "--incremental", "n", "--since", "1d"), "drop --since/--until"),
+    (("export", "--what", "history", "--format", "parquet"), "--format parquet needs --out FILE"),
     # Time specs outside the representable range, before or after conversion to UTC.
     (("history", "--since", "99999999999d"), f"'99999999999d' reaches back before year 1: {RANGE}"),
     (("history", "--since", "800000d"), "reaches back before year 1"),
