@@ -22,6 +22,7 @@ from decimal import Decimal
 from sqlalchemy import (
     Connection,
     Integer,
+    String,
     and_,
     bindparam,
     cast,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     func,
     literal,
     select,
+    type_coerce,
     union_all,
 )
 from sqlalchemy.sql.elements import ColumnElement
@@ -66,7 +68,7 @@ def _is_sqlite(connection: Connection) -> bool:
 
 def _ordered(column: ColumnElement, sqlite: bool) -> ColumnElement:
     """An amount column that orders by value on both backends."""
-    return column.collate("decimal") if sqlite else column
+    return type_coerce(column, String()).collate("decimal") if sqlite else column
 
 
 def account_id(connection: Connection, label: str) -> int | None:
@@ -312,7 +314,7 @@ def largest_moves(connection: Connection, account: int, since: datetime, until: 
         .subquery("moves")
     )
     if sqlite:
-        delta = func.decimal_sub(widened.c.after, widened.c.before).collate("decimal")
+        delta = _ordered(func.decimal_sub(widened.c.after, widened.c.before), sqlite)
         differs = func.decimal_cmp(widened.c.after, widened.c.before) != 0
     else:
         delta = widened.c.after - widened.c.before
