@@ -6,9 +6,7 @@ Both read the database read-only, build one `Statement` (recorder.reports.statem
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -97,3 +95,27 @@ def statement(database_url, accounts, since, until, tz, fmt) -> None:
     with reading_accounts(database_url, accounts) as (session, labels):
         built = build_statement(session, since, until, labels, tz)
     write_statement(built, fmt, sys.stdout, tz)
+
+
+@cli.command()
+@period_options
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="report.html", show_default=True,
+              help="The HTML file to write.")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+def report(database_url, accounts, since, until, tz, out, force) -> None:
+    """One self-contained HTML file for [--since, --until): statement, charts, gaps, poll health.
+
+    The file loads nothing from the network (the chart library and data are inside it) and
+    prints on A4. An existing --out is refused without --force; the file is written to a
+    temporary name and renamed, so a reader never sees half a report.
+    """
+    from recorder.reports.html import build_report, write_report
+
+    require_order("--since", since, "--until", until)
+    require_showable(tz, since=since, until=until)
+    if out.exists() and not force:
+        raise click.UsageError(f"{out} exists: choose another --out or add --force to replace it")
+    with reading_accounts(database_url, accounts) as (session, labels):
+        built = build_report(session, since, until, labels, tz)
+    size = write_report(built, out, force=force)
+    click.echo(f"wrote {out} ({size} bytes)", err=True)

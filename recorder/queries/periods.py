@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -205,6 +205,9 @@ class PollCounts:
     ok: int
     failed: int
     failures: dict[str, int]
+    # Per error class, the message of its latest failure in the period (as the exchange or
+    # the database put it: untrusted text, escape it wherever it is shown).
+    last_messages: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def success_rate(self) -> float | None:
@@ -231,7 +234,30 @@ def poll_counts(connection: Connection, account: int, since: datetime, until: da
             failures[error_class or "unknown"] += count
         else:
             ok += count
-    return PollCounts(ok, failed, dict(sorted(failures.items())))
+    messages = {}
+    for name in sorted(failures):
+        params = {"account_id": account, "since": since, "until": until, "error_class": None if name == "unknown" else name}
+        messages[name] = connection.execute(_LAST_MESSAGE[name == "unknown"], params).scalar()
+    return PollCounts(ok, failed, dict(sorted(failures.items())), messages)
+
+
+def _last_message_query(unknown: bool):
+    error_class = _POLLS.c.error_class.is_(None) if unknown else _POLLS.c.error_class == bindparam("error_class")
+    return (
+        select(_POLLS.c.error_message)
+        .where(
+            _POLLS.c.account_id == _ACCOUNT,
+            _POLLS.c.finished_at >= _SINCE,
+            _POLLS.c.finished_at < _UNTIL,
+            _POLLS.c.outcome == POLL_FAILED,
+            error_class,
+        )
+        .order_by(_POLLS.c.finished_at.desc())
+        .limit(1)
+    )
+
+
+_LAST_MESSAGE = {unknown: _last_message_query(unknown) for unknown in (True, False)}
 
 
 # --- day edges ------------------------------------------------------------------------------
