@@ -78,7 +78,8 @@ def build_report(
     if statement.until > statement.since:
         for account in statement.accounts:
             account_id = periods.account_id(connection, account.account)
-            for asset in account.assets:
+            # The most active assets first: a long list of idle ones should not push them off the page.
+            for asset in sorted(account.assets, key=lambda row: (-row.changes, row.asset)):
                 charts.append(_chart(connection, account_id, account.account, asset, statement, buckets))
     return Report(statement, tuple(charts))
 
@@ -141,7 +142,11 @@ def render_report(report: Report) -> str:
     tz = statement.tz
 
     def when(value: datetime | None) -> str:
-        return "" if value is None else format_time(value, tz, "seconds")
+        # Compact, in the report's zone (named in its header): tables must fit an A4 page.
+        return "" if value is None else value.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+    def iso(value: datetime) -> str:
+        return format_time(value, tz, "seconds")
 
     def amount(value: Decimal | None) -> str:
         return "" if value is None else format_decimal(value)
@@ -190,6 +195,7 @@ def render_report(report: Report) -> str:
         uplot_js=Markup(_static("uPlot.iife.min.js")),
         uplot_css=Markup(_static("uPlot.min.css")),
         when=when,
+        iso=iso,
         amount=amount,
         seconds=seconds,
         share=share,
