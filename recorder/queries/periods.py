@@ -14,7 +14,7 @@ on every recorder connection, see recorder.db); PostgreSQL's NUMERIC orders nati
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -271,8 +271,19 @@ def balances_at_edges(
     One index seek per asset and edge: a year of days is ~370 seeks an asset, whatever the
     number of polls in it.
     """
-    if not edges:
-        return {}
+    found: dict[str, list[AssetState | None]] = {}
+    # SQLite refuses a compound SELECT of more than 500 terms: a decade of days goes in chunks.
+    for offset in range(0, len(edges), EDGES_PER_QUERY):
+        chunk = edges[offset:offset + EDGES_PER_QUERY]
+        for asset, position, state in _states_at(connection, account, chunk):
+            found.setdefault(asset, [None] * len(edges))[offset + position] = state
+    return found
+
+
+EDGES_PER_QUERY = 400
+
+
+def _states_at(connection: Connection, account: int, edges: Sequence[datetime]) -> Iterator[tuple[str, int, AssetState | None]]:
     edge_rows = union_all(
         *(select(literal(index, Integer).label("position"), literal(edge, UtcDateTime()).label("edge")) for index, edge in enumerate(edges))
     ).subquery("edges")
@@ -291,11 +302,8 @@ def balances_at_edges(
         .where(_HEADS.c.account_id == _ACCOUNT)
         .order_by(_HEADS.c.asset, edge_rows.c.position)
     )
-    found: dict[str, list[AssetState | None]] = {}
     for row in connection.execute(query, {"account_id": account}):
-        states = found.setdefault(row[0], [None] * len(edges))
-        states[row[1]] = None if row[2] is None else AssetState(row[0], *row[2:])
-    return found
+        yield row[0], row[1], None if row[2] is None else AssetState(row[0], *row[2:])
 
 
 # --- largest changes ------------------------------------------------------------------------

@@ -68,3 +68,13 @@ def test_statement_csv_table_and_usage_errors(database):  # noqa: F811
     assert reversed_range.returncode == 2 and "--since" in reversed_range.stderr
     unknown = run(database, "statement", "--since", SINCE, "--account", "nope", account=False)
     assert unknown.returncode == 2 and "no account 'nope'" in unknown.stderr
+
+
+@pytest.mark.parametrize("command", ["statement", "report"])
+def test_statement_and_report_import_no_write_side_library(tmp_path, command):
+    from tests.e2e.test_read_only import recorded
+    from tests.e2e.test_startup import imported_write_side
+
+    url = recorded(f"sqlite:///{tmp_path / 'recorder.db'}")
+    extra = ["--out", str(tmp_path / "report.html")] if command == "report" else []
+    assert imported_write_side(command, "--since", "2000-01-01", "--database-url", url, *extra) == []

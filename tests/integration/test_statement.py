@@ -140,3 +140,13 @@ def test_accounts_stay_apart_and_unknown_ones_are_refused(scripted):
     assert [(a.asset, a.closing.balance) for a in statement.accounts[0].assets] == [("USDT", Decimal("5.00000000"))]
     with pytest.raises(ConfigError, match="no account 'nope'"):
         statement_of(scripted, at(0), at(10), ["nope"])
+
+
+def test_a_period_of_more_days_than_one_query_takes(scripted):
+    """Day edges go to the database in chunks (SQLite caps a compound SELECT at 500 terms)."""
+    usdt = by_asset(statement_of(scripted, at(0, 30) - timedelta(days=900), at(9, 30)).accounts[0])["USDT"]
+    assert len(usdt.days) == 901
+    assert all(day.open is None and day.close is None for day in usdt.days[:899])
+    assert (usdt.days[899].close, usdt.days[900].open, usdt.days[900].close) == (
+        None, None, Decimal("120.00000000"))
+    assert usdt.net_change is None and usdt.closing.balance == Decimal("120.00000000")
