@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     String,
     and_,
+    case,
     bindparam,
     cast,
     extract,
@@ -62,6 +63,10 @@ _UNTIL = bindparam("until", type_=UtcDateTime())
 _AT = bindparam("at", type_=UtcDateTime())
 
 
+def _in_range_clause(table=_BALANCES):
+    return and_(table.c.account_id == _ACCOUNT, table.c.observed_at >= _SINCE, table.c.observed_at < _UNTIL)
+
+
 def _is_sqlite(connection: Connection) -> bool:
     return connection.dialect.name == "sqlite"
 
@@ -69,6 +74,58 @@ def _is_sqlite(connection: Connection) -> bool:
 def _ordered(column: ColumnElement, sqlite: bool) -> ColumnElement:
     """An amount column that orders by value on both backends."""
     return type_coerce(column, String()).collate("decimal") if sqlite else column
+
+
+# SQLite's decimal collation calls Python for every comparison (~2-10 µs): over a year of
+# minute rows that is seconds per asset. Binance's amounts have 8 decimals, so on SQLite an
+# amount whose text has at most 8 decimals and 10 integer digits is turned, in SQL, into an
+# exact integer count of 1e-8 (it fits in 63 bits), which SQLite compares in C. `units_fit`
+# checks that every amount of the period qualifies; when one does not, the slower exact
+# collation is used instead.
+UNIT_DIGITS = 8
+_INTEGER_DIGITS = 10
+
+
+def _text(column: ColumnElement) -> ColumnElement:
+    return type_coerce(column, String())
+
+
+def _parts(column: ColumnElement) -> tuple[ColumnElement, ColumnElement]:
+    text = _text(column)
+    dot = func.instr(text, ".")
+    integer = case((dot > 0, func.substr(text, 1, dot - 1)), else_=text)
+    fraction = case((dot > 0, func.substr(text, dot + 1)), else_=literal(""))
+    return type_coerce(integer, String()), type_coerce(fraction, String())
+
+
+def _units(column: ColumnElement) -> ColumnElement:
+    """SQLite: the amount as an exact integer number of 1e-8 (valid where units_fit holds)."""
+    integer, fraction = _parts(column)
+    sign = case((_text(column).like("-%"), -1), else_=1)
+    padded = func.substr(fraction.op("||")(literal("0" * UNIT_DIGITS)), 1, UNIT_DIGITS)
+    return cast(integer, Integer) * (10**UNIT_DIGITS) + sign * cast(padded, Integer)
+
+
+def _from_units(value: object) -> Decimal:
+    return Decimal(int(value)).scaleb(-UNIT_DIGITS)
+
+
+def _units_check(field: str) -> tuple[ColumnElement, ColumnElement]:
+    integer, fraction = _parts(_BALANCES.c[field])
+    return func.max(func.length(fraction)), func.max(func.length(func.ltrim(integer, "-")))
+
+
+_UNITS_FIT = select(*_units_check("balance"), *_units_check("cross_un_pnl")).where(_in_range_clause())
+
+
+def units_fit(connection: Connection, account: int, since: datetime, until: datetime) -> bool:
+    """Whether every balance and unrealized PnL in [since, until) has at most 8 decimals and 10
+    integer digits, so SQLite can compare them as integers; always True on PostgreSQL."""
+    if not _is_sqlite(connection):
+        return True
+    row = connection.execute(_UNITS_FIT, {"account_id": account, "since": since, "until": until}).one()
+    fractions, integers = [value or 0 for value in row[0::2]], [value or 0 for value in row[1::2]]
+    return max(fractions) <= UNIT_DIGITS and max(integers) <= _INTEGER_DIGITS
 
 
 def account_id(connection: Connection, label: str) -> int | None:
@@ -147,7 +204,7 @@ def due_after(connection: Connection, account: int, last_ok: datetime, at: datet
 
 
 def _in_range(table=_BALANCES):
-    return and_(table.c.account_id == _ACCOUNT, table.c.observed_at >= _SINCE, table.c.observed_at < _UNTIL)
+    return _in_range_clause(table)
 
 
 _CHANGE_COUNTS = (
@@ -186,16 +243,36 @@ _EXTREMES = {(sqlite, highest): _extreme_query(sqlite, highest) for sqlite in (T
 
 
 def range_extremes(
-    connection: Connection, account: int, asset: str, since: datetime, until: datetime
+    connection: Connection, account: int, asset: str, since: datetime, until: datetime, *, units: bool = False
 ) -> tuple[Extreme | None, Extreme | None]:
-    """The highest and lowest wallet balance observed in [since, until), each with its first time."""
+    """The highest and lowest wallet balance observed in [since, until), each with its first time.
+
+    `units`: on SQLite, compare as integers of 1e-8 (only when units_fit said so).
+    """
     sqlite = _is_sqlite(connection)
     params = {"account_id": account, "asset": asset, "since": since, "until": until}
+    if sqlite and units:
+        high, low = connection.execute(_UNIT_EXTREMES, params).one()
+        if high is None:
+            return None, None
+        found = [connection.execute(_FIRST_AT_UNITS, {**params, "target": target}).one() for target in (high, low)]
+        return Extreme(found[0][0], found[0][1]), Extreme(found[1][0], found[1][1])
     found = []
     for highest in (True, False):
         row = connection.execute(_EXTREMES[(sqlite, highest)], params).first()
         found.append(None if row is None else Extreme(row[0], row[1]))
     return found[0], found[1]
+
+
+_ASSET_ROWS = and_(_in_range_clause(), _BALANCES.c.asset == bindparam("asset"), _BALANCES.c.present)
+_UNIT_EXTREMES = select(func.max(_units(_BALANCES.c.balance)), func.min(_units(_BALANCES.c.balance))).where(_ASSET_ROWS)
+# Walks the asset's rows in time order (the index) and stops at the first one at the target.
+_FIRST_AT_UNITS = (
+    select(_BALANCES.c.balance, _BALANCES.c.observed_at)
+    .where(_ASSET_ROWS, _units(_BALANCES.c.balance) == bindparam("target"))
+    .order_by(_BALANCES.c.observed_at)
+    .limit(1)
+)
 
 
 @dataclass(frozen=True)
@@ -324,54 +401,91 @@ class BalanceMove:
         return self.after - self.before
 
 
-def largest_moves(connection: Connection, account: int, since: datetime, until: datetime, limit: int = 10) -> list[BalanceMove]:
+def largest_moves(
+    connection: Connection, account: int, since: datetime, until: datetime, limit: int = 10, *, units: bool = False
+) -> list[BalanceMove]:
     """The `limit` largest wallet-balance changes observed in [since, until), by absolute size.
 
-    The delta is computed in SQL over the period's rows only; the largest rises and the
-    largest falls are each a bounded top-N sort there, and merged by size here.
+    Reads the period's rows only: the delta between consecutive rows of an asset inside the
+    period is a window in SQL with a bounded top-N sort; each asset's first row in the period
+    is compared here with the state in force at `since` (one per asset).
+    `units`: on SQLite, compute the deltas as integers of 1e-8 (only when units_fit said so).
     """
     sqlite = _is_sqlite(connection)
-    # The state just before the period starts gives the first change in it its "before".
-    previous = func.lag(_BALANCES.c.balance).over(partition_by=_BALANCES.c.asset, order_by=_BALANCES.c.observed_at)
-    widened = (
-        select(
-            _BALANCES.c.asset,
-            _BALANCES.c.observed_at,
-            _BALANCES.c.balance.label("after"),
-            previous.label("before"),
-        )
-        .where(
-            _BALANCES.c.account_id == _ACCOUNT,
-            _BALANCES.c.observed_at >= bindparam("widened_since", type_=UtcDateTime()),
-            _BALANCES.c.observed_at < _UNTIL,
-        )
-        .subquery("moves")
-    )
-    if sqlite:
-        delta = _ordered(func.decimal_sub(widened.c.after, widened.c.before), sqlite)
-        differs = func.decimal_cmp(widened.c.after, widened.c.before) != 0
+    params = {"account_id": account, "since": since, "until": until, "limit": limit}
+    moves: list[BalanceMove] = []
+    if sqlite and units:
+        queries = [_MOVES_BY_UNITS]
+    elif sqlite:
+        queries = [_MOVES_BY_TEXT[True], _MOVES_BY_TEXT[False]]
     else:
-        delta = widened.c.after - widened.c.before
-        differs = widened.c.after != widened.c.before
-    base = select(widened.c.asset, widened.c.observed_at, widened.c.before, widened.c.after).where(
-        widened.c.observed_at >= _SINCE, widened.c.before.is_not(None), widened.c.after.is_not(None), differs
-    )
-    start = _earliest_previous(connection, account, since)
-    params = {"account_id": account, "since": since, "until": until, "widened_since": start}
-    moves = []
-    for direction in (delta.desc(), delta.asc()):
-        for asset, observed_at, before, after in connection.execute(base.order_by(direction).limit(limit), params):
-            before, after = _as_decimal(before), _as_decimal(after)
-            moves.append(BalanceMove(asset, observed_at, before, after))
+        queries = [_MOVES_NUMERIC]
+    for query in queries:
+        for asset, observed_at, before, after in connection.execute(query, params):
+            moves.append(BalanceMove(asset, observed_at, _as_decimal(before), _as_decimal(after)))
+    opening = states_before(connection, account, since)
+    for asset, observed_at, balance in connection.execute(_FIRST_IN_PERIOD, params):
+        state = opening.get(asset)
+        if state is not None and state.present and balance is not None and balance != state.balance:
+            moves.append(BalanceMove(asset, observed_at, state.balance, balance))
     unique = {(move.asset, move.observed_at): move for move in moves}
     return sorted(unique.values(), key=lambda move: (-abs(move.delta), move.observed_at, move.asset))[:limit]
 
 
-def _earliest_previous(connection: Connection, account: int, since: datetime) -> datetime:
-    """The oldest 'last state before `since`' over every asset: where the lag window must start."""
-    states = states_before(connection, account, since)
-    times = [state.observed_at for state in states.values() if state is not None]
-    return min(times) if times else since
+def _moves_query(delta_of, differs_of, order_of):
+    """Consecutive rows of one asset inside the period, as (asset, observed_at, before, after)."""
+    previous = func.lag(_BALANCES.c.balance).over(partition_by=_BALANCES.c.asset, order_by=_BALANCES.c.observed_at)
+    pairs = (
+        select(_BALANCES.c.asset, _BALANCES.c.observed_at, previous.label("before"), _BALANCES.c.balance.label("after"))
+        .where(_in_range_clause())
+        .subquery("pairs")
+    )
+    return (
+        select(pairs.c.asset, pairs.c.observed_at, pairs.c.before, pairs.c.after)
+        .where(pairs.c.before.is_not(None), pairs.c.after.is_not(None), differs_of(pairs))
+        .order_by(order_of(delta_of(pairs)), pairs.c.observed_at)
+        .limit(bindparam("limit"))
+    )
+
+
+_MOVES_NUMERIC = _moves_query(
+    lambda p: func.abs(p.c.after - p.c.before), lambda p: p.c.after != p.c.before, lambda delta: delta.desc()
+)
+_MOVES_BY_UNITS = _moves_query(
+    lambda p: func.abs(_units(p.c.after) - _units(p.c.before)),
+    lambda p: _units(p.c.after) != _units(p.c.before),
+    lambda delta: delta.desc(),
+)
+# Without a sortable absolute value of a decimal text, the largest rises and the largest falls
+# are found apart (each a top-N) and merged in largest_moves.
+_MOVES_BY_TEXT = {
+    rises: _moves_query(
+        lambda p: _ordered(func.decimal_sub(p.c.after, p.c.before), True),
+        lambda p: func.decimal_cmp(p.c.after, p.c.before) != 0,
+        (lambda delta: delta.desc()) if rises else (lambda delta: delta.asc()),
+    )
+    for rises in (True, False)
+}
+# Per asset, one seek for its first row in the period.
+_first = _BALANCES.alias("first_in_period")
+_FIRST_ID = (
+    select(_first.c.id)
+    .where(
+        _first.c.account_id == _HEADS.c.account_id,
+        _first.c.asset == _HEADS.c.asset,
+        _first.c.observed_at >= _SINCE,
+        _first.c.observed_at < _UNTIL,
+    )
+    .order_by(_first.c.asset, _first.c.observed_at)
+    .limit(1)
+    .correlate(_HEADS)
+    .scalar_subquery()
+)
+_FIRST_IN_PERIOD = (
+    select(_BALANCES.c.asset, _BALANCES.c.observed_at, _BALANCES.c.balance)
+    .select_from(_HEADS.join(_BALANCES, _BALANCES.c.id == _FIRST_ID))
+    .where(_HEADS.c.account_id == _ACCOUNT)
+)
 
 
 def _as_decimal(value: object) -> Decimal:
@@ -404,15 +518,25 @@ def _bucket_of(sqlite: bool, width_seconds: float) -> ColumnElement:
 
 
 def buckets(
-    connection: Connection, account: int, asset: str, field: str, since: datetime, until: datetime, count: int
+    connection: Connection,
+    account: int,
+    asset: str,
+    field: str,
+    since: datetime,
+    until: datetime,
+    count: int,
+    *,
+    units: bool = False,
 ) -> tuple[timedelta, list[Bucket]]:
     """The amount `field` of one asset in `count` equal buckets of [since, until), grouped in SQL.
 
     Low and high keep every extreme of a step series at chart resolution; `last` (the value
     the bucket ended on, None for a vanished asset) lets the line carry on correctly through
     the empty buckets after it. Buckets with no change are left out: the line holds.
+    `units`: on SQLite, compare as integers of 1e-8 (only when units_fit said so).
     """
     sqlite = _is_sqlite(connection)
+    by_units = sqlite and units
     width = (until - since) / count
     width_seconds = max(width.total_seconds(), 1e-6)
     column = _BALANCES.c[field]
@@ -422,7 +546,7 @@ def buckets(
         .where(_in_range(), _BALANCES.c.asset == bindparam("asset"))
         .subquery("rows")
     )
-    amount = _ordered(rows.c.amount, sqlite)
+    amount = _units(rows.c.amount) if by_units else _ordered(rows.c.amount, sqlite)
     grouped = (
         select(
             rows.c.bucket,
@@ -448,15 +572,10 @@ def buckets(
     )
     params = {"account_id": account, "asset": asset, "since": since, "until": until}
     found = []
+    decode = _from_units if by_units else _as_decimal
     for index, low, high, last_at, last in connection.execute(query, params):
         found.append(
-            Bucket(
-                index,
-                None if low is None else _as_decimal(low),
-                None if high is None else _as_decimal(high),
-                last,
-                _utc(last_at),
-            )
+            Bucket(index, None if low is None else decode(low), None if high is None else decode(high), last, _utc(last_at))
         )
     return width, found
 

@@ -150,3 +150,37 @@ def test_a_period_of_more_days_than_one_query_takes(scripted):
     assert (usdt.days[899].close, usdt.days[900].open, usdt.days[900].close) == (
         None, None, Decimal("120.00000000"))
     assert usdt.net_change is None and usdt.closing.balance == Decimal("120.00000000")
+
+
+def test_integer_comparison_and_exact_collation_agree(scripted):
+    """On SQLite amounts of <= 8 decimals compare as integers of 1e-8; the decimal collation gives the same."""
+    from recorder.queries import periods
+
+    for minute, amount in enumerate(("-1.5", "-1.45", "0.00000001", "-0.5", "12.5")):
+        record(scripted, at(20 + minute), (asset("USDT", amount, unpnl=amount),), label="signs")
+    with scripted() as session:
+        connection = session.connection()
+        account = periods.account_id(connection, "signs")
+        assert periods.units_fit(connection, account, at(0), at(60))
+        results = [
+            (
+                periods.range_extremes(connection, account, "USDT", at(0), at(60), units=units),
+                periods.largest_moves(connection, account, at(0), at(60), units=units),
+                periods.buckets(connection, account, "USDT", "cross_un_pnl", at(0), at(60), 2, units=units),
+            )
+            for units in (True, False)
+        ]
+    assert results[0] == results[1]
+    (high, low), moves, (_, found) = results[0]
+    assert (high.value, low.value) == (Decimal("12.5"), Decimal("-1.5"))
+    assert [m.delta for m in moves] == [Decimal("13.0"), Decimal("1.45000001"), Decimal("-0.50000001"), Decimal("0.05")]
+    assert [(b.low, b.high, b.last) for b in found] == [(Decimal("-1.5"), Decimal("12.5"), Decimal("12.5"))]
+
+
+def test_amounts_beyond_8_decimals_stay_exact(scripted):
+    record(scripted, at(20), (asset("USDT", "0.123456789012"),), label="fine")
+    record(scripted, at(21), (asset("USDT", "0.123456789013"),), label="fine")
+    record(scripted, at(22), (asset("USDT", "0.123456789011"),), label="fine")
+    usdt = statement_of(scripted, at(20), at(30), ["fine"]).accounts[0].assets[0]
+    assert (usdt.high.value, usdt.high.at, usdt.low.value, usdt.low.at) == (
+        Decimal("0.123456789013"), at(21), Decimal("0.123456789011"), at(22))
