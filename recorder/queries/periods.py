@@ -14,7 +14,7 @@ on every recorder connection, see recorder.db); PostgreSQL's NUMERIC orders nati
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -77,55 +77,68 @@ def _ordered(column: ColumnElement, sqlite: bool) -> ColumnElement:
 
 
 # SQLite's decimal collation calls Python for every comparison (~2-10 µs): over a year of
-# minute rows that is seconds per asset. Binance's amounts have 8 decimals, so on SQLite an
-# amount whose text has at most 8 decimals and 10 integer digits is turned, in SQL, into an
-# exact integer count of 1e-8 (it fits in 63 bits), which SQLite compares in C. `units_fit`
-# checks that every amount of the period qualifies; when one does not, the slower exact
-# collation is used instead.
+# minute rows that is seconds per asset. Binance sends amounts with 8 decimals and the store
+# keeps that text, so on SQLite such an amount with the dot removed is an exact integer of
+# 1e-8 (it fits in 63 bits), which SQLite computes and compares in C. period_activity tells,
+# per asset, whether every amount of the period has that form; where one does not, the exact
+# decimal collation is used instead.
 UNIT_DIGITS = 8
-_INTEGER_DIGITS = 10
+# A sign, 10 integer digits, the dot and 8 decimals: below 2^63 once the dot is gone.
+_MAX_UNIT_TEXT = 20
 
 
 def _text(column: ColumnElement) -> ColumnElement:
     return type_coerce(column, String())
 
 
-def _parts(column: ColumnElement) -> tuple[ColumnElement, ColumnElement]:
+def _units(column: ColumnElement) -> ColumnElement:
+    """SQLite: the amount as an exact integer of 1e-8 (valid where _fits is 1)."""
+    return cast(func.replace(_text(column), ".", ""), Integer)
+
+
+def _fits(column: ColumnElement) -> ColumnElement:
+    """SQLite: 1 where the amount's text has exactly 8 decimals and fits 63 bits (or is NULL), else 0."""
     text = _text(column)
     dot = func.instr(text, ".")
-    integer = case((dot > 0, func.substr(text, 1, dot - 1)), else_=text)
-    fraction = case((dot > 0, func.substr(text, dot + 1)), else_=literal(""))
-    return type_coerce(integer, String()), type_coerce(fraction, String())
-
-
-def _units(column: ColumnElement) -> ColumnElement:
-    """SQLite: the amount as an exact integer number of 1e-8 (valid where units_fit holds)."""
-    integer, fraction = _parts(column)
-    sign = case((_text(column).like("-%"), -1), else_=1)
-    padded = func.substr(fraction.op("||")(literal("0" * UNIT_DIGITS)), 1, UNIT_DIGITS)
-    return cast(integer, Integer) * (10**UNIT_DIGITS) + sign * cast(padded, Integer)
+    return case(
+        (text.is_(None), 1),
+        (and_(dot > 0, func.length(text) - dot == UNIT_DIGITS, func.length(text) <= _MAX_UNIT_TEXT), 1),
+        else_=0,
+    )
 
 
 def _from_units(value: object) -> Decimal:
     return Decimal(int(value)).scaleb(-UNIT_DIGITS)
 
 
-def _units_check(field: str) -> tuple[ColumnElement, ColumnElement]:
-    integer, fraction = _parts(_BALANCES.c[field])
-    return func.max(func.length(fraction)), func.max(func.length(func.ltrim(integer, "-")))
+@dataclass(frozen=True)
+class Activity:
+    """An asset's rows in a period: how many, and whether SQLite may compare its amounts as integers."""
+
+    changes: int
+    balance_units: bool = False
+    pnl_units: bool = False
 
 
-_UNITS_FIT = select(*_units_check("balance"), *_units_check("cross_un_pnl")).where(_in_range_clause())
+_ACTIVITY = {
+    True: select(
+        _BALANCES.c.asset, func.count(), func.min(_fits(_BALANCES.c.balance)), func.min(_fits(_BALANCES.c.cross_un_pnl))
+    )
+    .where(_in_range_clause())
+    .group_by(_BALANCES.c.asset),
+    False: select(_BALANCES.c.asset, func.count()).where(_in_range_clause()).group_by(_BALANCES.c.asset),
+}
 
 
-def units_fit(connection: Connection, account: int, since: datetime, until: datetime) -> bool:
-    """Whether every balance and unrealized PnL in [since, until) has at most 8 decimals and 10
-    integer digits, so SQLite can compare them as integers; always True on PostgreSQL."""
-    if not _is_sqlite(connection):
-        return True
-    row = connection.execute(_UNITS_FIT, {"account_id": account, "since": since, "until": until}).one()
-    fractions, integers = [value or 0 for value in row[0::2]], [value or 0 for value in row[1::2]]
-    return max(fractions) <= UNIT_DIGITS and max(integers) <= _INTEGER_DIGITS
+def period_activity(connection: Connection, account: int, since: datetime, until: datetime) -> dict[str, Activity]:
+    """Per asset with rows in [since, until): the states recorded (every change of any amount,
+    vanishing included) and, on SQLite, whether its balances and unrealized PnLs compare as integers."""
+    sqlite = _is_sqlite(connection)
+    params = {"account_id": account, "since": since, "until": until}
+    found = {}
+    for row in connection.execute(_ACTIVITY[sqlite], params):
+        found[row[0]] = Activity(row[1], bool(row[2]), bool(row[3])) if sqlite else Activity(row[1])
+    return found
 
 
 def account_id(connection: Connection, label: str) -> int | None:
@@ -207,19 +220,6 @@ def _in_range(table=_BALANCES):
     return _in_range_clause(table)
 
 
-_CHANGE_COUNTS = (
-    select(_BALANCES.c.asset, func.count())
-    .where(_in_range())
-    .group_by(_BALANCES.c.asset)
-)
-
-
-def change_counts(connection: Connection, account: int, since: datetime, until: datetime) -> dict[str, int]:
-    """Per asset, the states recorded in [since, until): every change of any amount, vanishing included."""
-    params = {"account_id": account, "since": since, "until": until}
-    return {asset: count for asset, count in connection.execute(_CHANGE_COUNTS, params)}
-
-
 @dataclass(frozen=True)
 class Extreme:
     """A wallet balance reached in the period and when it was first observed there."""
@@ -247,7 +247,7 @@ def range_extremes(
 ) -> tuple[Extreme | None, Extreme | None]:
     """The highest and lowest wallet balance observed in [since, until), each with its first time.
 
-    `units`: on SQLite, compare as integers of 1e-8 (only when units_fit said so).
+    `units`: on SQLite, compare as integers of 1e-8 (only where period_activity allows it).
     """
     sqlite = _is_sqlite(connection)
     params = {"account_id": account, "asset": asset, "since": since, "until": until}
@@ -402,28 +402,36 @@ class BalanceMove:
 
 
 def largest_moves(
-    connection: Connection, account: int, since: datetime, until: datetime, limit: int = 10, *, units: bool = False
+    connection: Connection,
+    account: int,
+    since: datetime,
+    until: datetime,
+    activity: Mapping[str, Activity],
+    limit: int = 10,
 ) -> list[BalanceMove]:
     """The `limit` largest wallet-balance changes observed in [since, until), by absolute size.
 
-    Reads the period's rows only: the delta between consecutive rows of an asset inside the
-    period is a window in SQL with a bounded top-N sort; each asset's first row in the period
-    is compared here with the state in force at `since` (one per asset).
-    `units`: on SQLite, compute the deltas as integers of 1e-8 (only when units_fit said so).
+    Reads the period's rows only, asset by asset along the (account_id, asset, observed_at)
+    index: the delta between consecutive rows is a window in SQL with a bounded top-N sort;
+    each asset's first row in the period is compared here with its state in force at `since`.
     """
     sqlite = _is_sqlite(connection)
-    params = {"account_id": account, "since": since, "until": until, "limit": limit}
     moves: list[BalanceMove] = []
-    if sqlite and units:
-        queries = [_MOVES_BY_UNITS]
-    elif sqlite:
-        queries = [_MOVES_BY_TEXT[True], _MOVES_BY_TEXT[False]]
-    else:
-        queries = [_MOVES_NUMERIC]
-    for query in queries:
-        for asset, observed_at, before, after in connection.execute(query, params):
-            moves.append(BalanceMove(asset, observed_at, _as_decimal(before), _as_decimal(after)))
+    for asset, rows in activity.items():
+        if rows.changes == 0:
+            continue
+        if not sqlite:
+            queries = [_MOVES_NUMERIC]
+        elif rows.balance_units:
+            queries = [_MOVES_BY_UNITS]
+        else:
+            queries = [_MOVES_BY_TEXT[True], _MOVES_BY_TEXT[False]]
+        params = {"account_id": account, "asset": asset, "since": since, "until": until, "limit": limit}
+        for query in queries:
+            for observed_at, before, after in connection.execute(query, params):
+                moves.append(BalanceMove(asset, observed_at, _as_decimal(before), _as_decimal(after)))
     opening = states_before(connection, account, since)
+    params = {"account_id": account, "since": since, "until": until}
     for asset, observed_at, balance in connection.execute(_FIRST_IN_PERIOD, params):
         state = opening.get(asset)
         if state is not None and state.present and balance is not None and balance != state.balance:
@@ -432,37 +440,49 @@ def largest_moves(
     return sorted(unique.values(), key=lambda move: (-abs(move.delta), move.observed_at, move.asset))[:limit]
 
 
-def _moves_query(delta_of, differs_of, order_of):
-    """Consecutive rows of one asset inside the period, as (asset, observed_at, before, after)."""
-    previous = func.lag(_BALANCES.c.balance).over(partition_by=_BALANCES.c.asset, order_by=_BALANCES.c.observed_at)
+def _moves_query(delta_of, differs_of, descending: bool):
+    """One asset's consecutive rows inside the period, as (observed_at, before, after), largest delta first."""
+    balance = _BALANCES.c.balance
     pairs = (
-        select(_BALANCES.c.asset, _BALANCES.c.observed_at, previous.label("before"), _BALANCES.c.balance.label("after"))
-        .where(_in_range_clause())
+        select(
+            _BALANCES.c.observed_at,
+            func.lag(balance).over(order_by=_BALANCES.c.observed_at).label("before"),
+            balance.label("after"),
+            delta_of().label("delta"),
+        )
+        .where(_in_range_clause(), _BALANCES.c.asset == bindparam("asset"))
         .subquery("pairs")
     )
+    order = pairs.c.delta.desc() if descending else pairs.c.delta.asc()
     return (
-        select(pairs.c.asset, pairs.c.observed_at, pairs.c.before, pairs.c.after)
+        select(pairs.c.observed_at, pairs.c.before, pairs.c.after)
         .where(pairs.c.before.is_not(None), pairs.c.after.is_not(None), differs_of(pairs))
-        .order_by(order_of(delta_of(pairs)), pairs.c.observed_at)
+        .order_by(order, pairs.c.observed_at)
         .limit(bindparam("limit"))
     )
 
 
+def _lagged(expression: ColumnElement) -> ColumnElement:
+    return func.lag(expression).over(order_by=_BALANCES.c.observed_at)
+
+
 _MOVES_NUMERIC = _moves_query(
-    lambda p: func.abs(p.c.after - p.c.before), lambda p: p.c.after != p.c.before, lambda delta: delta.desc()
+    lambda: func.abs(_BALANCES.c.balance - _lagged(_BALANCES.c.balance)),
+    lambda p: p.c.after != p.c.before,
+    True,
 )
 _MOVES_BY_UNITS = _moves_query(
-    lambda p: func.abs(_units(p.c.after) - _units(p.c.before)),
-    lambda p: _units(p.c.after) != _units(p.c.before),
-    lambda delta: delta.desc(),
+    lambda: func.abs(_units(_BALANCES.c.balance) - _lagged(_units(_BALANCES.c.balance))),
+    lambda p: p.c.delta != 0,
+    True,
 )
 # Without a sortable absolute value of a decimal text, the largest rises and the largest falls
 # are found apart (each a top-N) and merged in largest_moves.
 _MOVES_BY_TEXT = {
     rises: _moves_query(
-        lambda p: _ordered(func.decimal_sub(p.c.after, p.c.before), True),
+        lambda: _ordered(func.decimal_sub(_BALANCES.c.balance, _lagged(_BALANCES.c.balance)), True),
         lambda p: func.decimal_cmp(p.c.after, p.c.before) != 0,
-        (lambda delta: delta.desc()) if rises else (lambda delta: delta.asc()),
+        rises,
     )
     for rises in (True, False)
 }
@@ -533,7 +553,7 @@ def buckets(
     Low and high keep every extreme of a step series at chart resolution; `last` (the value
     the bucket ended on, None for a vanished asset) lets the line carry on correctly through
     the empty buckets after it. Buckets with no change are left out: the line holds.
-    `units`: on SQLite, compare as integers of 1e-8 (only when units_fit said so).
+    `units`: on SQLite, compare as integers of 1e-8 (only where period_activity allows it).
     """
     sqlite = _is_sqlite(connection)
     by_units = sqlite and units

@@ -78,19 +78,21 @@ def build_report(
     if statement.until > statement.since:
         for account in statement.accounts:
             account_id = periods.account_id(connection, account.account)
-            units = periods.units_fit(connection, account_id, statement.since, statement.until)
+            activity = periods.period_activity(connection, account_id, statement.since, statement.until)
             # The most active assets first: a long list of idle ones should not push them off the page.
             for asset in sorted(account.assets, key=lambda row: (-row.changes, row.asset)):
-                charts.append(_chart(connection, account_id, account.account, asset, statement, buckets, units))
+                charts.append(_chart(connection, account_id, account.account, asset, statement, buckets,
+                                     activity.get(asset.asset, periods.Activity(0))))
     return Report(statement, tuple(charts))
 
 
 def _chart(
-    connection: Connection, account_id: int, label: str, asset, statement: Statement, count: int, units: bool
+    connection: Connection, account_id: int, label: str, asset, statement: Statement, count: int, rows: periods.Activity
 ) -> Chart:
     since, until = statement.since, statement.until
     per_field = {}
     for name, opening in (("balance", asset.opening.balance), ("cross_un_pnl", asset.opening.unrealized_pnl)):
+        units = rows.balance_units if name == "balance" else rows.pnl_units
         width, found = periods.buckets(connection, account_id, asset.asset, name, since, until, count, units=units)
         points: dict[int, Decimal | None] = {0: opening}
         for bucket in found:

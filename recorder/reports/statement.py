@@ -196,17 +196,17 @@ def _account_statement(session: Session | Connection, label: str, since: datetim
     closing_poll = periods.last_ok_poll_before(connection, account, until)
     opening_stale = _stale(connection, account, opening_poll, since)
     closing_stale = _stale(connection, account, closing_poll, until)
-    counts = periods.change_counts(connection, account, since, until)
-    units = periods.units_fit(connection, account, since, until)
+    activity = periods.period_activity(connection, account, since, until)
     first_poll = periods.first_ok_poll(connection, account)
     assets = []
     for asset, states in at_edges.items():
         opening = _mark(states[0], since, opening_poll, opening_stale)
         closing = _mark(states[-1], until, closing_poll, closing_stale)
-        changes = counts.get(asset, 0)
+        rows = activity.get(asset, periods.Activity(0))
+        changes = rows.changes
         if opening.balance is None and closing.balance is None and changes == 0:
             continue  # not held at any time in the period
-        high, low = periods.range_extremes(connection, account, asset, since, until, units=units)
+        high, low = periods.range_extremes(connection, account, asset, since, until, units=rows.balance_units)
         if opening.balance is not None:
             # The balance in force at the start counts too, held from `since`.
             if high is None or opening.balance > high.value:
@@ -225,7 +225,7 @@ def _account_statement(session: Session | Connection, label: str, since: datetim
             for index, (start, end) in enumerate(zip(edges, edges[1:]))
         )
         assets.append(AssetStatement(asset, opening, closing, high, low, changes, days))
-    moves = tuple(periods.largest_moves(connection, account, since, until, LARGEST_MOVES, units=units)) if until > since else ()
+    moves = tuple(periods.largest_moves(connection, account, since, until, activity, LARGEST_MOVES)) if until > since else ()
     return AccountStatement(label, coverage, tuple(assets), moves)
 
 

@@ -156,16 +156,21 @@ def test_integer_comparison_and_exact_collation_agree(scripted):
     """On SQLite amounts of <= 8 decimals compare as integers of 1e-8; the decimal collation gives the same."""
     from recorder.queries import periods
 
-    for minute, amount in enumerate(("-1.5", "-1.45", "0.00000001", "-0.5", "12.5")):
+    # Binance's form: 8 decimals, which SQLite may compare as integers of 1e-8.
+    for minute, amount in enumerate(("-1.50000000", "-1.45000000", "0.00000001", "-0.50000000", "12.50000000")):
         record(scripted, at(20 + minute), (asset("USDT", amount, unpnl=amount),), label="signs")
     with scripted() as session:
         connection = session.connection()
         account = periods.account_id(connection, "signs")
-        assert periods.units_fit(connection, account, at(0), at(60))
+        activity = periods.period_activity(connection, account, at(0), at(60))
+        assert activity["USDT"].changes == 5
+        if connection.dialect.name == "sqlite":
+            assert activity["USDT"].balance_units and activity["USDT"].pnl_units
         results = [
             (
                 periods.range_extremes(connection, account, "USDT", at(0), at(60), units=units),
-                periods.largest_moves(connection, account, at(0), at(60), units=units),
+                periods.largest_moves(connection, account, at(0), at(60),
+                                      {"USDT": periods.Activity(5, units, units)}),
                 periods.buckets(connection, account, "USDT", "cross_un_pnl", at(0), at(60), 2, units=units),
             )
             for units in (True, False)
@@ -177,10 +182,21 @@ def test_integer_comparison_and_exact_collation_agree(scripted):
     assert [(b.low, b.high, b.last) for b in found] == [(Decimal("-1.5"), Decimal("12.5"), Decimal("12.5"))]
 
 
-def test_amounts_beyond_8_decimals_stay_exact(scripted):
+def test_amounts_not_in_binance_form_stay_exact(scripted):
+    """More than 8 decimals, or fewer: compared by the exact decimal collation instead of as integers."""
+    from recorder.queries import periods
+
     record(scripted, at(20), (asset("USDT", "0.123456789012"),), label="fine")
     record(scripted, at(21), (asset("USDT", "0.123456789013"),), label="fine")
     record(scripted, at(22), (asset("USDT", "0.123456789011"),), label="fine")
+    record(scripted, at(23), (asset("USDT", "0.2"),), label="fine")
+    record(scripted, at(24), (asset("USDT", "0.12345678901"),), label="fine")
+    with scripted() as session:
+        connection = session.connection()
+        activity = periods.period_activity(connection, periods.account_id(connection, "fine"), at(20), at(30))
+    assert activity["USDT"].changes == 5 and activity["USDT"].balance_units is False
     usdt = statement_of(scripted, at(20), at(30), ["fine"]).accounts[0].assets[0]
+    assert [m.delta for m in statement_of(scripted, at(20), at(30), ["fine"]).accounts[0].largest_moves][:2] == [
+        Decimal("-0.07654321099"), Decimal("0.076543210989")]
     assert (usdt.high.value, usdt.high.at, usdt.low.value, usdt.low.at) == (
-        Decimal("0.123456789013"), at(21), Decimal("0.123456789011"), at(22))
+        Decimal("0.2"), at(23), Decimal("0.12345678901"), at(24))
