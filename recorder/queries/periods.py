@@ -118,11 +118,20 @@ class Activity:
     changes: int
     balance_units: bool = False
     pnl_units: bool = False
+    # SQLite, where balance_units: the highest and lowest balance of the period, in 1e-8.
+    high_units: int | None = None
+    low_units: int | None = None
 
 
 _ACTIVITY = {
     True: select(
-        _BALANCES.c.asset, func.count(), func.min(_fits(_BALANCES.c.balance)), func.min(_fits(_BALANCES.c.cross_un_pnl))
+        _BALANCES.c.asset,
+        func.count(),
+        func.min(_fits(_BALANCES.c.balance)),
+        func.min(_fits(_BALANCES.c.cross_un_pnl)),
+        # In the same scan: meaningful only where every balance fits (checked before use).
+        func.max(_units(_BALANCES.c.balance)),
+        func.min(_units(_BALANCES.c.balance)),
     )
     .where(_in_range_clause())
     .group_by(_BALANCES.c.asset),
@@ -137,7 +146,7 @@ def period_activity(connection: Connection, account: int, since: datetime, until
     params = {"account_id": account, "since": since, "until": until}
     found = {}
     for row in connection.execute(_ACTIVITY[sqlite], params):
-        found[row[0]] = Activity(row[1], bool(row[2]), bool(row[3])) if sqlite else Activity(row[1])
+        found[row[0]] = Activity(row[1], bool(row[2]), bool(row[3]), row[4], row[5]) if sqlite else Activity(row[1])
     return found
 
 
@@ -243,7 +252,14 @@ _EXTREMES = {(sqlite, highest): _extreme_query(sqlite, highest) for sqlite in (T
 
 
 def range_extremes(
-    connection: Connection, account: int, asset: str, since: datetime, until: datetime, *, units: bool = False
+    connection: Connection,
+    account: int,
+    asset: str,
+    since: datetime,
+    until: datetime,
+    *,
+    units: bool = False,
+    bounds: tuple[int | None, int | None] | None = None,
 ) -> tuple[Extreme | None, Extreme | None]:
     """The highest and lowest wallet balance observed in [since, until), each with its first time.
 
@@ -252,7 +268,8 @@ def range_extremes(
     sqlite = _is_sqlite(connection)
     params = {"account_id": account, "asset": asset, "since": since, "until": until}
     if sqlite and units:
-        high, low = connection.execute(_UNIT_EXTREMES, params).one()
+        # `bounds`: the (high, low) in 1e-8 that period_activity already found in its scan.
+        high, low = bounds if bounds is not None else connection.execute(_UNIT_EXTREMES, params).one()
         if high is None:
             return None, None
         found = [connection.execute(_FIRST_AT_UNITS, {**params, "target": target}).one() for target in (high, low)]
@@ -541,44 +558,41 @@ def buckets(
     connection: Connection,
     account: int,
     asset: str,
-    field: str,
+    fields: Mapping[str, bool],
     since: datetime,
     until: datetime,
     count: int,
-    *,
-    units: bool = False,
-) -> tuple[timedelta, list[Bucket]]:
-    """The amount `field` of one asset in `count` equal buckets of [since, until), grouped in SQL.
+) -> tuple[timedelta, dict[str, list[Bucket]]]:
+    """Amounts of one asset in `count` equal buckets of [since, until), grouped in SQL in one pass.
 
-    Low and high keep every extreme of a step series at chart resolution; `last` (the value
-    the bucket ended on, None for a vanished asset) lets the line carry on correctly through
-    the empty buckets after it. Buckets with no change are left out: the line holds.
-    `units`: on SQLite, compare as integers of 1e-8 (only where period_activity allows it).
+    `fields` maps each amount column to whether SQLite may compare it as integers of 1e-8
+    (see period_activity). Per bucket and field, low and high keep every extreme of a step
+    series at chart resolution; `last` (the value the bucket ended on, None for a vanished
+    asset) lets the line carry on correctly through the empty buckets after it. Buckets with
+    no change are left out: the line holds.
     """
     sqlite = _is_sqlite(connection)
-    by_units = sqlite and units
     width = (until - since) / count
     width_seconds = max(width.total_seconds(), 1e-6)
-    column = _BALANCES.c[field]
+    names = list(fields)
     bucket = _bucket_of(sqlite, width_seconds).label("bucket")
     rows = (
-        select(_BALANCES.c.observed_at, _BALANCES.c.present, column.label("amount"), bucket)
+        select(_BALANCES.c.observed_at, bucket, *(_BALANCES.c[name].label(name) for name in names))
         .where(_in_range(), _BALANCES.c.asset == bindparam("asset"))
         .subquery("rows")
     )
-    amount = _units(rows.c.amount) if by_units else _ordered(rows.c.amount, sqlite)
+    aggregates = []
+    for name in names:
+        by_units = sqlite and fields[name]
+        amount = _units(rows.c[name]) if by_units else _ordered(rows.c[name], sqlite)
+        aggregates += [func.min(amount), func.max(amount)]
     grouped = (
-        select(
-            rows.c.bucket,
-            func.min(amount).label("low"),
-            func.max(amount).label("high"),
-            func.max(rows.c.observed_at).label("last_at"),
-        )
+        select(rows.c.bucket, func.max(rows.c.observed_at).label("last_at"), *aggregates)
         .group_by(rows.c.bucket)
         .subquery("grouped")
     )
     query = (
-        select(grouped.c.bucket, grouped.c.low, grouped.c.high, grouped.c.last_at, _BALANCES.c[field])
+        select(grouped, *(_BALANCES.c[name] for name in names))
         .join_from(
             grouped,
             _BALANCES,
@@ -591,12 +605,17 @@ def buckets(
         .order_by(grouped.c.bucket)
     )
     params = {"account_id": account, "asset": asset, "since": since, "until": until}
-    found = []
-    decode = _from_units if by_units else _as_decimal
-    for index, low, high, last_at, last in connection.execute(query, params):
-        found.append(
-            Bucket(index, None if low is None else decode(low), None if high is None else decode(high), last, _utc(last_at))
-        )
+    decoders = [_from_units if sqlite and fields[name] else _as_decimal for name in names]
+    found: dict[str, list[Bucket]] = {name: [] for name in names}
+    for row in connection.execute(query, params):
+        index, last_at = row[0], _utc(row[1])
+        for position, name in enumerate(names):
+            low, high = row[2 + 2 * position], row[3 + 2 * position]
+            last = row[2 + 2 * len(names) + position]
+            decode = decoders[position]
+            found[name].append(
+                Bucket(index, None if low is None else decode(low), None if high is None else decode(high), last, last_at)
+            )
     return width, found
 
 

@@ -90,11 +90,14 @@ def _chart(
     connection: Connection, account_id: int, label: str, asset, statement: Statement, count: int, rows: periods.Activity
 ) -> Chart:
     since, until = statement.since, statement.until
+    openings = {"balance": asset.opening.balance, "cross_un_pnl": asset.opening.unrealized_pnl}
+    _, by_field = periods.buckets(
+        connection, account_id, asset.asset, {"balance": rows.balance_units, "cross_un_pnl": rows.pnl_units},
+        since, until, count,
+    )
     per_field = {}
-    for name, opening in (("balance", asset.opening.balance), ("cross_un_pnl", asset.opening.unrealized_pnl)):
-        units = rows.balance_units if name == "balance" else rows.pnl_units
-        width, found = periods.buckets(connection, account_id, asset.asset, name, since, until, count, units=units)
-        points: dict[int, Decimal | None] = {0: opening}
+    for name, found in by_field.items():
+        points: dict[int, Decimal | None] = {0: openings[name]}
         for bucket in found:
             base = bucket.index * SLOTS
             if bucket.low is None:  # only vanished markers in this bucket

@@ -206,7 +206,9 @@ def _account_statement(session: Session | Connection, label: str, since: datetim
         changes = rows.changes
         if opening.balance is None and closing.balance is None and changes == 0:
             continue  # not held at any time in the period
-        high, low = periods.range_extremes(connection, account, asset, since, until, units=rows.balance_units)
+        high, low = periods.range_extremes(
+            connection, account, asset, since, until, units=rows.balance_units, bounds=(rows.high_units, rows.low_units)
+        )
         if opening.balance is not None:
             # The balance in force at the start counts too, held from `since`.
             if high is None or opening.balance > high.value:

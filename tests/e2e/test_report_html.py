@@ -141,7 +141,8 @@ def test_chart_buckets_keep_every_extreme_and_the_last_value(sessions):
         record(sessions, at(0, second * 10), (asset("USDT", amount),))
     record(sessions, at(59), (asset("USDT", "4"),))
     with sessions() as session:
-        width, found = periods.buckets(session.connection(), 1, "USDT", "balance", at(0), at(60), 2)
+        width, by_field = periods.buckets(session.connection(), 1, "USDT", {"balance": False}, at(0), at(60), 2)
+    found = by_field["balance"]
     assert width == timedelta(minutes=30)
     assert [(b.index, b.low, b.high, b.last, b.last_at) for b in found] == [
         (0, Decimal("1"), Decimal("9"), Decimal("3"), at(0, 30)),

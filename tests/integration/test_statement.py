@@ -171,12 +171,12 @@ def test_integer_comparison_and_exact_collation_agree(scripted):
                 periods.range_extremes(connection, account, "USDT", at(0), at(60), units=units),
                 periods.largest_moves(connection, account, at(0), at(60),
                                       {"USDT": periods.Activity(5, units, units)}),
-                periods.buckets(connection, account, "USDT", "cross_un_pnl", at(0), at(60), 2, units=units),
+                periods.buckets(connection, account, "USDT", {"cross_un_pnl": units}, at(0), at(60), 2)[1]["cross_un_pnl"],
             )
             for units in (True, False)
         ]
     assert results[0] == results[1]
-    (high, low), moves, (_, found) = results[0]
+    (high, low), moves, found = results[0]
     assert (high.value, low.value) == (Decimal("12.5"), Decimal("-1.5"))
     assert [m.delta for m in moves] == [Decimal("13.0"), Decimal("1.45000001"), Decimal("-0.50000001"), Decimal("0.05")]
     assert [(b.low, b.high, b.last) for b in found] == [(Decimal("-1.5"), Decimal("12.5"), Decimal("12.5"))]
