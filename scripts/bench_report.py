@@ -15,8 +15,7 @@ Measured in the same run:
 * statement over the year, over one month (cost must follow the period), and the naive way
   (load the year's states with queries.history and compute the same figures in Python);
 * report over the year: time to build and write the HTML file, and its size.
-Times are the best of --repeat runs; memory is the peak of Python allocations (tracemalloc)
-in a separate run of each.
+Each run is a fresh interpreter: times are the best of --repeat runs, memory the peak RSS.
 
     .venv/bin/python scripts/bench_report.py                 # generate into a temp dir, measure, delete
     .venv/bin/python scripts/bench_report.py --keep /tmp/b   # keep (and reuse) /tmp/b/bench-report.db
@@ -25,12 +24,14 @@ in a separate run of each.
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import resource
 import shutil
 import sys
+import subprocess
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -209,76 +210,107 @@ def naive_statement(session, since: datetime, until: datetime) -> dict[str, tupl
     return {asset: tuple(row) for asset, row in figures.items()}
 
 
-def measure(action: Callable[[], Any], repeat: int) -> tuple[float, int, Any]:
-    """Best wall time of `repeat` runs, and the Python allocation peak of one more run."""
-    best = float("inf")
-    result = None
+def run_measurement(name: str, path: Path, out: Path) -> tuple[float, Any]:
+    """Run one measurement in this process; its wall time and result."""
+    since, until = START, START + timedelta(days=365)
+    month = (START + timedelta(days=180), START + timedelta(days=210))
+    read = make_read_engine(f"sqlite:///{path}")
+    try:
+        with make_sessions(read.engine)() as session:
+            session.connection()  # open the file before the clock starts
+            started = time.perf_counter()
+            if name == "naive":
+                result: Any = naive_statement(session, since, until)
+            elif name == "year":
+                result = build_statement(session, since, until, [LABEL])
+            elif name == "month":
+                result = build_statement(session, *month, [LABEL])
+            elif name == "report":
+                result = write_report(build_report(session, since, until, [LABEL]), out, force=True)
+            else:
+                raise ValueError(name)
+            return time.perf_counter() - started, result
+    finally:
+        read.close()
+
+
+def measure(name: str, path: Path, out: Path, repeat: int) -> tuple[float, float]:
+    """Best wall time of `repeat` runs, each in a fresh interpreter, and the largest peak RSS (MB)."""
+    best, peak = float("inf"), 0.0
     for _ in range(repeat):
-        started = time.perf_counter()
-        result = action()
-        best = min(best, time.perf_counter() - started)
-    tracemalloc.start()
-    action()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return best, peak, result
+        result = subprocess.run(
+            [sys.executable, __file__, "--measure", name, "--database", str(path), "--out", str(out)],
+            capture_output=True, text=True, check=True,
+        )
+        seconds, rss = json.loads(result.stdout.strip().splitlines()[-1])
+        best, peak = min(best, seconds), max(peak, rss)
+    return best, peak
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", type=Path, help="Keep (and reuse) the generated database in this folder.")
     parser.add_argument("--repeat", type=int, default=3, help="Runs per measurement; the best counts.")
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--database", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure:
+        seconds, result = run_measurement(args.measure, args.database, args.out)
+        if args.measure in ("year", "naive"):
+            # The two must agree, or the comparison means nothing: checked in the main process.
+            (args.out.parent / f"{args.measure}.figures").write_text(repr(_figures(result)), encoding="utf-8")
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps([seconds, rss_mb]))
+        return 0
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench-report-"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "bench-report.db"
+    out = folder / "bench-report.html"
     try:
         if path.exists():
             print(f"reusing {path}", file=sys.stderr)
         else:
             seconds = generate(path)
             print(f"generated {path} in {seconds:.1f} s ({path.stat().st_size / 1e6:.0f} MB)", file=sys.stderr)
-        since, until = START, START + timedelta(days=365)
-        month = (START + timedelta(days=180), START + timedelta(days=210))
-        read = make_read_engine(f"sqlite:///{path}")
-        sessions = make_sessions(read.engine)
-        rows: list[tuple[str, float, int, str]] = []
-        try:
-            with sessions() as session:
-                rows_total = session.connection().exec_driver_sql("SELECT count(*) FROM balances").scalar()
-                naive_time, naive_peak, naive = measure(lambda: naive_statement(session, since, until), 1)
-                year_time, year_peak, year = measure(lambda: build_statement(session, since, until, [LABEL]), args.repeat)
-                month_time, month_peak, _ = measure(lambda: build_statement(session, *month, [LABEL]), args.repeat)
-                out = folder / "bench-report.html"
-
-                def report() -> int:
-                    return write_report(build_report(session, since, until, [LABEL]), out, force=True)
-
-                report_time, report_peak, size = measure(report, args.repeat)
-        finally:
-            read.close()
-        # The naive figures must be the statement's: otherwise the comparison means nothing.
-        for asset in year.accounts[0].assets:
-            expected = naive[asset.asset]
-            got = (asset.opening.balance, asset.closing.balance, asset.high.value if asset.high else None,
-                   asset.low.value if asset.low else None, asset.changes)
-            assert got == expected, (asset.asset, got, expected)
+        engine = make_engine(f"sqlite:///{path}")
+        with engine.connect() as connection:
+            rows_total = connection.exec_driver_sql("SELECT count(*) FROM balances").scalar()
+        engine.dispose()
+        naive_time, naive_peak = measure("naive", path, out, 1)
+        year_time, year_peak = measure("year", path, out, args.repeat)
+        month_time, month_peak = measure("month", path, out, args.repeat)
+        report_time, report_peak = measure("report", path, out, args.repeat)
+        naive, year = ((folder / f"{name}.figures").read_text(encoding="utf-8") for name in ("naive", "year"))
+        assert naive == year, f"the statement and the naive figures differ:\n{year}\n{naive}"
+        size = out.stat().st_size
         rows = [
-            ("naive: history of the year into Python (baseline)", naive_time, naive_peak, "1.00"),
+            ("naive: the year's states into Python (baseline)", naive_time, naive_peak, "1.00"),
             ("statement, one year", year_time, year_peak, f"{year_time / naive_time:.3f}"),
             ("statement, one month (30 days)", month_time, month_peak, f"{month_time / naive_time:.3f}"),
             ("report, one year (build + write HTML)", report_time, report_peak, f"{report_time / naive_time:.3f}"),
         ]
         print(f"\nOne account, 8 assets, a year of minute polls ({POLLS:,} polls, {rows_total:,} balance rows), SQLite\n")
-        print(f"| {'measurement':<50} | {'best time':>10} | {'Python peak':>12} | {'time vs baseline':>16} |")
-        print(f"|{'-' * 52}|{'-' * 12}:|{'-' * 13}:|{'-' * 17}:|")
+        print(f"| {'measurement':<50} | {'best time':>10} | {'peak RSS':>10} | {'time vs baseline':>16} |")
+        print(f"|{'-' * 52}|{'-' * 11}:|{'-' * 11}:|{'-' * 17}:|")
         for name, seconds, peak, ratio in rows:
-            print(f"| {name:<50} | {seconds:>8.2f} s | {peak / 1e6:>9.1f} MB | {ratio:>16} |")
-        print(f"\nreport file: {size:,} bytes ({size / 1024:.0f} KiB); month/year statement time: {month_time / year_time:.2f}")
+            print(f"| {name:<50} | {seconds:>8.2f} s | {peak:>7.0f} MB | {ratio:>16} |")
+        print(f"\nreport file: {size:,} bytes ({size / 1024:.0f} KiB); statement month/year time: {month_time / year_time:.2f}")
         return 0
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _figures(result: Any) -> dict[str, tuple]:
+    """Opening, closing, high, low and changes per asset held in the period, from either method."""
+    if isinstance(result, dict):
+        return {asset: row for asset, row in sorted(result.items()) if row[0] is not None or row[1] is not None or row[4]}
+    return {
+        asset.asset: (asset.opening.balance, asset.closing.balance, asset.high.value if asset.high else None,
+                      asset.low.value if asset.low else None, asset.changes)
+        for asset in result.accounts[0].assets
+    }
 
 
 if __name__ == "__main__":

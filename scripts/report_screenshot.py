@@ -15,7 +15,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +35,6 @@ def main() -> int:
     chromium = require_chromium()
     with tempfile.TemporaryDirectory(prefix="report-screenshot-") as folder:
         url = f"sqlite:///{folder}/demo.db"
-        started = datetime.now(timezone.utc).replace(microsecond=0)
         subprocess.run([RECORDER, "demo", "--database-url", url, "--seconds", str(args.seconds), "--interval", "1"],
                        check=True, stdout=subprocess.DEVNULL)
         # Up to just after the last poll: a later end would (rightly) call the closing stale.
@@ -44,7 +43,10 @@ def main() -> int:
         last_poll = datetime.fromisoformat(json.loads(balances)[0]["last_poll_at"].replace("Z", "+00:00"))
         until = last_poll + timedelta(milliseconds=500)
         # From a few polls in: the opening is then an observed balance, not "before the first poll".
-        started += timedelta(seconds=5)
+        history = subprocess.run([RECORDER, "history", "--database-url", url, "--account", "demo", "--format", "json"],
+                                 check=True, capture_output=True, text=True).stdout
+        first = min(datetime.fromisoformat(row["observed_at"].replace("Z", "+00:00")) for row in json.loads(history))
+        started = first + timedelta(seconds=3)
         page_file = Path(folder) / "report.html"
         subprocess.run([RECORDER, "report", "--database-url", url, "--since", started.isoformat(),
                         "--until", until.isoformat(), "--out", str(page_file)], check=True)
