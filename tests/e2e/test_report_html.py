@@ -7,6 +7,8 @@ shown as text and never run, and the overwrite rules.
 
 from __future__ import annotations
 
+import base64
+import re
 import subprocess
 from datetime import timedelta
 from decimal import Decimal
@@ -91,6 +93,7 @@ def test_report_opens_offline_with_charts_and_shaded_gap(database, chromium, tmp
         page.evaluate(f"window.CHART_GAPS = {{}}; document.querySelectorAll('.chart').forEach(function (el) {{ "
                       f"CHART_GAPS[el.id] = [{at(2).timestamp()}, {at(7).timestamp()}]; }}); true")
         charts = page.evaluate(INSPECT)
+        pdf = base64.b64decode(browser.call("Page.printToPDF", {"preferCSSPageSize": True}, session=page.session)["data"])
         page.drain()
     assert [chart["title"] for chart in charts] == ["USDT", "BNB", "BTC"]  # the most active first
     for chart in charts:
@@ -98,6 +101,9 @@ def test_report_opens_offline_with_charts_and_shaded_gap(database, chromium, tmp
         assert chart["shaded"] > 0.5, chart  # most of the column inside the gap is shaded
     assert page.log.requests == [out.resolve().as_uri()]
     assert page.log.console_errors == [] and page.log.exceptions == [] and page.log.dialogs == []
+    # Printed on the page size the report asks for: A4 is 595.3 x 841.9 points.
+    sizes = {(round(float(w)), round(float(h))) for w, h in re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", pdf)}
+    assert sizes == {(595, 842)}
 
 
 def test_report_shows_hostile_text_as_text(database, chromium, tmp_path):
