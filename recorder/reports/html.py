@@ -233,7 +233,10 @@ def write_report(report: Report, out: Path, *, force: bool = False) -> int:
         raise ConfigError(f"{out} is a directory: --out takes a file name")
     html = render_report(report).encode("utf-8")
     folder = out.parent if str(out.parent) else Path(".")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(descriptor, "wb") as stream:
             stream.write(html)

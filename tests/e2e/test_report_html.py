@@ -139,6 +139,8 @@ def test_report_refuses_an_existing_file_without_force(database, tmp_path):
     assert replaced.returncode == 0, replaced.stderr
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["recorder.db", "report.html"]
+    nowhere = report(database, tmp_path / "missing" / "report.html")
+    assert nowhere.returncode == 2 and nowhere.stderr.count("\n") == 1 and "cannot write" in nowhere.stderr
 
 
 def test_chart_buckets_keep_every_extreme_and_the_last_value(sessions):
