@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from decimal import Decimal
@@ -72,13 +72,14 @@ def build_report(
     generated_at: datetime | None = None,
 ) -> Report:
     """The statement of [since, until) plus, per account and asset, its downsampled chart series."""
-    statement = build_statement(session, since, until, accounts, tz, generated_at=generated_at)
+    activities: dict[str, Mapping[str, periods.Activity]] = {}
+    statement = build_statement(session, since, until, accounts, tz, generated_at=generated_at, activity_sink=activities)
     connection = session.connection() if isinstance(session, Session) else session
     charts = []
     if statement.until > statement.since:
         for account in statement.accounts:
             account_id = periods.account_id(connection, account.account)
-            activity = periods.period_activity(connection, account_id, statement.since, statement.until)
+            activity = activities[account.account]
             # The most active assets first: a long list of idle ones should not push them off the page.
             for asset in sorted(account.assets, key=lambda row: (-row.changes, row.asset)):
                 charts.append(_chart(connection, account_id, account.account, asset, statement, buckets,

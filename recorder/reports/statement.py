@@ -19,7 +19,7 @@ funding, rebates, unexplained residual): None until the ledger exists.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
@@ -153,13 +153,16 @@ def build_statement(
     tz: tzinfo = UTC,
     *,
     generated_at: datetime | None = None,
+    activity_sink: dict[str, Mapping[str, periods.Activity]] | None = None,
 ) -> Statement:
     """The statement of [since, until) for each account (in the order given), days cut in `tz`.
 
     Costs one index seek per asset and edge (opening, closing, every midnight), two bounded
     top-1 sorts and a count over the period's rows per asset, and the stored gaps: in
     proportion to the period, never to the whole history, and in memory bounded by the
-    number of assets and days.
+    number of assets and days. `activity_sink`, when given, receives per account label the
+    period's per-asset activity (recorder.queries.periods), so the HTML report's charts do not
+    scan the period again for it.
     """
     from recorder import package_version
 
@@ -169,11 +172,18 @@ def build_statement(
     if until < since:
         raise ValueError("the period ends before it starts")
     since, until = since.astimezone(UTC), until.astimezone(UTC)
-    built = tuple(_account_statement(session, label, since, until, tz) for label in accounts)
+    built = tuple(_account_statement(session, label, since, until, tz, activity_sink) for label in accounts)
     return Statement(since, until, tz, generated_at or datetime.now(UTC), package_version(), built)
 
 
-def _account_statement(session: Session | Connection, label: str, since: datetime, until: datetime, tz: tzinfo) -> AccountStatement:
+def _account_statement(
+    session: Session | Connection,
+    label: str,
+    since: datetime,
+    until: datetime,
+    tz: tzinfo,
+    activity_sink: dict[str, Mapping[str, periods.Activity]] | None,
+) -> AccountStatement:
     connection = session.connection() if isinstance(session, Session) else session
     account = periods.account_id(connection, label)
     if account is None:
@@ -197,6 +207,8 @@ def _account_statement(session: Session | Connection, label: str, since: datetim
     opening_stale = _stale(connection, account, opening_poll, since)
     closing_stale = _stale(connection, account, closing_poll, until)
     activity = periods.period_activity(connection, account, since, until)
+    if activity_sink is not None:
+        activity_sink[label] = activity
     first_poll = periods.first_ok_poll(connection, account)
     assets = []
     for asset, states in at_edges.items():
