@@ -32,7 +32,7 @@ import sys
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -129,7 +129,6 @@ class Year:
             if failed(index):
                 continue
             done = finished(index)
-            day = index // 1440
             changed: list[tuple[str, bool]] = []
             for asset in ACTIVE:
                 pnl[asset] += rng.randint(-5_000_000, 5_000_000) * (100 if asset == "USDT" else 1)
