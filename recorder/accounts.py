@@ -82,6 +82,7 @@ class AccountEntry:
         `process` carries the process-wide values (database, spool folder, weight limit).
         """
         raw: dict[str, Any] = {name: getattr(process, name) for name in PROCESS_KEYS}
+        raw.update({name: getattr(process, name) for name in OPERATIONS_KEYS if getattr(process, name) is not None})
         raw.update(self.exchange)
         raw["account"] = self.label
         raw["api_key"] = self._variable(environ, self.api_key_env, "api_key_env")
@@ -301,13 +302,23 @@ class _Lines:
 # The process-wide settings' environment variables: they override the file's top-level values.
 PROCESS_ENVIRONMENT = {"RECORDER_DATABASE_URL": "database_url", "RECORDER_SPOOL_DIR": "spool_dir",
                        "RECORDER_WEIGHT_LIMIT": "weight_limit"}
+# Operations settings (metrics endpoint, key check) come from the environment and the command
+# line only, never the file, and apply to every account of it.
+OPERATIONS_ENVIRONMENT = {"RECORDER_METRICS_ADDR": "metrics_addr",
+                          "RECORDER_METRICS_ALLOW_REMOTE": "metrics_allow_remote",
+                          "RECORDER_REQUIRE_READ_ONLY_KEY": "require_read_only_key",
+                          "BINANCE_SPOT_BASE_URL": "spot_base_url"}
+OPERATIONS_KEYS = tuple(OPERATIONS_ENVIRONMENT.values())
 
 
 def process_settings(accounts: AccountsFile, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
     """Database, spool folder and weight limit: the file's values, then the environment's, then the command line's."""
     raw = dict(accounts.process)
-    for variable, name in PROCESS_ENVIRONMENT.items():
+    for variable, name in (PROCESS_ENVIRONMENT | OPERATIONS_ENVIRONMENT).items():
         if environ.get(variable, "") != "":
             raw[name] = environ[variable]
-    raw.update({name: value for name, value in overrides.items() if name in PROCESS_KEYS and value is not None})
+    raw.update({
+        name: value for name, value in overrides.items()
+        if name in PROCESS_KEYS + OPERATIONS_KEYS and value is not None
+    })
     return validated_settings(raw)

@@ -168,14 +168,13 @@ def _validated(raw: dict[str, Any]) -> Settings:
                                          minimum=MIN_WEIGHT_LIMIT, maximum=MAX_WEIGHT_LIMIT)
     if "config_file" in raw:
         values["config_file"] = str(raw["config_file"])
+    values.update(_operations(raw))
     return Settings(**values)
 
 
 def validated_settings(raw: Mapping[str, Any]) -> Settings:
     """Settings from raw values by field name, under the same rules as the environment's."""
     return _validated(dict(raw))
-    values.update(_operations(raw))
-    return Settings(**values)
 
 
 def _operations(raw: dict[str, Any]) -> dict[str, Any]:

@@ -77,12 +77,16 @@ def inspect_key(client: _PermissionSource, settings: Settings) -> KeyCheck:
         return KeyCheck(False, reason=f"{type(error).__name__}: {error}")
 
 
-def check_key(client: _PermissionSource, settings: Settings) -> KeyCheck:
-    """Run the check and act on it: quiet when read-only, one WARNING line otherwise, ConfigError to refuse."""
+def check_key(client: _PermissionSource, settings: Settings, *, name_account: bool = False) -> KeyCheck:
+    """Run the check and act on it: quiet when read-only, one WARNING line otherwise, ConfigError to refuse.
+
+    `name_account` starts every line with the account's label: an accounts file checks many keys.
+    """
     found = inspect_key(client, settings)
     refuse = settings.require_read_only_key
+    whose = f"account {settings.account!r}: " if name_account else ""
     if not found.checked:
-        message = f"could not check the API key's permissions: {found.reason}"
+        message = f"{whose}could not check the API key's permissions: {found.reason}"
         if refuse:
             raise ConfigError(f"{message}; refusing to start: {REFUSE_HINT}")
         log.warning("%s; recording anyway", message)
@@ -94,9 +98,9 @@ def check_key(client: _PermissionSource, settings: Settings) -> KeyCheck:
         listed = "; ".join(f"{group} ({', '.join(names)})" for group, names in found.enabled)
         problems.append(f"it may do more than read: {listed}; use a key with only enableReading")
     if not problems:
-        log.info("API key is read-only")
+        log.info("%sAPI key is read-only", whose)
         return found
-    message = "the API key is not a read-only key: " + " and ".join(problems)
+    message = f"{whose}the API key is not a read-only key: " + " and ".join(problems)
     if refuse:
         raise ConfigError(f"{message}; refusing to start: {REFUSE_HINT}")
     log.warning("%s", message)

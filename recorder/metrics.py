@@ -99,6 +99,18 @@ class PollMetrics:
         self._latency.labels(account)
         self._healthy.labels(account).set(1)
 
+    def forget(self, account: str) -> None:
+        """Stop judging `account`: another process polls it now (PostgreSQL leases)."""
+        with self._lock:
+            known = self._accounts.pop(account, None) is not None
+        if known:
+            for figure in (self._last_ok, self._failures, self._latency, self._weight, self._spool, self._rows,
+                           self._healthy):
+                try:
+                    figure.remove(account)
+                except KeyError:
+                    pass  # a figure this account never had a value for
+
     def observe(self, account: str, outcome: Any, error: BaseException | None, seconds: float) -> None:
         """Take one poll's result (a PollOutcome, or the error it raised) and how long it took."""
         now = self.clock()

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from recorder import coverage, store
-from recorder.config import environment_of
+from recorder.config import Settings, environment_of
 from recorder.db import database_error_line
 from recorder.errors import (ConfigError, ExchangeError, RateLimited, RecorderError, RejectedPoll, SpoolError,
                              StorageError)
@@ -612,6 +612,7 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
     settings = [entry.settings(environ, process) for entry in accounts.accounts]
     for one in settings:
         one.require_credentials()
+    _check_keys(settings)
     plan = plan_intervals(
         [Demand(s.account, s.interval, REQUEST_WEIGHT[s.balance_path]) for s in settings], process.weight_limit
     )
@@ -640,6 +641,14 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
                                        database_id=identity, account=one.account, exclusive=True)
             members.append(Member(recorder, slot, weight=_poll_weight(recorder)))
 
+        metrics = _poll_metrics(process)
+
+        def watch(member: Member) -> None:
+            if metrics is not None:
+                label = member.recorder.account
+                metrics.watch(label, member.slot.interval, spool_dir_for(process.spool_dir, identity, label))
+                member.recorder.observer = metrics.observe
+
         def on_lease(member: Member, held: bool) -> None:
             # The lease, not a folder lock, makes this process the account's only writer now.
             label = member.recorder.account
@@ -648,6 +657,16 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
                 if held else None
             )
             member.declared = False
+            # Health judges the accounts this process polls; the others are their holders' to judge.
+            if held:
+                watch(member)
+            elif metrics is not None:
+                metrics.forget(label)
+
+        if not shared:
+            for member in members:
+                watch(member)
+        server = _serve(metrics, process)
 
         leases = LeaseBook(engine, [s.account for s in settings], lease_seconds(min(plan.intervals.values()))) \
             if shared else None
@@ -656,14 +675,54 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
             len(members), path,
             "shared with every recorder running it on this database" if shared else "this process polls all",
         )
-        return run_accounts(members, budget=WeightBudget(process.weight_limit), leases=leases, on_lease=on_lease,
-                            workers=POLL_WORKERS, stop_after=stop_after,
-                            close_between_polls=len(members) > KEEP_ALIVE_MAX_ACCOUNTS)
+        try:
+            return run_accounts(members, budget=WeightBudget(process.weight_limit), leases=leases, on_lease=on_lease,
+                                workers=POLL_WORKERS, stop_after=stop_after,
+                                close_between_polls=len(members) > KEEP_ALIVE_MAX_ACCOUNTS)
+        finally:
+            if server is not None:
+                server.stop()
     finally:
         for member in members:
             member.recorder.client.close()
         for lock in locks:
             lock.release()
+
+
+def _check_keys(settings: list[Settings]) -> None:
+    """The read-only key check of every account, before the database is touched, a few at a time.
+
+    A refused key (RECORDER_REQUIRE_READ_ONLY_KEY) stops the start with its account named.
+    """
+    from recorder.keycheck import check_key
+
+    def check(one: Settings) -> None:
+        client = BinanceFuturesClient.from_settings(one)
+        try:
+            check_key(client, one, name_account=True)
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(max_workers=POLL_WORKERS, thread_name_prefix="recorder-keycheck") as pool:
+        for future in [pool.submit(check, one) for one in settings]:
+            future.result()
+
+
+def _poll_metrics(process: Settings) -> Any:
+    """The figures behind /metrics and /healthz when --metrics-addr asks for them, else None."""
+    if process.metrics_addr is None:
+        return None
+    from recorder.metrics import PollMetrics
+
+    return PollMetrics()
+
+
+def _serve(metrics: Any, process: Settings) -> Any:
+    if metrics is None:
+        return None
+    from recorder.metrics import serve_metrics
+
+    return serve_metrics(metrics, process.metrics_addr)
 
 
 def _allow_open_files(needed: int) -> None:

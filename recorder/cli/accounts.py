@@ -74,4 +74,4 @@ def accounts_command(config_file: str | None, database_url: str | None, fmt: str
             "failures_since_ok": state.failures_since_ok,
             "last_poll_at": state.last_poll_at,
         })
-    reports.write(fmt, sys.stdout, COLUMNS, records, records, tz, table_columns=TABLE_COLUMNS)
+    reports.write(fmt, sys.stdout, COLUMNS, records, dict, tz=tz, table_columns=TABLE_COLUMNS)

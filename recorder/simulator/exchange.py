@@ -194,7 +194,9 @@ class ExchangeSimulator:
                 self._faults.popleft()
                 self._requests.append(RequestRecord(method, path, 0, None, self._limiter.window(ip, now).weight))
                 return None
-            response, used = self._limiter.admit(ip, _WEIGHTS.get(path, 1), now, self.weight_limit)
+            # Binance counts the spot host's weight (/sapi) apart from the futures host's (/fapi).
+            limited = f"{ip} spot" if path.startswith("/sapi/") else ip
+            response, used = self._limiter.admit(limited, _WEIGHTS.get(path, 1), now, self.weight_limit)
             fault = self._faults.popleft() if balance and response is None and self._faults else None
         if response is None:
             if fault is not None and fault.name == "stall" and self._stopping.wait(fault.seconds):

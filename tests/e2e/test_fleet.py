@@ -143,3 +143,41 @@ def test_run_config_missing_credential_variable_exits_2_before_any_request(simul
     assert ran.returncode == 2
     assert "account 'beta': api_key_env: environment variable KEY_BETA is not set" in ran.stderr
     assert simulator.requests_log == []
+
+
+def test_run_config_checks_every_key_and_serves_every_account_s_figures(simulator, db_url, tmp_path):
+    from tests.e2e.test_operations import free_port
+    from tests.integration.test_metrics import get, metric
+
+    path, env = fleet(simulator, db_url, tmp_path)
+    simulator.set_api_restrictions("api-key-beta", enableFutures=True)
+    port = free_port()
+    process = subprocess.Popen([*RECORDER, "run", "--config", path, "--metrics-addr", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: all(len(polls_by_label(db_url).get(label, [])) >= 2 for label, _, _ in ACCOUNTS),
+                   "two polls of every account")
+        try:
+            metrics_status, body = get(f"http://127.0.0.1:{port}/metrics")
+            health_status, _ = get(f"http://127.0.0.1:{port}/healthz")
+        except OSError as error:  # URLError: nothing listening
+            metrics_status, health_status, body = str(error), None, b""
+    finally:
+        stderr = stop(process)
+    assert process.returncode == 0, stderr
+    assert (metrics_status, health_status) == (200, 200), stderr
+    for label, _, _ in ACCOUNTS:
+        assert metric(body, f'recorder_consecutive_failures{{account="{label}"}}') == 0
+        assert metric(body, f'recorder_polls_total{{account="{label}",outcome="ok"}}') >= 2
+    warnings = [line for line in stderr.splitlines() if "not a read-only key" in line]
+    assert len(warnings) == 1 and "account 'beta'" in warnings[0] and "enableFutures" in warnings[0], stderr
+
+
+def test_run_config_refuses_to_start_when_one_key_may_withdraw(simulator, db_url, tmp_path):
+    path, env = fleet(simulator, db_url, tmp_path)
+    simulator.set_api_restrictions("api-key-gamma", enableWithdrawals=True)
+    env["RECORDER_REQUIRE_READ_ONLY_KEY"] = "true"
+    result = subprocess.run([*RECORDER, "run", "--config", path], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "account 'gamma'" in result.stderr and "enableWithdrawals" in result.stderr
+    assert polls_by_label(db_url) == {}
