@@ -676,7 +676,8 @@ def recorder_statements(sim: ExchangeSimulator, backend: Backend, busy: bool) ->
             recorder_.poll_once()
             event.remove(engine, "before_cursor_execute", listener)
         finally:
-            recorder_.close()
+            if hasattr(recorder_, "close"):  # older recorders, measured for a before/after, keep no connection
+                recorder_.close()
             recorder_.lock.release()
             recorder_.client.close()
     # The PostgreSQL lock's liveness check runs on the lock's own connection, not in the poll's transaction.
