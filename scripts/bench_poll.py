@@ -462,6 +462,22 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """utime + stime of each live thread, by thread id (the main thread's id is the pid)."""
+    seconds = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            seconds[int(task.name)] = process_cpu_seconds_of(task / "stat")
+        except OSError:
+            continue  # ended meanwhile
+    return seconds
+
+
+def process_cpu_seconds_of(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND
+
+
 def process_status_kb(pid: int, key: str) -> int:
     """A kB figure of /proc/<pid>/status, e.g. VmHWM (peak resident set) or VmRSS."""
     with open(f"/proc/{pid}/status") as file:
@@ -610,14 +626,23 @@ def measure_pair(sim: ExchangeSimulator, key: str, urls: dict[str, str], args: a
     rows: list[ServiceRow] = []
     try:
         cpu_before: dict[str, float] = {}
+        threads_before: dict[str, dict[int, float]] = {}
         for name, polling in processes.items():
             polling.wait_for(args.service_warmup, timeout)
             cpu_before[name] = process_cpu_seconds(polling.process.pid)
+            threads_before[name] = thread_cpu_seconds(polling.process.pid)
         for name, polling in processes.items():
             polling.wait_for(args.service_warmup + args.service_polls, timeout)
             pid = polling.process.pid
             done = polling.polls - args.service_warmup
             cpu = process_cpu_seconds(pid) - cpu_before[name]
+            threads = thread_cpu_seconds(pid)
+            # Where the time goes, for whoever works on it: main thread first, then by thread id.
+            split = ", ".join(
+                f"{'main' if tid == pid else tid}: {(spent - threads_before[name].get(tid, 0.0)) * 1000 / done:.2f}"
+                for tid, spent in sorted(threads.items(), key=lambda item: (item[0] != pid, item[0]))
+            )
+            log(f"  {backend} {account} {name}: cpu ms per poll by thread: {split}")
             # Counted from its own warm-up mark: a few polls more than asked when it ran ahead.
             rows.append(ServiceRow(backend, account, name, done, round(cpu * 1000 / done, 3),
                                    round(process_status_kb(pid, "VmHWM") / 1024, 1)))
@@ -676,7 +701,8 @@ def recorder_statements(sim: ExchangeSimulator, backend: Backend, busy: bool) ->
             recorder_.poll_once()
             event.remove(engine, "before_cursor_execute", listener)
         finally:
-            recorder_.close()
+            if hasattr(recorder_, "close"):  # older recorders, measured for a before/after, keep no connection
+                recorder_.close()
             recorder_.lock.release()
             recorder_.client.close()
     # The PostgreSQL lock's liveness check runs on the lock's own connection, not in the poll's transaction.
