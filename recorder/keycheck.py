@@ -94,7 +94,7 @@ def check_key(client: _PermissionSource, settings: Settings) -> KeyCheck:
         listed = "; ".join(f"{group} ({', '.join(names)})" for group, names in found.enabled)
         problems.append(f"it may do more than read: {listed}; use a key with only enableReading")
     if not problems:
-        log.info("API key is read-only")
+        log.debug("API key is read-only")
         return found
     message = "the API key is not a read-only key: " + " and ".join(problems)
     if refuse:
