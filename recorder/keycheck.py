@@ -98,7 +98,7 @@ def check_key(client: _PermissionSource, settings: Settings, *, name_account: bo
         listed = "; ".join(f"{group} ({', '.join(names)})" for group, names in found.enabled)
         problems.append(f"it may do more than read: {listed}; use a key with only enableReading")
     if not problems:
-        log.info("%sAPI key is read-only", whose)
+        log.debug("%sAPI key is read-only", whose)
         return found
     message = f"{whose}the API key is not a read-only key: " + " and ".join(problems)
     if refuse:
