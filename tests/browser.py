@@ -8,6 +8,7 @@ request, console message, exception and dialog the page causes is recorded.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import queue
@@ -48,11 +49,10 @@ def require_chromium() -> str:
     pytest.skip(problem)
 
 
-def _pipe_descriptors(commands_read: int, replies_write: int) -> None:
-    # Move both out of the way first: either may already be 3 or 4.
-    high_read, high_write = os.dup(commands_read), os.dup(replies_write)
-    os.dup2(high_read, 3)
-    os.dup2(high_write, 4)
+def _above_nine(fd: int) -> int:
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return moved
 
 
 @dataclass
@@ -72,8 +72,15 @@ class Browser:
         self._profile = tempfile.mkdtemp(prefix="recorder-chromium-")
         commands_read, self._commands = os.pipe()
         self._replies, replies_write = os.pipe()
+        # Move the child's ends above 9, so the shell's 3<& and 4>& cannot overwrite one of them.
+        commands_read, replies_write = (_above_nine(fd) for fd in (commands_read, replies_write))
+        # Chromium reads commands on fd 3 and writes on fd 4: bash puts the pipes there (dash takes single-digit fds only)
+        # (no preexec_fn, which forks with this process's threads running).
         self.process = subprocess.Popen(
             [
+                "/bin/bash",
+                "-c",
+                f'exec "$0" "$@" 3<&{commands_read} 4>&{replies_write} {commands_read}<&- {replies_write}>&-',
                 binary,
                 "--headless",
                 "--no-sandbox",
@@ -93,14 +100,10 @@ class Browser:
                 "--window-size=1200,900",
                 "about:blank",
             ],
-            # preexec_fn runs before Popen closes inherited descriptors, so fds 3 and 4 would be
-            # closed again: keep them open instead (the pipes are the only extra ones here).
-            close_fds=False,
+            pass_fds=(commands_read, replies_write),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=None if os.environ.get("RECORDER_CHROMIUM_DEBUG") else subprocess.DEVNULL,
-            # Chromium reads commands on fd 3 and writes on fd 4.
-            preexec_fn=lambda: _pipe_descriptors(commands_read, replies_write),
         )
         os.close(commands_read)
         os.close(replies_write)
