@@ -69,8 +69,12 @@ def range_options(function: F) -> F:
 
 
 # The polling interval is the writer's (stored in the database); a reader's own
-# RECORDER_INTERVAL, even a malformed one, must not change or break any answer.
-READER_IGNORES = frozenset({"RECORDER_INTERVAL"})
+# RECORDER_INTERVAL, even a malformed one, must not change or break any answer. Nor may the
+# settings only `run` uses (the metrics endpoint, the key check), shared in one environment file.
+READER_IGNORES = frozenset({
+    "RECORDER_INTERVAL", "RECORDER_METRICS_ADDR", "RECORDER_METRICS_ALLOW_REMOTE",
+    "RECORDER_REQUIRE_READ_ONLY_KEY", "BINANCE_SPOT_BASE_URL",
+})
 
 
 @contextmanager

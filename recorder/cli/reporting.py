@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from recorder.cli import cli
+from recorder.cli import cli, querying
 from recorder.config import load_settings
 from recorder.db import database_error_line, make_read_engine, make_sessions, sqlite_file_path
 from recorder.errors import StorageError
@@ -29,7 +29,7 @@ from recorder.timespec import TIME_HELP, TimeSpec, TimeZoneParam, require_order,
 TIME = TimeSpec()
 # The writer's polling interval lives in the database; a reader's own RECORDER_INTERVAL and
 # RECORDER_ACCOUNT play no part (the accounts are chosen with --account, default: all).
-READER_IGNORES = frozenset({"RECORDER_INTERVAL", "RECORDER_ACCOUNT"})
+READER_IGNORES = querying.READER_IGNORES | {"RECORDER_ACCOUNT"}
 
 
 @contextmanager

@@ -18,12 +18,11 @@ from recorder.config import load_settings
 from recorder.db import database_error_line, make_read_engine, sqlite_file_path
 from recorder.errors import StorageError
 from recorder.health import health_document, read_health
+from recorder.cli.querying import READER_IGNORES
 from recorder.schema import require_current_schema
 
 # The writer's settings: a reader's own interval, metrics or key-check settings change no answer.
-STATUS_IGNORES = frozenset(
-    {"RECORDER_INTERVAL", "RECORDER_METRICS_ADDR", "RECORDER_METRICS_ALLOW_REMOTE", "RECORDER_REQUIRE_READ_ONLY_KEY"}
-)
+STATUS_IGNORES = READER_IGNORES
 COLUMNS = ("account", "health", "last_ok_at", "due_at", "failures", "used_weight", "spool", "problems")
 
 

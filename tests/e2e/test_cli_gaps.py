@@ -93,7 +93,11 @@ def test_run_at_one_second_through_an_outage_and_a_failed_poll_shows_both_gaps_f
 
     # The reader's shell: no RECORDER_INTERVAL, a misleading one (an hour), a malformed one.
     reader = {name: value for name, value in cli_env.items() if not name.startswith("BINANCE_")}
-    for env in (reader, {**reader, "RECORDER_INTERVAL": "3600"}, {**reader, "RECORDER_INTERVAL": "every minute"}):
+    # The service's own settings in a shared environment file, even malformed, change no answer either.
+    run_only = {"RECORDER_METRICS_ADDR": "not an address", "RECORDER_REQUIRE_READ_ONLY_KEY": "maybe",
+                "RECORDER_METRICS_ALLOW_REMOTE": "perhaps", "BINANCE_SPOT_BASE_URL": "ftp://nowhere"}
+    for env in (reader, {**reader, "RECORDER_INTERVAL": "3600"}, {**reader, "RECORDER_INTERVAL": "every minute"},
+                {**reader, **run_only}):
         gaps = json.loads(read(env, "gaps", *span, "--format", "json").stdout)
         with_failures = [gap for gap in gaps if gap["failures"]]
         assert [sum(gap["failures"].values()) for gap in with_failures] == [1, 5], gaps
