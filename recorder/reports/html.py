@@ -1,0 +1,233 @@
+"""The HTML report: one self-contained file with the statement, a chart per asset and poll health.
+
+The page loads nothing: uPlot (vendored under static/, see static/README.md), its CSS and the
+data are inlined, and a Content-Security-Policy meta tag forbids every fetch, so it opens the
+same offline, from a mail attachment or from a file share. Everything that came from the
+database (account labels, assets, error messages) goes through Jinja2's autoescape in HTML
+and through `tojson` (which escapes <, >, & and ') inside the script; the chart arrays are
+built here from numbers only and checked to be so.
+
+Charts are downsampled in SQL (recorder.queries.periods.buckets): per pixel-wide bucket the
+lowest and highest value and the value it ended on, so every extreme of the step series
+survives and a year of minute polls never loads into memory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone, tzinfo
+from decimal import Decimal
+from importlib import resources
+from pathlib import Path
+
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+from recorder.errors import ConfigError
+from recorder.queries import periods
+from recorder.reports.render import format_decimal, format_time
+from recorder.reports.statement import Statement, build_statement
+
+UTC = timezone.utc
+# About the printable width of A4 in CSS pixels (190 mm at 96 dpi is 718 px): one bucket a pixel.
+CHART_BUCKETS = 700
+# Three plotted slots a bucket: low or high, the other one, the value it ended on.
+SLOTS = 3
+_NUMBER = re.compile(r"-?\d+(\.\d+)?\Z")
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One asset's chart data: slot s is at `start + s * step_seconds`; values are exact decimal text."""
+
+    account: str
+    asset: str
+    start: float
+    step_seconds: float
+    slots: list[int]
+    balance: list[str | None]
+    unrealized_pnl: list[str | None]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The statement and the chart of every asset in it."""
+
+    statement: Statement
+    charts: tuple[Chart, ...]
+
+
+def build_report(
+    session: Session | Connection,
+    since: datetime,
+    until: datetime,
+    accounts: Sequence[str],
+    tz: tzinfo = UTC,
+    *,
+    buckets: int = CHART_BUCKETS,
+    generated_at: datetime | None = None,
+) -> Report:
+    """The statement of [since, until) plus, per account and asset, its downsampled chart series."""
+    statement = build_statement(session, since, until, accounts, tz, generated_at=generated_at)
+    connection = session.connection() if isinstance(session, Session) else session
+    charts = []
+    if statement.until > statement.since:
+        for account in statement.accounts:
+            account_id = periods.account_id(connection, account.account)
+            for asset in account.assets:
+                charts.append(_chart(connection, account_id, account.account, asset, statement, buckets))
+    return Report(statement, tuple(charts))
+
+
+def _chart(connection: Connection, account_id: int, label: str, asset, statement: Statement, count: int) -> Chart:
+    since, until = statement.since, statement.until
+    per_field = {}
+    for name, opening in (("balance", asset.opening.balance), ("cross_un_pnl", asset.opening.unrealized_pnl)):
+        width, found = periods.buckets(connection, account_id, asset.asset, name, since, until, count)
+        points: dict[int, Decimal | None] = {0: opening}
+        for bucket in found:
+            base = bucket.index * SLOTS
+            if bucket.low is None:  # only vanished markers in this bucket
+                points[base + SLOTS] = None
+                continue
+            # End on the value the bucket ended on, so the empty buckets after it carry it on.
+            first, second = (bucket.low, bucket.high) if bucket.last == bucket.high else (bucket.high, bucket.low)
+            points[base + 1] = first
+            points[base + 2] = second
+            points[base + 3] = bucket.last
+        per_field[name] = points
+    step = (until - since).total_seconds() / (count * SLOTS)
+    slots = set(per_field["balance"]) | set(per_field["cross_un_pnl"]) | {count * SLOTS}
+    # A stepped line is only drawn towards a value: before an asset vanishes, repeat the value it
+    # held on the slot just before, or the stretch it was held would not show.
+    slots |= {slot - 1 for points in per_field.values() for slot, value in points.items() if value is None and slot > 0}
+    slots = sorted(slots)
+    columns = {}
+    for name, points in per_field.items():
+        carried: Decimal | None = None
+        values = []
+        for slot in slots:
+            if slot in points:
+                carried = points[slot]
+            values.append(None if carried is None else _number_text(carried))
+        columns[name] = values
+    return Chart(label, asset.asset, since.timestamp(), step, slots, columns["balance"], columns["cross_un_pnl"])
+
+
+def _number_text(value: Decimal) -> str:
+    # Exact decimal text, trailing zeros dropped to keep a year small; the browser parses it
+    # for plotting only. Checked, because it is written into the page's script unquoted.
+    text = format_decimal(value.normalize()) if value else "0"
+    if not _NUMBER.match(text):
+        raise ValueError(f"not a plain number: {text!r}")
+    return text
+
+
+def _static(name: str) -> str:
+    return (resources.files("recorder.reports") / "static" / name).read_text(encoding="utf-8")
+
+
+def render_report(report: Report) -> str:
+    """The report as one HTML document (a str); no file, no network."""
+    from jinja2 import Environment, StrictUndefined
+
+    environment = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    template = environment.from_string(_static("report.html.j2"))
+    statement = report.statement
+    tz = statement.tz
+
+    def when(value: datetime | None) -> str:
+        return "" if value is None else format_time(value, tz, "seconds")
+
+    def amount(value: Decimal | None) -> str:
+        return "" if value is None else format_decimal(value)
+
+    def seconds(value: float) -> str:
+        whole = int(round(value))
+        days, rest = divmod(whole, 86400)
+        hours, rest = divmod(rest, 3600)
+        minutes, secs = divmod(rest, 60)
+        return (f"{days}d " if days else "") + f"{hours:02d}:{minutes:02d}:{secs:02d}"
+
+    def share(value: float | None) -> str:
+        return "" if value is None else f"{value * 100:.2f}%"
+
+    charts = [
+        {
+            "id": f"chart-{index}",
+            "account": chart.account,
+            "asset": chart.asset,
+            "start": chart.start,
+            "step": chart.step_seconds,
+            "gaps": [
+                [gap.start.timestamp(), gap.end.timestamp()]
+                for account in statement.accounts
+                if account.account == chart.account
+                for gap in account.coverage.gaps
+            ],
+        }
+        for index, chart in enumerate(report.charts)
+    ]
+    # Arrays of plain numbers (checked in _number_text), written as JSON literals: a year of
+    # quoted strings would cost a third more bytes.
+    arrays = [
+        "[" + ",".join(map(str, chart.slots)) + "],["
+        + ",".join(value if value is not None else "null" for value in chart.balance) + "],["
+        + ",".join(value if value is not None else "null" for value in chart.unrealized_pnl) + "]"
+        for chart in report.charts
+    ]
+    from markupsafe import Markup
+
+    series = Markup("[" + ",".join(f"[{array}]" for array in arrays) + "]")
+    return template.render(
+        statement=statement,
+        charts=charts,
+        chart_series=series,
+        uplot_js=Markup(_static("uPlot.iife.min.js")),
+        uplot_css=Markup(_static("uPlot.min.css")),
+        when=when,
+        amount=amount,
+        seconds=seconds,
+        share=share,
+        tz_name=str(tz),
+        zone=_zone(tz),
+    )
+
+
+def _zone(tz: tzinfo) -> dict[str, object]:
+    """How the page's script shows times: an IANA name, or a fixed offset in seconds."""
+    name = getattr(tz, "key", None)
+    if name:
+        return {"name": name, "offset": 0}
+    offset = tz.utcoffset(None)
+    return {"name": None, "offset": 0 if offset is None else offset.total_seconds()}
+
+
+def write_report(report: Report, out: Path, *, force: bool = False) -> int:
+    """Write the report to `out` through a temporary file and a rename; the size in bytes.
+
+    An existing `out` is refused unless `force`: a report is evidence, never overwritten by accident.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists: choose another --out or add --force to replace it")
+    if out.is_dir():
+        raise ConfigError(f"{out} is a directory: --out takes a file name")
+    html = render_report(report).encode("utf-8")
+    folder = out.parent if str(out.parent) else Path(".")
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(html)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, out)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return len(html)

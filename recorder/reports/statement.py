@@ -1,0 +1,472 @@
+"""A period statement: per account and asset, what the wallet balance was, did and how well we saw it.
+
+`build_statement` reads the database (through recorder.queries) once into a `Statement`, a
+tree of frozen dataclasses; `write_statement` renders it as a table, CSV or JSON, and the
+HTML report (recorder.reports.html) renders the same tree. Nothing here writes.
+
+The period is [since, until). "The balance as of t" is the last state observed strictly
+before t, so a change observed exactly at `since` is inside the period and the closing of
+one period is the opening of the next. For every other instant that is what `recorder
+balances --at t` shows. When t falls inside a gap (the last successful poll before it is
+older than the schedule allowed), the value is the last one seen and its status says
+'stale', as `balances --at` does; before the first successful poll it is unknown
+('before_first_poll'). An asset that is absent at an edge (vanished, or not there yet while
+polls were) counts as 0 in the net change; its opening or closing balance stays empty.
+
+`roll_forward` is the slot for the income ledger's breakdown (transfers, realized PnL, fees,
+funding, rebates, unexplained residual): None until the ledger exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from decimal import Decimal
+from typing import Any, TextIO
+
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
+
+from recorder.queries import Gap, find_account, gaps
+from recorder.queries import periods
+from recorder.queries.periods import BalanceMove, Extreme, PollCounts
+from recorder.queries.states import AssetState
+from recorder.reports.render import FORMATS, format_time, write_csv, write_json, write_table
+
+UTC = timezone.utc
+LARGEST_MOVES = 10
+
+
+@dataclass(frozen=True)
+class Mark:
+    """An asset at one edge of the period: the state in force there and the evidence for it.
+
+    status: 'ok', 'stale' (inside a gap), 'vanished', 'unobserved' (polls, but the asset not
+    seen yet), 'before_first_poll'.
+    """
+
+    at: datetime
+    status: str
+    observed_at: datetime | None
+    last_poll_at: datetime | None
+    balance: Decimal | None
+    unrealized_pnl: Decimal | None
+    available_balance: Decimal | None
+
+    @property
+    def margin_balance(self) -> Decimal | None:
+        """Wallet balance + unrealized PnL (Binance's marginBalance)."""
+        if self.balance is None or self.unrealized_pnl is None:
+            return None
+        return self.balance + self.unrealized_pnl
+
+    @property
+    def counted(self) -> Decimal | None:
+        """The balance as the net change counts it: absent is 0, unknown (before any poll) None."""
+        if self.status == "before_first_poll":
+            return None
+        return self.balance if self.balance is not None else Decimal(0)
+
+
+@dataclass(frozen=True)
+class Day:
+    """One day of the period in the statement's zone (the first and last may be cut short)."""
+
+    day: date
+    start: datetime
+    end: datetime
+    open: Decimal | None
+    close: Decimal | None
+    blind_seconds: float
+
+    @property
+    def change(self) -> Decimal | None:
+        """close - open, exact; None when either is unknown."""
+        return None if self.open is None or self.close is None else self.close - self.open
+
+
+@dataclass(frozen=True)
+class AssetStatement:
+    """One asset of one account over the period."""
+
+    asset: str
+    opening: Mark
+    closing: Mark
+    high: Extreme | None
+    low: Extreme | None
+    changes: int
+    days: tuple[Day, ...]
+    # The income ledger's breakdown of the net change; None until the ledger exists.
+    roll_forward: Any = None
+
+    @property
+    def net_change(self) -> Decimal | None:
+        """Closing - opening wallet balance (absent counts as 0); None when the opening is unknown."""
+        opening, closing = self.opening.counted, self.closing.counted
+        return None if opening is None or closing is None else closing - opening
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the period the poll log proves: observed versus blind time, the gaps, the polls."""
+
+    observed_seconds: float
+    blind_seconds: float
+    gaps: tuple[Gap, ...]
+    polls: PollCounts
+
+    @property
+    def observed_share(self) -> float | None:
+        """Observed time / period length (0..1); None for an empty period."""
+        total = self.observed_seconds + self.blind_seconds
+        return None if total <= 0 else self.observed_seconds / total
+
+
+@dataclass(frozen=True)
+class AccountStatement:
+    """One account over the period: coverage (shared by its assets, one poll reads them all) and assets."""
+
+    account: str
+    coverage: Coverage
+    assets: tuple[AssetStatement, ...]
+    largest_moves: tuple[BalanceMove, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Statement:
+    """The whole statement: the period, the zone its days are cut in, and every account."""
+
+    since: datetime
+    until: datetime
+    tz: tzinfo
+    generated_at: datetime
+    version: str
+    accounts: tuple[AccountStatement, ...]
+
+
+def build_statement(
+    session: Session | Connection,
+    since: datetime,
+    until: datetime,
+    accounts: Sequence[str],
+    tz: tzinfo = UTC,
+    *,
+    generated_at: datetime | None = None,
+) -> Statement:
+    """The statement of [since, until) for each account (in the order given), days cut in `tz`.
+
+    Costs one index seek per asset and edge (opening, closing, every midnight), two bounded
+    top-1 sorts and a count over the period's rows per asset, and the stored gaps: in
+    proportion to the period, never to the whole history, and in memory bounded by the
+    number of assets and days.
+    """
+    from recorder import package_version
+
+    for value in (since, until):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("build_statement takes aware datetimes: attach a time zone (UTC)")
+    if until < since:
+        raise ValueError("the period ends before it starts")
+    since, until = since.astimezone(UTC), until.astimezone(UTC)
+    built = tuple(_account_statement(session, label, since, until, tz) for label in accounts)
+    return Statement(since, until, tz, generated_at or datetime.now(UTC), package_version(), built)
+
+
+def _account_statement(session: Session | Connection, label: str, since: datetime, until: datetime, tz: tzinfo) -> AccountStatement:
+    connection = session.connection() if isinstance(session, Session) else session
+    account = periods.account_id(connection, label)
+    if account is None:
+        if isinstance(session, Session):
+            find_account(session, label)  # raises ConfigError naming the known accounts
+        from recorder.errors import ConfigError
+
+        raise ConfigError(f"no account {label!r} in the database")
+    gap_list = _gaps(session, connection, label, since, until)
+    blind = sum(_overlap(gap.start, gap.end, since, until) for gap in gap_list)
+    coverage = Coverage(
+        observed_seconds=(until - since).total_seconds() - blind,
+        blind_seconds=blind,
+        gaps=tuple(gap_list),
+        polls=periods.poll_counts(connection, account, since, until),
+    )
+    edges = _day_edges(since, until, tz)
+    at_edges = periods.balances_at_edges(connection, account, edges)
+    opening_poll = periods.last_ok_poll_before(connection, account, since)
+    closing_poll = periods.last_ok_poll_before(connection, account, until)
+    opening_stale = _stale(connection, account, opening_poll, since)
+    closing_stale = _stale(connection, account, closing_poll, until)
+    counts = periods.change_counts(connection, account, since, until)
+    first_poll = periods.first_ok_poll(connection, account)
+    assets = []
+    for asset, states in at_edges.items():
+        opening = _mark(states[0], since, opening_poll, opening_stale)
+        closing = _mark(states[-1], until, closing_poll, closing_stale)
+        changes = counts.get(asset, 0)
+        if opening.balance is None and closing.balance is None and changes == 0:
+            continue  # not held at any time in the period
+        high, low = periods.range_extremes(connection, account, asset, since, until)
+        if opening.balance is not None:
+            # The balance in force at the start counts too, held from `since`.
+            if high is None or opening.balance > high.value:
+                high = Extreme(opening.balance, since)
+            if low is None or opening.balance < low.value:
+                low = Extreme(opening.balance, since)
+        days = tuple(
+            Day(
+                start.astimezone(tz).date(),
+                start,
+                end,
+                _counted(states[index], start, first_poll),
+                _counted(states[index + 1], end, first_poll),
+                sum(_overlap(gap.start, gap.end, start, end) for gap in gap_list),
+            )
+            for index, (start, end) in enumerate(zip(edges, edges[1:]))
+        )
+        assets.append(AssetStatement(asset, opening, closing, high, low, changes, days))
+    moves = tuple(periods.largest_moves(connection, account, since, until, LARGEST_MOVES)) if until > since else ()
+    return AccountStatement(label, coverage, tuple(assets), moves)
+
+
+def _gaps(session: Session | Connection, connection: Connection, label: str, since: datetime, until: datetime) -> list[Gap]:
+    if until <= since:
+        return []
+    if isinstance(session, Session):
+        return gaps(session, label, since=since, until=until)
+    with Session(bind=connection) as bound:
+        return gaps(bound, label, since=since, until=until)
+
+
+def _overlap(start: datetime, end: datetime, low: datetime, high: datetime) -> float:
+    return max(0.0, (min(end, high) - max(start, low)).total_seconds())
+
+
+def _stale(connection: Connection, account: int, last_poll: datetime | None, at: datetime) -> bool:
+    return last_poll is not None and at > periods.due_after(connection, account, last_poll, at)
+
+
+def _mark(state: AssetState | None, at: datetime, last_poll: datetime | None, stale: bool) -> Mark:
+    if last_poll is None:
+        status = "before_first_poll"
+    elif state is None:
+        status = "unobserved"
+    elif not state.present:
+        status = "vanished"
+    else:
+        status = "stale" if stale else "ok"
+    present = state is not None and state.present
+    return Mark(
+        at,
+        status,
+        None if state is None else state.observed_at,
+        last_poll,
+        state.balance if present else None,
+        state.cross_un_pnl if present else None,
+        state.available_balance if present else None,
+    )
+
+
+def _counted(state: AssetState | None, at: datetime, first_poll: datetime | None) -> Decimal | None:
+    # The same rule as Mark.counted: unknown before the first successful poll, else absent is 0.
+    if first_poll is None or at <= first_poll:
+        return None if state is None else (state.balance if state.present else Decimal(0))
+    if state is None or not state.present:
+        return Decimal(0)
+    return state.balance
+
+
+def _day_edges(since: datetime, until: datetime, tz: tzinfo) -> list[datetime]:
+    """`since`, every local midnight in (since, until), `until`."""
+    if until <= since:
+        return [since, until]
+    edges = [since]
+    day = since.astimezone(tz).date() + timedelta(days=1)
+    while True:
+        midnight = datetime.combine(day, time(), tzinfo=tz).astimezone(UTC)
+        if midnight >= until:
+            break
+        if midnight > edges[-1]:
+            edges.append(midnight)
+        day += timedelta(days=1)
+    edges.append(until)
+    return edges
+
+
+# --- renderings ------------------------------------------------------------------------------
+
+
+def statement_document(statement: Statement) -> dict[str, Any]:
+    """The statement as plain JSON-ready data: decimals and datetimes left for the JSON writer."""
+    return {
+        "since": statement.since,
+        "until": statement.until,
+        "tz": str(statement.tz),
+        "generated_at": statement.generated_at,
+        "version": statement.version,
+        "accounts": [
+            {
+                "account": account.account,
+                "coverage": _coverage_document(account.coverage),
+                "assets": [_asset_document(asset) for asset in account.assets],
+                "largest_changes": [
+                    {"asset": m.asset, "observed_at": m.observed_at, "before": m.before, "after": m.after, "change": m.delta}
+                    for m in account.largest_moves
+                ],
+            }
+            for account in statement.accounts
+        ],
+    }
+
+
+def _coverage_document(coverage: Coverage) -> dict[str, Any]:
+    return {
+        "observed_seconds": coverage.observed_seconds,
+        "blind_seconds": coverage.blind_seconds,
+        "observed_share": coverage.observed_share,
+        "gaps": [
+            {"start": gap.start, "end": gap.end, "seconds": gap.seconds, "ongoing": gap.open_end, "failures": dict(gap.failures)}
+            for gap in coverage.gaps
+        ],
+        "polls": {
+            "ok": coverage.polls.ok,
+            "failed": coverage.polls.failed,
+            "success_rate": coverage.polls.success_rate,
+            "failures": dict(coverage.polls.failures),
+        },
+    }
+
+
+def _mark_document(mark: Mark) -> dict[str, Any]:
+    return {
+        "at": mark.at,
+        "status": mark.status,
+        "balance": mark.balance,
+        "unrealized_pnl": mark.unrealized_pnl,
+        "margin_balance": mark.margin_balance,
+        "available_balance": mark.available_balance,
+        "observed_at": mark.observed_at,
+        "last_poll_at": mark.last_poll_at,
+    }
+
+
+def _extreme_document(extreme: Extreme | None) -> dict[str, Any] | None:
+    return None if extreme is None else {"balance": extreme.value, "at": extreme.at}
+
+
+def _asset_document(asset: AssetStatement) -> dict[str, Any]:
+    return {
+        "asset": asset.asset,
+        "opening": _mark_document(asset.opening),
+        "closing": _mark_document(asset.closing),
+        "net_change": asset.net_change,
+        "high": _extreme_document(asset.high),
+        "low": _extreme_document(asset.low),
+        "changes": asset.changes,
+        "roll_forward": asset.roll_forward,
+        "days": [
+            {"day": day.day.isoformat(), "start": day.start, "end": day.end, "open": day.open, "close": day.close,
+             "change": day.change, "blind_seconds": day.blind_seconds}
+            for day in asset.days
+        ],
+    }
+
+
+CSV_COLUMNS = (
+    "account", "asset", "row", "start", "end", "open", "close", "change", "high", "high_at", "low", "low_at",
+    "changes", "opening_status", "opening_observed_at", "closing_status", "closing_observed_at",
+    "opening_unrealized_pnl", "closing_unrealized_pnl", "opening_margin_balance", "closing_margin_balance",
+    "blind_seconds",
+)
+
+
+def statement_records(statement: Statement) -> list[dict[str, Any]]:
+    """Flat rows: per account and asset one 'period' row, then one 'day' row per day."""
+    records = []
+    for account in statement.accounts:
+        for asset in account.assets:
+            records.append({
+                "account": account.account, "asset": asset.asset, "row": "period",
+                "start": statement.since, "end": statement.until,
+                "open": asset.opening.balance, "close": asset.closing.balance, "change": asset.net_change,
+                "high": asset.high.value if asset.high else None, "high_at": asset.high.at if asset.high else None,
+                "low": asset.low.value if asset.low else None, "low_at": asset.low.at if asset.low else None,
+                "changes": asset.changes,
+                "opening_status": asset.opening.status, "opening_observed_at": asset.opening.observed_at,
+                "closing_status": asset.closing.status, "closing_observed_at": asset.closing.observed_at,
+                "opening_unrealized_pnl": asset.opening.unrealized_pnl,
+                "closing_unrealized_pnl": asset.closing.unrealized_pnl,
+                "opening_margin_balance": asset.opening.margin_balance,
+                "closing_margin_balance": asset.closing.margin_balance,
+                "blind_seconds": account.coverage.blind_seconds,
+            })
+            for day in asset.days:
+                records.append({
+                    "account": account.account, "asset": asset.asset, "row": "day",
+                    "start": day.start, "end": day.end, "open": day.open, "close": day.close,
+                    "change": day.change, "blind_seconds": day.blind_seconds,
+                })
+    return records
+
+
+def write_statement(statement: Statement, fmt: str, stream: TextIO, tz: tzinfo = UTC) -> None:
+    """Render the statement: an aligned text report, CSV (one uniform row schema) or JSON."""
+    if fmt == "json":
+        write_json(statement_document(statement), stream)
+    elif fmt == "csv":
+        write_csv(CSV_COLUMNS, statement_records(statement), stream, tz)
+    elif fmt == "table":
+        _write_text(statement, stream, tz)
+    else:
+        raise ValueError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+
+
+def _write_text(statement: Statement, stream: TextIO, tz: tzinfo) -> None:
+    stream.write(
+        f"Statement {format_time(statement.since, tz)} to {format_time(statement.until, tz)} (until excluded), "
+        f"days in {statement.tz}; generated {format_time(statement.generated_at, tz)} by recorder {statement.version}\n"
+    )
+    for account in statement.accounts:
+        coverage = account.coverage
+        share = coverage.observed_share
+        stream.write(f"\nAccount {account.account}\n")
+        stream.write(
+            f"coverage: observed {coverage.observed_seconds:.0f} s, blind {coverage.blind_seconds:.0f} s"
+            + (f" ({share * 100:.2f}% observed)" if share is not None else "")
+            + f"; polls ok {coverage.polls.ok}, failed {coverage.polls.failed}"
+            + (" (" + ", ".join(f"{name} {count}" for name, count in coverage.polls.failures.items()) + ")" if coverage.polls.failures else "")
+            + "\n\n"
+        )
+        summary = [
+            {
+                "asset": asset.asset,
+                "opening": asset.opening.balance, "opening_status": asset.opening.status,
+                "closing": asset.closing.balance, "closing_status": asset.closing.status,
+                "change": asset.net_change,
+                "high": asset.high.value if asset.high else None, "high_at": asset.high.at if asset.high else None,
+                "low": asset.low.value if asset.low else None, "low_at": asset.low.at if asset.low else None,
+                "changes": asset.changes,
+            }
+            for asset in account.assets
+        ]
+        if summary:
+            write_table(tuple(summary[0]), summary, stream, tz)
+            marks = [
+                {"asset": asset.asset, "edge": edge, "at": mark.at, "observed_at": mark.observed_at,
+                 "unrealized_pnl": mark.unrealized_pnl, "margin_balance": mark.margin_balance,
+                 "available_balance": mark.available_balance}
+                for asset in account.assets for edge, mark in (("opening", asset.opening), ("closing", asset.closing))
+            ]
+            stream.write("\n")
+            write_table(tuple(marks[0]), marks, stream, tz)
+        else:
+            stream.write("no asset held in the period\n")
+        if coverage.gaps:
+            stream.write("\ngaps:\n")
+            rows = [{"start": g.start, "end": g.end, "seconds": g.seconds, "ongoing": g.open_end,
+                     "failed_polls": sum(g.failures.values()), "failures": dict(g.failures)} for g in coverage.gaps]
+            write_table(tuple(rows[0]), rows, stream, tz)
+        for asset in account.assets:
+            stream.write(f"\n{asset.asset} by day:\n")
+            rows = [{"day": day.day.isoformat(), "open": day.open, "close": day.close, "change": day.change,
+                     "blind_seconds": day.blind_seconds} for day in asset.days]
+            write_table(("day", "open", "close", "change", "blind_seconds"), rows, stream, tz)
