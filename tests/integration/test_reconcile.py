@@ -1,0 +1,130 @@
+"""Reconciliation on the hand-built scenario of tests/reconcile_scenario.py, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+
+from recorder.errors import ConfigError
+from recorder.ledger.reconcile import FLAG_LEDGER_GAP, PENDING, reconcile, roll_forward
+from tests.reconcile_scenario import at, build
+
+
+@pytest.fixture
+def scenario(sessions):
+    build(sessions)
+    return sessions
+
+
+def summary(intervals):
+    """(asset, kind, from, to, change, explained, residual, flags) per interval."""
+    return [
+        (i.asset, i.kind, i.start, i.end, i.change, dict(i.explained), i.residual, i.flags)
+        for i in intervals
+    ]
+
+
+def test_reconcile_matches_entries_by_update_time(scenario):
+    """Each wallet change is explained per type; boundary, in-between-poll, withheld, unknown and vanish cases."""
+    with scenario() as session:
+        got = summary(reconcile(session, ["main"]))
+    assert got == [
+        ("BNB", "interval", at(-5), at(0, 20), D("-0.001"), {"COMMISSION": D("-0.001")}, D("0"), ()),
+        ("USDT", "interval", at(0, -30), at(0, 30), D("-12.3"),
+         {"COMMISSION": D("-0.2"), "FUNDING_FEE": D("-2.1"), "REALIZED_PNL": D("-10")}, D("0"), ()),
+        ("USDT", "interval", at(0, 30), at(2, 50), D("50.0"), {"TRANSFER": D("50")}, D("0"), ()),
+        ("USDT", "interval", at(2, 50), at(2, 55), D("-0.5"), {"COMMISSION": D("-0.5")}, D("0"), ()),
+        ("USDT", "interval", at(2, 55), at(4, 30), D("-1.5"), {"FUNDING_FEE": D("-1")}, D("-0.5"), ("residual",)),
+        ("USDT", "interval", at(4, 30), at(5, 30), D("0.5"), {"NEW_TYPE_X": D("0.5")}, D("0"), ("unknown-type",)),
+        ("USDT", "interval", at(5, 30), at(7, 30), D("4.0"), {"TRANSFER": D("4")}, D("0"), ()),
+        ("USDT", "pending", at(7, 30), None, None, {"FUNDING_FEE": D("-0.3")}, None, ()),
+    ]
+
+
+def test_reconcile_interval_sides_are_the_observed_states(scenario):
+    """The vanished poll is skipped: the interval after it opens at the state before it."""
+    with scenario() as session:
+        usdt = [i for i in reconcile(session, ["main"], assets=["USDT"])]
+    after_vanish = usdt[-2]
+    assert (after_vanish.opened_at, after_vanish.observed_at) == (at(6), at(8))
+    assert (after_vanish.opening, after_vanish.closing) == (D("136.2"), D("140.2"))
+    assert usdt[-1].kind == PENDING and usdt[-1].opened_at == at(8)
+    # The cross-wallet-only change at 2:00 is no wallet state: the interval runs 1:00 -> 3:00.
+    assert (usdt[1].opened_at, usdt[1].observed_at) == (at(1), at(3))
+
+
+def test_reconcile_multi_asset_exchange_and_unmoved_update_time(scenario):
+    """An automatic exchange explains both assets; a balance move with no update_time move is all residual."""
+    with scenario() as session:
+        got = summary(reconcile(session, ["multi"]))
+    assert got == [
+        ("BTC", "interval", at(-1), at(0, 30), D("-0.0002"), {"AUTO_EXCHANGE": D("-0.0002")}, D("0"), ()),
+        ("USDT", "interval", at(-1), at(0, 30), D("10"), {"AUTO_EXCHANGE": D("10")}, D("0"), ()),
+        ("USDT", "interval", at(0, 30), at(0, 30), D("1"), {}, D("1"), ("residual",)),
+        ("USDT", "interval", at(0, 30), at(1, 50), D("0"), {"TRANSFER": D("1")}, D("-1"), ("residual",)),
+    ]
+
+
+def test_reconcile_range_tolerance_and_flagged_only(scenario):
+    with scenario() as session:
+        window = summary(reconcile(session, ["main"], assets=["USDT"], since=at(4), until=at(6)))
+        tolerant = list(reconcile(session, ["main"], assets=["USDT"], tolerance=D("0.5"), flagged_only=True))
+        flagged = list(reconcile(session, ["main", "multi"], flagged_only=True))
+        tail = list(reconcile(session, ["main"], assets=["USDT"], since=at(8), until=at(8, 30)))
+    # Closing states observed in [4:00, 6:00); the opening of the first is the 3:00 state. No
+    # pending row: a state observed after --until exists.
+    assert [(row[2], row[3], row[6]) for row in window] == [(at(2, 50), at(2, 55), D("0")), (at(2, 55), at(4, 30), D("-0.5"))]
+    assert [i.end for i in tolerant] == [at(5, 30)]
+    assert [(i.account, i.end, i.flags) for i in flagged] == [
+        ("main", at(4, 30), ("residual",)), ("main", at(5, 30), ("unknown-type",)),
+        ("multi", at(0, 30), ("residual",)), ("multi", at(1, 50), ("residual",)),
+    ]
+    # The pending entry at 9:00 is after --until 8:30: not counted.
+    assert [(i.kind, i.end) for i in tail] == [("interval", at(7, 30))]
+
+
+def test_reconcile_ledger_gap_seam_flags_crossing_intervals(scenario):
+    """A coverage callable (the ledger sync's) flags exactly the intervals crossing its hole."""
+    calls = []
+
+    def crosses_gap(account_id, start, end):
+        calls.append((start, end))
+        return start < at(3) <= end
+
+    with scenario() as session:
+        flagged = [(i.asset, i.end) for i in reconcile(session, ["main"], flagged_only=True, ledger_gaps=crosses_gap)
+                   if FLAG_LEDGER_GAP in i.flags]
+    assert flagged == [("USDT", at(4, 30))]
+    assert (at(2, 55), at(4, 30)) in calls
+
+
+def test_reconcile_refuses_unknown_account_and_naive_times(scenario):
+    with scenario() as session:
+        with pytest.raises(ConfigError, match="no account 'nope'"):
+            list(reconcile(session, ["nope"]))
+        with pytest.raises(ValueError, match="aware"):
+            list(reconcile(session, ["main"], since=at(0).replace(tzinfo=None)))
+
+
+def test_roll_forward_equals_reconcile_sums(scenario):
+    """The statement's roll-forward over a period equals the sum of the period's intervals."""
+    with scenario() as session:
+        rolled = roll_forward(session, "main", "USDT", at(1), at(8))
+        intervals = list(reconcile(session, ["main"], assets=["USDT"], since=at(1), until=at(8)))
+        to_end = roll_forward(session, "main", "USDT", at(1), at(10))
+    assert (rolled.opening, rolled.closing) == (D("100"), D("136.2"))
+    assert dict(rolled.groups) == {"transfers": D("50"), "realized_pnl": D("-10"), "fees": D("-0.7"),
+                                   "rebates": D("0"), "funding": D("-3.1"), "other": D("0.5")}
+    assert rolled.unknown_types == ("NEW_TYPE_X",)
+    assert rolled.expected_closing == D("136.7") and rolled.residual == D("-0.5")
+    assert rolled.flags == ("residual", "unknown-type")
+    assert rolled.pending == D("0")
+    by_type: dict = {}
+    for interval in intervals:
+        for income_type, amount in interval.explained.items():
+            by_type[income_type] = by_type.get(income_type, D(0)) + amount
+    assert dict(rolled.by_type) == by_type
+    assert rolled.residual == sum(i.residual for i in intervals)
+    # Up to 10:00 the last state is 8:00's, and the 9:00 entry is pending.
+    assert (to_end.closing, to_end.pending, to_end.residual) == (D("140.2"), D("-0.3"), D("-0.5"))
