@@ -128,3 +128,38 @@ def test_roll_forward_equals_reconcile_sums(scenario):
     assert rolled.residual == sum(i.residual for i in intervals)
     # Up to 10:00 the last state is 8:00's, and the 9:00 entry is pending.
     assert (to_end.closing, to_end.pending, to_end.residual) == (D("140.2"), D("-0.3"), D("-0.5"))
+
+
+def test_view_agrees_with_the_library(scenario):
+    """balance_reconciliation (migration 0010) holds the same intervals, sums and residuals as reconcile()."""
+    from sqlalchemy import text
+
+    from recorder.db_types import UtcDateTime
+
+    times = {name: UtcDateTime() for name in ("opened_at", "observed_at", "from_time", "to_time")}
+    query = text(
+        "SELECT account, asset, opened_at, observed_at, from_time, to_time, opening, closing, change, line,"
+        " income_type, amount, known_type FROM balance_reconciliation ORDER BY account, asset, observed_at, line,"
+        " income_type"
+    ).columns(**times)
+    with scenario() as session:
+        rows = session.execute(query).all()
+        library = [i for i in reconcile(session, ["main", "multi"]) if i.kind == "interval"]
+    from_view: dict = {}
+    for row in rows:
+        key = (row.account, row.asset, row.opened_at, row.observed_at, row.from_time, row.to_time,
+               D(str(row.opening)), D(str(row.closing)), D(str(row.change)))
+        lines = from_view.setdefault(key, {"explained": {}, "residual": None, "unknown": set()})
+        if row.line == "residual":
+            lines["residual"] = D(str(row.amount))
+        else:
+            lines["explained"][row.income_type] = D(str(row.amount))
+            if not row.known_type:
+                lines["unknown"].add(row.income_type)
+    expected = {
+        (i.account, i.asset, i.opened_at, i.observed_at, i.start, i.end, i.opening, i.closing, i.change):
+            {"explained": dict(i.explained), "residual": i.residual, "unknown": set(i.unknown_types)}
+        for i in library
+    }
+    assert len(library) == 11
+    assert from_view == expected
