@@ -238,6 +238,56 @@ def roll_forward(
     )
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """One asset's change between two of its states, broken down by income type."""
+
+    asset: str
+    change: Decimal
+    # Income type -> exact sum of its entries between the two states' bounds, types sorted.
+    explained: Mapping[str, Decimal]
+    unknown_types: tuple[str, ...]
+
+    @property
+    def residual(self) -> Decimal:
+        """change - every entry: what the ledger does not explain."""
+        return EXACT.subtract(self.change, _sum(self.explained.values()))
+
+    @property
+    def text(self) -> str:
+        """`USDT -12.3 = FUNDING_FEE -2.1 + COMMISSION -0.2 + REALIZED_PNL -10; unexplained 0`."""
+        terms = " + ".join(f"{income_type} {format(amount, 'f')}" for income_type, amount in self.explained.items())
+        unknown = f" (unknown type: {', '.join(self.unknown_types)})" if self.unknown_types else ""
+        return f"{self.asset} {format(self.change, 'f')} = {terms or 'no entry'}; unexplained {format(self.residual, 'f')}{unknown}"
+
+
+def explain_diff(session: Session | Connection, account: str, diff) -> dict[str, Explanation]:
+    """Per asset of a `queries.diff` result present at both ends, its balance change by income type.
+
+    The entries counted are those between the two states' bounds (update_time), the same rule
+    as reconcile(); an asset that appeared or vanished in between has no explanation.
+    """
+    connection = session.connection() if isinstance(session, Session) else session
+    account_id = _account_id(connection, account)
+    explanations = {}
+    for row in diff.assets:
+        if row.before is None or row.after is None or row.change is None:
+            continue
+        start = _bound(connection, account_id, row.asset, row.before.observed_at)
+        end = _bound(connection, account_id, row.asset, row.after.observed_at)
+        by_type: dict[str, Decimal] = {}
+        unknown = set()
+        for income_type, known, amount in _sums_by_type(connection, account_id, row.asset, start, end):
+            by_type[income_type] = EXACT.add(by_type.get(income_type, ZERO), amount)
+            if not known:
+                unknown.add(income_type)
+        explanations[row.asset] = Explanation(
+            row.asset, row.change["balance"], dict(sorted(by_type.items(), key=lambda item: (-abs(item[1]), item[0]))),
+            tuple(sorted(unknown)),
+        )
+    return explanations
+
+
 # --- the stream of one asset ---------------------------------------------------------------
 
 
@@ -405,8 +455,12 @@ def _state_before(connection: Connection, account: int, asset: str, at: datetime
     row = connection.execute(_BEFORE, {"account_id": account, "asset": asset, "at": at}).first()
     if row is None:
         return None
-    bound = connection.execute(_BOUND, {"account_id": account, "asset": asset, "at": row.observed_at}).scalar_one()
-    return row.observed_at, row.balance, bound
+    return row.observed_at, row.balance, _bound(connection, account, asset, row.observed_at)
+
+
+def _bound(connection: Connection, account: int, asset: str, observed_at: datetime) -> datetime:
+    """The bound of the state observed at `observed_at`: the running maximum of update_time up to it."""
+    return connection.execute(_BOUND, {"account_id": account, "asset": asset, "at": observed_at}).scalar_one()
 
 
 def _first_state_from(
