@@ -163,3 +163,49 @@ def test_view_agrees_with_the_library(scenario):
     }
     assert len(library) == 11
     assert from_view == expected
+
+
+def test_statement_roll_forward_equals_reconcile_sums(scenario):
+    """The statement's roll-forward (JSON, CSV, text) carries the reconcile sums, the unknown type named."""
+    import csv
+    import io
+
+    from recorder.reports.statement import build_statement, statement_document, write_statement
+
+    with scenario() as session:
+        built = build_statement(session, at(1), at(8), ["main"])
+        intervals = list(reconcile(session, ["main"], since=at(1), until=at(8)))
+    assets = {asset.asset: asset for asset in built.accounts[0].assets}
+    for name in ("USDT", "BNB"):
+        rolled = assets[name].roll_forward
+        mine = [i for i in intervals if i.asset == name]
+        assert rolled.expected_closing - rolled.opening == sum(i.explained_total for i in mine)
+        assert rolled.residual == sum(i.residual for i in mine)
+    usdt = statement_document(built)["accounts"][0]["assets"]
+    usdt = next(a for a in usdt if a["asset"] == "USDT")["roll_forward"]
+    assert (usdt["transfers"], usdt["fees"], usdt["other"], usdt["residual"]) == (D("50"), D("-0.7"), D("0.5"), D("-0.5"))
+    assert usdt["unknown_types"] == ["NEW_TYPE_X"] and usdt["flags"] == ["residual", "unknown-type"]
+    out = io.StringIO()
+    write_statement(built, "csv", out)
+    period = {row["asset"]: row for row in csv.DictReader(io.StringIO(out.getvalue())) if row["row"] == "period"}
+    assert (period["USDT"]["rf_expected_closing"], period["USDT"]["rf_closing"], period["USDT"]["rf_residual"]) == (
+        "136.7", "136.2", "-0.5")
+    assert (period["BNB"]["rf_fees"], period["BNB"]["rf_residual"]) == ("-0.001", "0.000")
+    out = io.StringIO()
+    write_statement(built, "table", out)
+    assert "USDT: unknown income type (counted under other, flagged): NEW_TYPE_X 0.5" in out.getvalue()
+
+
+def test_html_report_renders_the_roll_forward(scenario):
+    import re
+
+    from recorder.reports.html import build_report, render_report
+
+    with scenario() as session:
+        page = render_report(build_report(session, at(1), at(8), ["main"]))
+    table = page.split('<table class="rollforward">', 1)[1].split("</table>", 1)[0]
+    usdt = next(row for row in table.split("<tr>") if row.startswith("<td>USDT</td>"))
+    cells = re.findall(r'<td class="n[^"]*">([^<]*)</td>', usdt)
+    # opening, transfers, realized PnL, fees, rebates, funding, other, expected closing, closing, residual
+    assert cells == ["100", "50", "-10", "-0.7", "0", "-3.1", "0.5", "136.7", "136.2", "-0.5"]
+    assert '<span class="warn">unknown type NEW_TYPE_X 0.5 (in other)</span>' in usdt
