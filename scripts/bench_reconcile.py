@@ -203,9 +203,14 @@ def measure(name: str, url: str) -> dict:
                         for _ in cursor:
                             rows += 1
     elif name == "cli-csv":
+        import resource
+
         recorder = Path(sys.executable).with_name("recorder")
         with open(os.devnull, "w") as sink:
             subprocess.run([str(recorder), "reconcile", "--database-url", url, "--format", "csv"], stdout=sink, check=True)
+        # The command's own peak (Linux: ru_maxrss of the largest waited-for child, in KiB).
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        return {"seconds": time.perf_counter() - started, "rows": rows, "flagged": flagged, "peak_mib": peak}
     else:
         from recorder.db import make_read_engine, make_sessions
         from recorder.ledger.reconcile import reconcile, roll_forward
@@ -225,17 +230,21 @@ def measure(name: str, url: str) -> dict:
                 rolled = roll_forward(session, "bench", "USDT", START, START + timedelta(days=366))
                 rows, flagged = len(rolled.by_type), int(bool(rolled.flags))
         read_engine.close()
-    return {"seconds": time.perf_counter() - started, "rows": rows, "flagged": flagged}
+    return {"seconds": time.perf_counter() - started, "rows": rows, "flagged": flagged, "peak_mib": _high_water_mib()}
+
+
+def _high_water_mib() -> float:
+    # VmHWM is this process image's own peak RSS (reset by exec); ru_maxrss would carry the
+    # parent's RSS at fork over to the child.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_child(name: str, url: str) -> dict:
-    process = subprocess.Popen([sys.executable, __file__, "--child", name, url], stdout=subprocess.PIPE, text=True)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise SystemExit(f"{name} failed")
-    # ru_maxrss covers the child and, for cli-csv, the recorder it ran (the larger of the two).
-    return {**json.loads(output), "peak_mib": usage.ru_maxrss / 1024}
+    result = subprocess.run([sys.executable, __file__, "--child", name, url], stdout=subprocess.PIPE, text=True, check=True)
+    return json.loads(result.stdout)
 
 
 MEASURES = ("floor", "library", "flagged", "cli-csv", "view", "rollforward")
@@ -248,13 +257,17 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="Write the SQLite file here and keep it.")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(*args.child)))
+        if args.child[0] == "build":
+            build_sqlite(Path(args.child[1]))
+        else:
+            print(json.dumps(measure(*args.child)))
         return
     directory = Path(tempfile.mkdtemp(prefix="bench-reconcile-")) if args.keep is None else args.keep
     path = directory / "reconcile.db"
     path.unlink(missing_ok=True)
     started = time.perf_counter()
-    build_sqlite(path)
+    # Built in a child process too: this one stays small while the others measure.
+    subprocess.run([sys.executable, __file__, "--child", "build", str(path)], check=True)
     print(f"built {path} ({path.stat().st_size / 2**20:.0f} MiB: {POLLS} polls, {POLLS + 1} states, "
           f"{ENTRIES - WITHHELD} entries, {WITHHELD} withheld) in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     backends = [("sqlite", f"sqlite:///{path}")]
