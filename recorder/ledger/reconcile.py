@@ -41,7 +41,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -300,8 +300,6 @@ class _Open:
     observed_at: datetime
     balance: Decimal
     bound: datetime
-    explained: dict[str, Decimal] = field(default_factory=dict)
-    unknown: set[str] = field(default_factory=set)
 
 
 def _asset_intervals(
@@ -315,12 +313,11 @@ def _asset_intervals(
     ledger_gaps: LedgerGaps | None,
 ) -> Iterator[Interval]:
     opening = None
-    state_since = since
     if since is not None:
         before = _state_before(connection, account, asset, since)
         if before is not None:
-            opening = _Open(before[0], before[1], before[2])
-    states = _present_states(connection, account, asset, state_since, until)
+            opening = _Open(*before)
+    states = _present_states(connection, account, asset, since, until)
     entries: Iterator | None = None
     pending_entry = None
     for observed_at, balance, update_time in states:
