@@ -51,7 +51,7 @@ from sqlalchemy.orm import Session
 
 from recorder.db_types import UtcDateTime
 from recorder.errors import ConfigError
-from recorder.ledger.types import ROLL_FORWARD_ORDER, roll_forward_group
+from recorder.ledger.types import ROLL_FORWARD_GROUPS
 from recorder.models import Account, Balance, BalanceHead, IncomeEntry
 from recorder.queries.diffs import EXACT
 
@@ -61,6 +61,9 @@ FLAG_RESIDUAL = "residual"
 FLAG_UNKNOWN_TYPE = "unknown-type"
 FLAG_LEDGER_GAP = "ledger-gap"
 ZERO = Decimal(0)
+
+# The roll-forward's lines, in the order a statement shows them (ROLL_FORWARD_GROUPS' values).
+ROLL_FORWARD_ORDER = ("transfers", "realized_pnl", "fees", "rebates", "funding", "other")
 
 # (account_id, start, end) -> True when the ledger's coverage has a hole in (start, end].
 LedgerGaps = Callable[[int, datetime, datetime], bool]
@@ -229,7 +232,8 @@ def roll_forward(
             unknown.add(income_type)
     groups = dict.fromkeys(ROLL_FORWARD_ORDER, ZERO)
     for income_type, amount in by_type.items():
-        group = roll_forward_group(income_type)
+        # An unknown type goes to "other", where the statement names and flags it.
+        group = ROLL_FORWARD_GROUPS.get(income_type, "other")
         groups[group] = EXACT.add(groups[group], amount)
     pending = ZERO
     if not _observed_from(connection, account_id, asset, until):

@@ -36,9 +36,6 @@ KNOWN_INCOME_TYPES: frozenset[str] = frozenset({
     "SPECIAL_FUNDING_FEE",
 })
 
-# The roll-forward's lines, in the order a statement shows them.
-ROLL_FORWARD_ORDER = ("transfers", "realized_pnl", "fees", "rebates", "funding", "other")
-
 _GROUPS = {
     "COMMISSION": "fees",
     "COMMISSION_REBATE": "rebates",
@@ -56,12 +53,8 @@ _GROUPS = {
     "COIN_SWAP_WITHDRAW": "transfers",
 }
 # Every known type not named above (AUTO_EXCHANGE, INSURANCE_CLEAR, ...) goes to "other";
-# an unknown type goes there too, through roll_forward_group.
+# so does an unknown type.
 ROLL_FORWARD_GROUPS: Mapping[str, str] = MappingProxyType(
     {income_type: _GROUPS.get(income_type, "other") for income_type in sorted(KNOWN_INCOME_TYPES)}
 )
 
-
-def roll_forward_group(income_type: str) -> str:
-    """The roll-forward line of an income type; unknown types go to 'other'."""
-    return ROLL_FORWARD_GROUPS.get(income_type, "other")

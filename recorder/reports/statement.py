@@ -30,8 +30,7 @@ from typing import Any, TextIO
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
-from recorder.ledger.reconcile import RollForward, roll_forward
-from recorder.ledger.types import ROLL_FORWARD_ORDER
+from recorder.ledger.reconcile import ROLL_FORWARD_ORDER, RollForward, roll_forward
 from recorder.queries import Gap, find_account, gaps
 from recorder.queries import periods
 from recorder.queries.periods import BalanceMove, Extreme, PollCounts
