@@ -55,12 +55,12 @@ def reconcile(database_url, accounts, assets, since, until, tolerance, flagged_o
 
     An entry belongs to the state the exchange had: it is counted in the interval
     (from, to] between the update times of two consecutive wallet states. The residual
-    is change - explained; an interval is flagged when its residual exceeds --tolerance or
-    it holds an income type unknown when stored. Entries after the last observed state are
+    is change - explained; an interval is flagged when its residual exceeds --tolerance,
+    holds an income type unknown when stored, or crosses a gap in the ledger's coverage. Entries after the last observed state are
     listed as 'pending', never as a residual. Times without an offset are UTC.
     """
+    from recorder.ledger.reconcile import ledger_coverage_gaps, write_intervals
     from recorder.ledger.reconcile import reconcile as reconcile_intervals
-    from recorder.ledger.reconcile import write_intervals
 
     require_order("--since", since, "--until", until)
     require_showable(tz, since=since, until=until)
@@ -69,7 +69,8 @@ def reconcile(database_url, accounts, assets, since, until, tolerance, flagged_o
         if wanted:
             _require_assets(session, labels, wanted)
         intervals = reconcile_intervals(session, labels, assets=wanted or None, since=since, until=until,
-                                        tolerance=tolerance, flagged_only=flagged_only)
+                                        tolerance=tolerance, flagged_only=flagged_only,
+                                        ledger_gaps=ledger_coverage_gaps(session))
         # Written while the rows stream; on SQLite read without locks, a write meanwhile is
         # caught after the last row (reading_accounts checks on exit) and fails the command.
         write_intervals(intervals, fmt, sys.stdout, tz)

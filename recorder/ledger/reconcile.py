@@ -28,9 +28,9 @@ The rule, per account and asset:
 
 Flags: 'residual' when |residual| > tolerance (default 0: exact); 'unknown-type' when an entry's
 type was unknown when it was stored (`known_type` false); 'ledger-gap' when the interval crosses a
-stretch the ledger sync did not cover. The ledger sync's coverage lives on another part of the
-code: `ledger_gaps` is the seam for it (a callable answering "does (start, end] cross a gap?");
-without it no interval carries that flag.
+stretch the ledger sync did not cover: `ledger_gaps` is the seam for it (a callable answering
+"does (start, end] cross a gap?"); `ledger_coverage_gaps` builds it from the ledger sync's
+`ledger_coverage` view when the database has one, and without it no interval carries that flag.
 
 Everything streams: one pass over the states and one over the entries per asset, in index order,
 holding one interval at a time. Read-only.
@@ -42,7 +42,7 @@ import csv
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 
@@ -292,6 +292,42 @@ def explain_diff(session: Session | Connection, account: str, diff) -> dict[str,
             tuple(sorted(unknown)),
         )
     return explanations
+
+
+def ledger_gaps_from(stretches: Mapping[int, Iterable[tuple[datetime, datetime]]]) -> LedgerGaps:
+    """A LedgerGaps over the ledger's covered stretches, [covered_from, covered_until] per account id.
+
+    An interval (start, end] is covered when one stretch holds it whole; Binance's times are
+    milliseconds, so a stretch from start + 1 ms covers it too.
+    """
+    by_account = {account: sorted(spans) for account, spans in stretches.items()}
+    tick = timedelta(milliseconds=1)
+
+    def crosses_gap(account: int, start: datetime, end: datetime) -> bool:
+        return not any(covered_from <= start + tick and end <= covered_until
+                       for covered_from, covered_until in by_account.get(account, ()))
+
+    return crosses_gap
+
+
+def ledger_coverage_gaps(session: Session | Connection) -> LedgerGaps | None:
+    """The ledger sync's coverage (its `ledger_coverage` view) as a LedgerGaps; None without that view.
+
+    The view belongs to the ledger sync (another part of the code, its own migration): on a
+    database without it, reconciliation flags no ledger gap.
+    """
+    from sqlalchemy import inspect, text
+
+    connection = session.connection() if isinstance(session, Session) else session
+    if "ledger_coverage" not in inspect(connection).get_view_names():
+        return None
+    query = text("SELECT account_id, covered_from, covered_until FROM ledger_coverage").columns(
+        covered_from=UtcDateTime(), covered_until=UtcDateTime()
+    )
+    stretches: dict[int, list[tuple[datetime, datetime]]] = {}
+    for account_id, covered_from, covered_until in connection.execute(query):
+        stretches.setdefault(account_id, []).append((covered_from, covered_until))
+    return ledger_gaps_from(stretches)
 
 
 # --- the stream of one asset ---------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal as D
+
+from sqlalchemy import inspect
 
 import pytest
 
@@ -97,6 +100,31 @@ def test_reconcile_ledger_gap_seam_flags_crossing_intervals(scenario):
                    if FLAG_LEDGER_GAP in i.flags]
     assert flagged == [("USDT", at(4, 30))]
     assert (at(2, 55), at(4, 30)) in calls
+
+
+def test_reconcile_ledger_gaps_from_coverage_stretches(scenario):
+    """Covered stretches (the ledger sync's coverage) flag exactly the intervals not held whole by one."""
+    from recorder.ledger.reconcile import ledger_coverage_gaps, ledger_gaps_from
+
+    with scenario() as session:
+        main = session.execute(text_account("main")).scalar_one()
+        # Covered from 1 ms after -0:30 up to 2:50, and again from 4:00 on.
+        gaps = ledger_gaps_from({main: [(at(0, -30) + timedelta(milliseconds=1), at(2, 50)), (at(4), at(10))]})
+        flagged = [(i.asset, i.end) for i in reconcile(session, ["main"], ledger_gaps=gaps) if FLAG_LEDGER_GAP in i.flags]
+        views = inspect(session.connection()).get_view_names()
+        from_view = ledger_coverage_gaps(session)
+    # BNB's only interval starts at -5:00, before any coverage; USDT's 2:50-2:55 and 2:55-4:30 cross the hole.
+    assert flagged == [("BNB", at(0, 20)), ("USDT", at(2, 55)), ("USDT", at(4, 30))]
+    # The ledger sync's migration adds the view; without it no interval is flagged for coverage.
+    assert (from_view is None) == ("ledger_coverage" not in views)
+
+
+def text_account(label):
+    from sqlalchemy import select
+
+    from recorder.models import Account
+
+    return select(Account.id).where(Account.label == label)
 
 
 def test_reconcile_refuses_unknown_account_and_naive_times(scenario):
