@@ -283,3 +283,44 @@ class ExportCursor(Base):
     assets: Mapped[str] = mapped_column(Text)
     last_balance_id: Mapped[int] = mapped_column(BigInteger)
     exported_at: Mapped[datetime]
+
+
+INCOME_SOURCES = ("api", "futures-export", "account-statement")
+
+
+class IncomeEntry(Base):
+    """One entry of Binance's income ledger (`GET /fapi/v1/income`), stored exactly once.
+
+    Binance's key: `tranId` is unique only within an `incomeType` ("trandId is unique in the
+    same incomeType for a user"), and an automatic exchange or coin swap moves two assets,
+    possibly under one id; so an entry is (account, income_type, tran_id, asset). `tran_id`
+    is a Java long that can exceed 2**53: an integer column, never a float. An income type
+    unknown when it was stored keeps `known_type` false: stored and flagged, never dropped.
+    `source` says where the entry came from (the API, or a file the user downloaded).
+    """
+
+    __tablename__ = "income_entries"
+    __table_args__ = (
+        UniqueConstraint("account_id", "income_type", "tran_id", "asset"),
+        # Reconciliation and the ledger listing read one account's entries per asset in time order.
+        Index("ix_income_entries_account_id_asset_time", "account_id", "asset", "time"),
+        CheckConstraint("source IN ('api', 'futures-export', 'account-statement')", name="source"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    # Binance's `time`: when the exchange booked the entry (millisecond precision).
+    time: Mapped[datetime]
+    income_type: Mapped[str] = mapped_column(String(64))
+    tran_id: Mapped[int] = mapped_column(BigInteger)
+    asset: Mapped[str] = mapped_column(String(32))
+    # Signed: a commission or a funding fee paid is negative.
+    income: Mapped[Decimal]
+    # Binance sends "" for none; kept as sent.
+    symbol: Mapped[str] = mapped_column(String(64))
+    info: Mapped[str] = mapped_column(Text)
+    trade_id: Mapped[str] = mapped_column(String(64))
+    known_type: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(32))
+    # When the entry reached the database.
+    recorded_at: Mapped[datetime]

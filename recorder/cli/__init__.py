@@ -107,3 +107,4 @@ from recorder.cli import accounts  # noqa: E402,F401
 from recorder.cli import status  # noqa: E402,F401
 from recorder.cli import exporting  # noqa: E402,F401
 from recorder.cli import reporting  # noqa: E402,F401
+from recorder.cli import reconciling  # noqa: E402,F401

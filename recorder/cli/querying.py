@@ -192,19 +192,28 @@ def balances(database_url, account, assets, fmt, tz, at, tolerance) -> None:
 @click.option("--from", "start", type=TIME, required=True, help=f"The earlier instant: {TIME_HELP}.")
 @click.option("--to", "end", type=TIME, default="now", help=f"The later instant [default: now]: {TIME_HELP}.")
 @tolerance_option
-def diff(database_url, account, assets, fmt, tz, start, end, tolerance) -> None:
+@click.option("--explain", is_flag=True,
+              help="Break each balance change down by income type from the ledger, with what it leaves unexplained.")
+def diff(database_url, account, assets, fmt, tz, start, end, tolerance, explain) -> None:
     """Per asset, the state at --from and at --to and the exact change of every amount (to - from).
 
-    Assets that appeared or vanished in between are shown as such. Times without an
+    Assets that appeared or vanished in between are shown as such. With --explain, the
+    wallet balance's change is broken down by income type (the entries between the two
+    states' update times, as `recorder reconcile` counts them). Times without an
     offset are UTC.
     """
     require_order("--from", start, "--to", end)
     require_showable(tz, **{"from": start, "to": end})
+    explanations = None
     with reading(database_url, account, assets) as (settings, session, wanted):
         result = queries.diff(session, settings.account, start, end, assets=wanted or None, tolerance=_tolerance(tolerance))
+        if explain:
+            from recorder.ledger.reconcile import explain_diff
+
+            explanations = explain_diff(session, settings.account, result)
     _note(reports.describe_freshness(result.start, "--from", tz))
     _note(reports.describe_freshness(result.end, "--to", tz))
-    reports.write_diff(result, fmt, sys.stdout, tz)
+    reports.write_diff(result, fmt, sys.stdout, tz, explanations)
 
 
 @cli.command()

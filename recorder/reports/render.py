@@ -230,11 +230,18 @@ def describe_freshness(freshness: Freshness, label: str, tz: tzinfo = UTC) -> st
     return None
 
 
-def write_diff(result: Diff, fmt: str, stream: TextIO, tz: tzinfo = UTC) -> None:
-    """Per asset, the state at each end and the exact change (to - from) of every amount."""
+def write_diff(
+    result: Diff, fmt: str, stream: TextIO, tz: tzinfo = UTC, explanations: Mapping[str, Any] | None = None
+) -> None:
+    """Per asset, the state at each end and the exact change (to - from) of every amount.
+
+    `explanations` (asset -> recorder.ledger.reconcile.Explanation, from `diff --explain`) adds
+    the balance change's breakdown by income type: an `explanation` object in JSON, the
+    `explained`/`unexplained`/`unknown_types` columns in CSV, one line per asset under the table.
+    """
 
     def document(row: Any) -> dict[str, Any]:
-        return {
+        found = {
             "account": result.account,
             "asset": row.asset,
             "status": row.status,
@@ -242,6 +249,13 @@ def write_diff(result: Diff, fmt: str, stream: TextIO, tz: tzinfo = UTC) -> None
             "to": _state_document(row.after),
             "change": dict(row.change) if row.change is not None else None,
         }
+        if explanations is not None:
+            explanation = explanations.get(row.asset)
+            found["explanation"] = None if explanation is None else {
+                "explained": dict(explanation.explained), "unexplained": explanation.residual,
+                "unknown_types": list(explanation.unknown_types), "text": explanation.text,
+            }
+        return found
 
     def record(row: Any) -> dict[str, Any]:
         flat: dict[str, Any] = {"account": result.account, "asset": row.asset, "status": row.status}
@@ -251,13 +265,26 @@ def write_diff(result: Diff, fmt: str, stream: TextIO, tz: tzinfo = UTC) -> None
                     flat[f"{side}_{name}"] = value
         for name in AMOUNT_FIELDS:
             flat[f"change_{name}"] = row.change[name] if row.change is not None else None
+        if explanations is not None:
+            explanation = explanations.get(row.asset)
+            flat["explained"] = None if explanation is None else " ".join(
+                f"{income_type}={format_decimal(amount)}" for income_type, amount in explanation.explained.items())
+            flat["unexplained"] = None if explanation is None else explanation.residual
+            flat["unknown_types"] = None if explanation is None else ",".join(explanation.unknown_types)
         return flat
 
     sides = [f"{side}_{name}" for side in ("from", "to") for name in STATE_COLUMNS if name not in ("asset", "present")]
-    columns = ("account", "asset", "status", *sides, *(f"change_{name}" for name in AMOUNT_FIELDS))
+    columns: tuple[str, ...] = ("account", "asset", "status", *sides, *(f"change_{name}" for name in AMOUNT_FIELDS))
     table = ("asset", "status", "from_balance", "to_balance", *(f"change_{name}" for name in AMOUNT_FIELDS),
              "from_observed_at", "to_observed_at")
+    if explanations is not None:
+        columns += ("explained", "unexplained", "unknown_types")
     write(fmt, stream, columns, result.assets, record, document, tz, table)
+    if explanations is not None and fmt == "table":
+        stream.write("\n")
+        for row in result.assets:
+            explanation = explanations.get(row.asset)
+            stream.write((explanation.text if explanation is not None else f"{row.asset}: {row.status}, not explained") + "\n")
 
 
 def _state_document(state: AssetState | None) -> dict[str, Any] | None:

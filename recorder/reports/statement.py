@@ -13,8 +13,10 @@ older than the schedule allowed), the value is the last one seen and its status 
 ('before_first_poll'). An asset that is absent at an edge (vanished, or not there yet while
 polls were) counts as 0 in the net change; its opening or closing balance stays empty.
 
-`roll_forward` is the slot for the income ledger's breakdown (transfers, realized PnL, fees,
-funding, rebates, unexplained residual): None until the ledger exists.
+`roll_forward` is the income ledger's breakdown of the wallet balance over the period
+(recorder.ledger.reconcile.roll_forward: opening -> transfers -> realized PnL -> fees -> rebates
+-> funding -> other -> expected closing -> closing -> residual, each unknown income type named
+and flagged); None when no wallet state bounds the period.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, TextIO
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from recorder.ledger.reconcile import ROLL_FORWARD_ORDER, RollForward, roll_forward
 from recorder.queries import Gap, find_account, gaps
 from recorder.queries import periods
 from recorder.queries.periods import BalanceMove, Extreme, PollCounts
@@ -97,8 +100,8 @@ class AssetStatement:
     low: Extreme | None
     changes: int
     days: tuple[Day, ...]
-    # The income ledger's breakdown of the net change; None until the ledger exists.
-    roll_forward: Any = None
+    # The income ledger's breakdown of the wallet balance (recorder.ledger.reconcile.RollForward).
+    roll_forward: RollForward | None = None
 
     @property
     def net_change(self) -> Decimal | None:
@@ -238,7 +241,8 @@ def _account_statement(
             )
             for index, (start, end) in enumerate(zip(edges, edges[1:]))
         )
-        assets.append(AssetStatement(asset, opening, closing, high, low, changes, days))
+        rolled = roll_forward(connection, label, asset, since, until) if until > since else None
+        assets.append(AssetStatement(asset, opening, closing, high, low, changes, days, rolled))
     moves = tuple(periods.largest_moves(connection, account, since, until, activity, LARGEST_MOVES)) if until > since else ()
     return AccountStatement(label, coverage, tuple(assets), moves)
 
@@ -377,7 +381,7 @@ def _asset_document(asset: AssetStatement) -> dict[str, Any]:
         "high": _extreme_document(asset.high),
         "low": _extreme_document(asset.low),
         "changes": asset.changes,
-        "roll_forward": asset.roll_forward,
+        "roll_forward": roll_forward_document(asset.roll_forward),
         "days": [
             {"day": day.day.isoformat(), "start": day.start, "end": day.end, "open": day.open, "close": day.close,
              "change": day.change, "blind_seconds": day.blind_seconds}
@@ -386,11 +390,32 @@ def _asset_document(asset: AssetStatement) -> dict[str, Any]:
     }
 
 
+def roll_forward_document(rolled: RollForward | None) -> dict[str, Any] | None:
+    """The roll-forward as JSON-ready data: each line in order, every income type by name."""
+    if rolled is None:
+        return None
+    return {
+        "opening": rolled.opening, "opening_observed_at": rolled.opening_observed_at,
+        **{group: rolled.groups[group] for group in ROLL_FORWARD_ORDER},
+        "expected_closing": rolled.expected_closing,
+        "closing": rolled.closing, "closing_observed_at": rolled.closing_observed_at,
+        "residual": rolled.residual,
+        "by_type": dict(rolled.by_type),
+        "unknown_types": list(rolled.unknown_types),
+        "pending": rolled.pending,
+        "flags": list(rolled.flags),
+        "from": rolled.start, "to": rolled.end,
+    }
+
+
 CSV_COLUMNS = (
     "account", "asset", "row", "start", "end", "open", "close", "change", "high", "high_at", "low", "low_at",
     "changes", "opening_status", "opening_observed_at", "closing_status", "closing_observed_at",
     "opening_unrealized_pnl", "closing_unrealized_pnl", "opening_margin_balance", "closing_margin_balance",
     "blind_seconds",
+    # The roll-forward, on 'period' rows (last, so readers addressing the older columns by position keep working).
+    *(f"rf_{group}" for group in ROLL_FORWARD_ORDER), "rf_opening", "rf_expected_closing", "rf_closing",
+    "rf_residual", "rf_pending", "rf_unknown_types", "rf_flags",
 )
 
 
@@ -413,6 +438,7 @@ def statement_records(statement: Statement) -> list[dict[str, Any]]:
                 "opening_margin_balance": asset.opening.margin_balance,
                 "closing_margin_balance": asset.closing.margin_balance,
                 "blind_seconds": account.coverage.blind_seconds,
+                **_roll_forward_record(asset.roll_forward),
             })
             for day in asset.days:
                 records.append({
@@ -421,6 +447,17 @@ def statement_records(statement: Statement) -> list[dict[str, Any]]:
                     "change": day.change, "blind_seconds": day.blind_seconds,
                 })
     return records
+
+
+def _roll_forward_record(rolled: RollForward | None) -> dict[str, Any]:
+    if rolled is None:
+        return {}
+    return {
+        **{f"rf_{group}": rolled.groups[group] for group in ROLL_FORWARD_ORDER},
+        "rf_opening": rolled.opening, "rf_expected_closing": rolled.expected_closing, "rf_closing": rolled.closing,
+        "rf_residual": rolled.residual, "rf_pending": rolled.pending,
+        "rf_unknown_types": ",".join(rolled.unknown_types), "rf_flags": ",".join(rolled.flags),
+    }
 
 
 def write_statement(statement: Statement, fmt: str, stream: TextIO, tz: tzinfo = UTC) -> None:
@@ -475,6 +512,20 @@ def _write_text(statement: Statement, stream: TextIO, tz: tzinfo) -> None:
             write_table(tuple(marks[0]), marks, stream, tz)
         else:
             stream.write("no asset held in the period\n")
+        rolled = [
+            {"asset": asset.asset, "opening": r.opening, **{group: r.groups[group] for group in ROLL_FORWARD_ORDER},
+             "expected_closing": r.expected_closing, "closing": r.closing, "residual": r.residual,
+             "pending": r.pending, "flags": ",".join(r.flags)}
+            for asset in account.assets if (r := asset.roll_forward) is not None
+        ]
+        if rolled:
+            stream.write("\nroll-forward (wallet balance; the income ledger's entries by group):\n")
+            write_table(tuple(rolled[0]), rolled, stream, tz)
+            for asset in account.assets:
+                if asset.roll_forward is not None and asset.roll_forward.unknown_types:
+                    names = ", ".join(f"{name} {format(asset.roll_forward.by_type[name], 'f')}"
+                                      for name in asset.roll_forward.unknown_types)
+                    stream.write(f"{asset.asset}: unknown income type (counted under other, flagged): {names}\n")
         if coverage.gaps:
             stream.write("\ngaps:\n")
             rows = [{"start": g.start, "end": g.end, "seconds": g.seconds, "ongoing": g.open_end,

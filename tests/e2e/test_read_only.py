@@ -43,6 +43,8 @@ READ_COMMANDS = [
     ["gaps", "--since", "2026-01-01T00:00:00Z", "--until", "2026-01-01T00:05:00Z"],
     ["export", "--what", "history"],
     ["export", "--what", "daily"],
+    ["reconcile"],
+    ["diff", "--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:05:00Z", "--explain"],
     ["series", "--asset", "USDT", "--every", "minute", "--since", "2026-01-01T00:00:00Z",
      "--until", "2026-01-01T00:05:00Z"],
 ]

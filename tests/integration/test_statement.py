@@ -69,7 +69,10 @@ def test_statement_over_a_gap_agrees_with_balances_and_gaps(scripted):
         Decimal("100.00000000"), Decimal("120.00000000"), Decimal("20.00000000"))
     assert (usdt.high.value, usdt.high.at, usdt.low.value, usdt.low.at) == (
         Decimal("120.00000000"), at(7), Decimal("99.50000000"), at(2))
-    assert usdt.changes == 2 and usdt.roll_forward is None
+    assert usdt.changes == 2
+    # No income entry in this history: the roll-forward leaves the whole net change as residual.
+    assert (usdt.roll_forward.opening, usdt.roll_forward.closing, usdt.roll_forward.residual) == (
+        Decimal("100.00000000"), Decimal("120.00000000"), Decimal("20.00000000"))
     assert [(g.start, g.end) for g in account.coverage.gaps] == [(at(2), at(7))]
     assert (account.coverage.blind_seconds, account.coverage.observed_seconds) == (300, 240)
     assert (account.coverage.polls.ok, account.coverage.polls.failed) == (5, 4)

@@ -1,0 +1,6 @@
+"""The income ledger: archive Binance's income entries, reconcile them against the balance states,
+backfill the past from them, import the files users download, export them for tax tools.
+
+    types       the income types we know and the roll-forward group of each
+    reconcile   per asset, each change of the wallet balance against the entries in between
+"""
