@@ -238,6 +238,26 @@ class PollGap(Base):
     tolerance_ms: Mapped[int] = mapped_column(BigInteger)
 
 
+class ExportCursor(Base):
+    """Where an incremental export (`recorder export --incremental NAME`) stopped, per account.
+
+    `last_balance_id` is the newest balances row the last file held: ids follow the order
+    rows were stored, so the next file starts after it and a row that arrived late (observed
+    earlier than rows already exported) is still exported once. `what` and `assets` are the
+    export's own options; running the name with others is refused rather than skipping rows.
+    """
+
+    __tablename__ = "export_cursors"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    what: Mapped[str] = mapped_column(String(16))
+    # The --asset filter, sorted and comma-separated; '' for every asset.
+    assets: Mapped[str] = mapped_column(Text)
+    last_balance_id: Mapped[int] = mapped_column(BigInteger)
+    exported_at: Mapped[datetime]
+
+
 INCOME_SOURCES = ("api", "futures-export", "account-statement")
 
 

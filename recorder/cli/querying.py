@@ -124,8 +124,9 @@ def history(database_url, account, assets, fmt, tz, since, until) -> None:
     require_order("--since", since, "--until", until)
     require_showable(tz, since=since, until=until)
     with reading(database_url, account, assets) as (settings, session, wanted):
-        states = queries.history(session, settings.account, assets=wanted or None, since=since, until=until)
-    reports.write_history(states, settings.account, fmt, sys.stdout, tz)
+        # Written while the rows are read: constant memory whatever the range.
+        states = queries.iter_history(session, settings.account, assets=wanted or None, since=since, until=until)
+        reports.write_history(states, settings.account, fmt, sys.stdout, tz)
 
 
 
@@ -204,8 +205,8 @@ def changes(database_url, account, assets, fmt, tz, since, until) -> None:
     require_order("--since", since, "--until", until)
     require_showable(tz, since=since, until=until)
     with reading(database_url, account, assets) as (settings, session, wanted):
-        events = queries.changes(session, settings.account, assets=wanted or None, since=since, until=until)
-    reports.write_changes(events, settings.account, fmt, sys.stdout, tz)
+        events = queries.iter_changes(session, settings.account, assets=wanted or None, since=since, until=until)
+        reports.write_changes(events, settings.account, fmt, sys.stdout, tz)
 
 
 @cli.command()
@@ -227,7 +228,7 @@ def gaps(database_url, account, assets, fmt, tz, since, until, tolerance) -> Non
     require_showable(tz, since=since, until=until)
     with reading(database_url, account, assets) as (settings, session, _):
         found = queries.gaps(session, settings.account, since=since, until=until, tolerance=_tolerance(tolerance))
-    reports.write_gaps(found, fmt, sys.stdout, tz)
+        reports.write_gaps(found, fmt, sys.stdout, tz)
 
 
 @cli.command()
@@ -251,8 +252,8 @@ def series(database_url, account, asset, field, every, since, until, fmt, tz, to
     require_showable(tz, since=since, until=until)
     with reading(database_url, account, (asset,)) as (settings, session, wanted):
         try:
-            points = queries.series(session, settings.account, wanted[0], field, since, until, every=every,
-                                    tolerance=_tolerance(tolerance), tz=tz)
+            points = queries.iter_series(session, settings.account, wanted[0], field, since, until, every=every,
+                                         tolerance=_tolerance(tolerance), tz=tz)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-    reports.write_series(points, wanted[0], field, fmt, sys.stdout, tz)
+        reports.write_series(points, wanted[0], field, fmt, sys.stdout, tz)

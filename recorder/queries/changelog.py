@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from operator import attrgetter
+from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from recorder.models import STATE_FIELDS
 from recorder.queries.diffs import _delta
 from recorder.queries.snapshots import _snapshot
-from recorder.queries.states import AssetState, history
+from recorder.queries.states import _BALANCES, STREAM_ROWS, AssetState, _account_id, iter_history
 
 _FIELDS = ("present", *STATE_FIELDS)
 # One attrgetter call per record: `changes` runs this on every row of a long history.
@@ -50,11 +52,27 @@ def changes(
     until: datetime | None = None,
 ) -> list[Change]:
     """Every change event in [since, until), oldest first, with the previous value and delta."""
+    return list(iter_changes(session, account, assets=assets, since=since, until=until))
+
+
+def iter_changes(
+    session: Session,
+    account: str,
+    *,
+    assets: Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Iterator[Change]:
+    """changes as they are read: constant memory (one previous state per asset), any range."""
     previous: dict[str, AssetState | None] = {}
     if since is not None:
         previous = _snapshot(session, account, since, assets, inclusive=False)[2]
-    result = []
-    for state in history(session, account, assets=assets, since=since, until=until):
+    states = iter_history(session, account, assets=assets, since=since, until=until)
+    return _changes(states, previous)
+
+
+def _changes(states: Iterator[AssetState], previous: dict[str, AssetState | None]) -> Iterator[Change]:
+    for state in states:
         before = previous.get(state.asset)
         if not state.present:
             kind = "vanished"
@@ -62,10 +80,9 @@ def changes(
             kind = "appeared"
         else:
             kind = "changed"
-        result.append(Change(state.asset, state.observed_at, kind, before, state, _delta(before, state),
-                             changed_fields(before, state)))
+        yield Change(state.asset, state.observed_at, kind, before, state, _delta(before, state),
+                     changed_fields(before, state))
         previous[state.asset] = state
-    return result
 
 
 def changed_fields(before: AssetState | None, after: AssetState | None) -> tuple[str, ...]:
@@ -78,3 +95,53 @@ def changed_fields(before: AssetState | None, after: AssetState | None) -> tuple
         name for name, a, b in zip(_FIELDS, old, new)
         if a != b or (a.__class__ is Decimal and str(a) != str(b))
     )
+
+
+def iter_changes_recorded(
+    session: Session,
+    account: str,
+    *,
+    after_id: int,
+    through_id: int,
+    assets: Sequence[str] | None = None,
+) -> Iterator[Change]:
+    """The change events of the balances rows stored with an id in (after_id, through_id], oldest first.
+
+    For an incremental export: ids follow the order rows were stored, so a state that
+    arrived late (replayed from the spool, older than rows already exported) is in the next
+    batch exactly once. Each event's previous state is the asset's latest state observed
+    before it, found by one index probe per row, as the balance_changes view does.
+    """
+    account_id = _account_id(session, account)
+    current, previous = _BALANCES.alias("b"), _BALANCES.alias("p")
+    before = (
+        select(_BALANCES.c.id)
+        .where(
+            _BALANCES.c.account_id == current.c.account_id,
+            _BALANCES.c.asset == current.c.asset,
+            _BALANCES.c.observed_at < current.c.observed_at,
+        )
+        .order_by(_BALANCES.c.observed_at.desc())
+        .limit(1)
+        .correlate(current)
+        .scalar_subquery()
+    )
+    fields = ("asset", "observed_at", "present", *STATE_FIELDS)
+    query = (
+        select(*(current.c[name] for name in fields), *(previous.c[name] for name in fields))
+        .select_from(current.outerjoin(previous, previous.c.id == before))
+        .where(current.c.account_id == account_id, current.c.id > after_id, current.c.id <= through_id)
+        .order_by(current.c.observed_at, current.c.asset)
+    )
+    if assets:
+        query = query.where(current.c.asset.in_(list(assets)))
+    connection = session.connection().execution_options(stream_results=True, yield_per=STREAM_ROWS)
+    return _recorded(connection.execute(query), len(fields))
+
+
+def _recorded(result: Any, width: int) -> Iterator[Change]:
+    with result:
+        for row in result:
+            state = AssetState(*row[:width])
+            before = AssetState(*row[width:]) if row[width] is not None else None
+            yield from _changes(iter((state,)), {state.asset: before})

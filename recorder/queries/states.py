@@ -6,10 +6,11 @@ the last and first successful poll, and the statements that the other modules sh
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
@@ -118,6 +119,26 @@ def history(
     until: datetime | None = None,
 ) -> list[AssetState]:
     """Every recorded distinct state (vanished markers included), oldest first, in [since, until)."""
+    return list(iter_history(session, account, assets=assets, since=since, until=until))
+
+
+# Rows fetched per round trip when streaming; PostgreSQL keeps the rest on the server.
+STREAM_ROWS = 5_000
+
+
+def iter_history(
+    session: Session,
+    account: str,
+    *,
+    assets: Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Iterator[AssetState]:
+    """history as it is read: constant memory, whatever the length of the range.
+
+    The account is checked at once (ConfigError before the first row is asked for); the rows
+    come from a server-side cursor on PostgreSQL and a plain cursor on SQLite.
+    """
     account_id = _account_id(session, account)
     query = select(*_STATE_COLUMNS).where(_BALANCES.c.account_id == account_id)
     if assets:
@@ -127,7 +148,14 @@ def history(
     if until is not None:
         query = query.where(_BALANCES.c.observed_at < until)
     query = query.order_by(_BALANCES.c.observed_at, _BALANCES.c.asset)
-    return [AssetState(*row) for row in session.connection().execute(query)]
+    connection = session.connection().execution_options(stream_results=True, yield_per=STREAM_ROWS)
+    return _states(connection.execute(query))
+
+
+def _states(result: Any) -> Iterator[AssetState]:
+    with result:
+        for row in result:
+            yield AssetState(*row)
 
 
 def _last_ok_poll(session: Session, account_id: int, at: datetime, *, inclusive: bool) -> datetime | None:

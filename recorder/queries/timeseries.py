@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, tzinfo
 from decimal import Decimal
@@ -53,6 +53,22 @@ def series(
     (or before `until`, for a last bucket that `until` cuts short). A bucket is a gap by the
     stored schedule (see gaps), or by `tolerance` when given.
     """
+    return list(iter_series(session, account, asset, field, since, until, every=every, tolerance=tolerance, tz=tz))
+
+
+def iter_series(
+    session: Session,
+    account: str,
+    asset: str,
+    field: str,
+    since: datetime,
+    until: datetime,
+    *,
+    every: str = "hour",
+    tolerance: timedelta | None = None,
+    tz: tzinfo = UTC,
+) -> Iterator[SeriesPoint]:
+    """series, one point at a time as each bucket is probed; bad arguments raise at once."""
     if field not in AMOUNT_FIELDS:
         raise ValueError(f"{field!r} is not an amount field: {', '.join(AMOUNT_FIELDS)}")
     if every not in BUCKETS:
@@ -60,26 +76,31 @@ def series(
     account_id = _account_id(session, account)
     buckets = _buckets(since, until, every, tz)
     gap_list = gaps(session, account, since=since, until=until, tolerance=tolerance)
+    return _points(session, account_id, asset, field, until, buckets, gap_list)
+
+
+def _points(
+    session: Session, account_id: int, asset: str, field: str, until: datetime,
+    buckets: Sequence[tuple[datetime, datetime]], gap_list: Sequence[Gap],
+) -> Iterator[SeriesPoint]:
     gap_starts = [gap.start for gap in gap_list]
     probe = _SERIES_PROBE[field]
     connection = session.connection()
     first_poll = _first_ok_poll(session, account_id, datetime(1970, 1, 1, tzinfo=UTC))
-    points = []
     for start, end in buckets:
         cut = min(end, until)
         # One index seek per bucket: the cost follows the number of buckets, not of changes.
         found = connection.execute(probe, {"account_id": account_id, "asset": asset, "at": cut}).first()
         if first_poll is None or cut <= first_poll or found is None:
-            points.append(SeriesPoint(start, end, None, None, "unobserved"))
+            yield SeriesPoint(start, end, None, None, "unobserved")
             continue
         observed_at, present, value = found
         if _inside_gap(gap_list, gap_starts, cut):
-            points.append(SeriesPoint(start, end, None, observed_at, "gap"))
+            yield SeriesPoint(start, end, None, observed_at, "gap")
         elif not present:
-            points.append(SeriesPoint(start, end, None, observed_at, "absent"))
+            yield SeriesPoint(start, end, None, observed_at, "absent")
         else:
-            points.append(SeriesPoint(start, end, value, observed_at, "ok"))
-    return points
+            yield SeriesPoint(start, end, value, observed_at, "ok")
 
 
 # Built once, like the shared statements in queries/states.py (which says why).

@@ -138,3 +138,33 @@ def test_write_balances_names_assets_that_have_no_state_yet():
     assert [(d["asset"], d["status"], d["balance"]) for d in documents] == [
         ("BTC", "before_first_poll", None), ("USDT", "before_first_poll", None)]
     assert [line.split(",")[1] for line in render(reports.write_balances, result, "csv").splitlines()[1:]] == ["BTC", "USDT"]
+
+
+def test_history_json_is_a_streamed_array_identical_to_a_whole_dump_for_0_1_and_many_rows():
+    for count in (0, 1, 3):
+        states = [state(balance=f"{i}.00000001") for i in range(count)]
+        # A generator: the writer must not need a list.
+        text = render(reports.write_history, (s for s in states), "main", "json")
+        documents = json.loads(text)
+        assert [d["balance"] for d in documents] == [f"{i}.00000001" for i in range(count)]
+        expected = io.StringIO()
+        reports.write_json([{"account": "main", **reports.state_fields(s)} for s in states], expected)
+        assert text == expected.getvalue()
+
+
+def test_table_pages_keep_widths_and_repeat_the_header_only_when_a_column_grows(monkeypatch):
+    monkeypatch.setattr(reports, "PAGE_ROWS", 2)
+    states = [state(balance="1.00000000"), state(balance="2.00000000"), state(balance="3.00000000"),
+              state(balance="12345.00000000")]
+    lines = render(reports.write_history, iter(states), "main", "table").splitlines()
+    headers = [i for i, line in enumerate(lines) if line.startswith("account")]
+    # Page 1 sets the widths; page 2 holds a wider balance, so it comes under a new header after a blank line.
+    assert headers == [0, 5]
+    assert lines[4] == "" and lines[-1].split()[4] == "12345.00000000"
+    assert len(lines[2]) == len(lines[3]) and len(lines[7]) == len(lines[8]) == len(lines[6])
+    assert len(lines[7]) > len(lines[2])
+
+
+def test_empty_table_still_has_its_header():
+    lines = render(reports.write_history, iter(()), "main", "table").splitlines()
+    assert lines[0].split()[:3] == ["account", "asset", "observed_at"] and len(lines) == 2

@@ -1,0 +1,276 @@
+"""`recorder export`: one file of history, changes, balances, polls, daily figures or gaps.
+
+Reads like every read command (read-only, never migrates), streams rows from the database to
+the file, and writes the file under a temporary name renamed when complete. The one write is
+`--incremental NAME`'s cursor, in its own short transaction after the file is in place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from recorder import queries
+from recorder.cli import cli
+from recorder.cli.querying import READER_IGNORES, TIME, _require_existing_sqlite_file
+from recorder.config import load_settings
+from recorder.db import database_error_line, make_engine, make_read_engine, make_sessions
+from recorder.errors import StorageError
+from recorder.models import AMOUNT_FIELDS, ExportCursor
+from recorder.queries import flat
+from recorder.queries.changelog import iter_changes_recorded
+from recorder.queries.daily import iter_daily
+from recorder.reports import export
+from recorder.reports.render import BALANCE_COLUMNS, CHANGE_COLUMNS, GAP_COLUMNS, balance_records, change_record, gap_record
+from recorder.schema import require_current_schema
+from recorder.timespec import TIME_HELP, TimeZoneParam, require_order
+
+WHATS = ("history", "changes", "balances", "polls", "daily", "gaps")
+INCREMENTAL = ("history", "changes")
+DAILY_COLUMNS = ("account", "asset", "day", "day_start", "day_end", "open", "close", "change", "high", "low",
+                 "changes", "gap_seconds", "fully_observed")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to export, as parsed from the command line."""
+
+    what: str
+    accounts: tuple[str, ...]
+    assets: tuple[str, ...]
+    since: datetime | None
+    until: datetime | None
+    at: datetime
+    tz: Any
+    field: str
+
+
+@cli.command("export")
+@click.option("--what", type=click.Choice(WHATS), required=True, help="What to export (see the README for the columns).")
+@click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="csv", show_default=True,
+              help="csv (RFC 4180), jsonl (amounts as strings) or parquet (decimal128(38, 18); needs --out and "
+              "the recorder[parquet] extra).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file [default: stdout].")
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--database-url", help="SQLAlchemy URL [env RECORDER_DATABASE_URL; default: sqlite:///recorder.db].")
+@click.option("--account", "accounts", multiple=True,
+              help="An account label (repeat for several, one file with an `account` column) [default: RECORDER_ACCOUNT].")
+@click.option("--asset", "assets", multiple=True, help="Only this asset (repeat for several); default: every asset.")
+@click.option("--since", type=TIME, help=f"From this time on (inclusive): {TIME_HELP}.")
+@click.option("--until", type=TIME, help=f"Up to, not including, this time: {TIME_HELP}.")
+@click.option("--at", "at", type=TIME, help=f"--what balances: the instant [default: now]: {TIME_HELP}.")
+@click.option("--tz", "tz", type=TimeZoneParam(), default="UTC", show_default=True,
+              help="--what daily: days start at midnight in this zone. Times in files are always UTC.")
+@click.option("--field", type=click.Choice(AMOUNT_FIELDS), default="balance", show_default=True,
+              help="--what daily: the amount whose open, close, high and low are computed.")
+@click.option("--incremental", metavar="NAME",
+              help="Only rows stored since the last export of this NAME (history, changes); remembered in the database.")
+def export_command(what, fmt, out, force, database_url, accounts, assets, since, until, at, tz, field, incremental) -> None:
+    """Export history, changes, balances, polls, daily figures or gaps to CSV, JSONL or Parquet.
+
+    The rows stream from the database to the file in constant memory. With --out the file is
+    written under a temporary name and renamed when complete: an interrupted export leaves no
+    file under the final name. A progress line is shown on stderr when it is a terminal.
+    """
+    require_order("--since", since, "--until", until)
+    if at is not None and what != "balances":
+        raise click.UsageError("--at is for --what balances; use --since/--until for a range")
+    if what == "balances" and (since is not None or until is not None):
+        raise click.UsageError("--what balances takes --at, not --since/--until")
+    if incremental is not None:
+        if what not in INCREMENTAL:
+            raise click.UsageError(f"--incremental works with --what {' or '.join(INCREMENTAL)}, not {what}")
+        if since is not None or until is not None:
+            raise click.UsageError("--incremental exports what was stored since its last run: drop --since/--until")
+        if not incremental.strip() or len(incremental) > 64:
+            raise click.UsageError("--incremental NAME must be 1 to 64 characters")
+    if fmt == "parquet" and out is None:
+        raise click.UsageError("--format parquet needs --out FILE")
+    if out is not None and out.exists() and not force:
+        raise click.UsageError(f"{out} exists: choose another --out or add --force to replace it")
+    settings = load_settings({"database_url": database_url}, ignore=READER_IGNORES)
+    request = Request(what, tuple(dict.fromkeys(accounts)) or (settings.account,),
+                      tuple(sorted({asset.strip().upper() for asset in assets})), since, until,
+                      at or datetime.now(timezone.utc), tz, field)
+    _require_existing_sqlite_file(settings.database_url)
+    with _terminated_cleanly(out):
+        if incremental is None:
+            _export_once(settings.database_url, request, fmt, out, force)
+        else:
+            _export_incremental(settings.database_url, request, incremental, fmt, out, force)
+
+
+def _export_once(url: str, request: Request, fmt: str, out: Path | None, force: bool) -> None:
+    read_engine = make_read_engine(url)
+    try:
+        with make_sessions(read_engine.engine)() as session, _storage_errors():
+            require_current_schema(session.connection())
+            _check(session, request)
+            columns, batches = _table(session, request)
+            _write(fmt, columns, batches, out, force)
+        read_engine.verify_unchanged()
+    finally:
+        read_engine.close()
+
+
+def _export_incremental(url: str, request: Request, name: str, fmt: str, out: Path | None, force: bool) -> None:
+    engine = make_engine(url)
+    try:
+        wanted = ",".join(request.assets)
+        with make_sessions(engine)() as session, _storage_errors():
+            require_current_schema(session.connection())
+            _check(session, request)
+            bounds = {}
+            for account in request.accounts:
+                account_id = queries.find_account(session, account).id
+                cursor = session.get(ExportCursor, (name, account_id))
+                if cursor is not None and (cursor.what, cursor.assets) != (request.what, wanted):
+                    raise click.UsageError(
+                        f"--incremental {name} exported --what {cursor.what} --asset {cursor.assets or '(all)'} "
+                        "before: use another NAME for another export"
+                    )
+                after = cursor.last_balance_id if cursor is not None else 0
+                # The upper bound is fixed now: rows stored while the file is written go to the next one.
+                bounds[account] = (account_id, after, max(after, flat.last_balance_id(session, account)))
+            columns, batches = _table(session, request, bounds)
+            _write(fmt, columns, batches, out, force)
+        # The file is complete and in place: only now does the cursor move, in one transaction.
+        with make_sessions(engine, write=True).begin() as session, _storage_errors():
+            for account, (account_id, after, through) in bounds.items():
+                _advance(session, name, account_id, request, wanted, after, through)
+    finally:
+        engine.dispose()
+
+
+def _advance(session: Session, name: str, account_id: int, request: Request, assets: str, after: int, through: int) -> None:
+    cursor = session.get(ExportCursor, (name, account_id), with_for_update=True)
+    stored = cursor.last_balance_id if cursor is not None else 0
+    if stored != after:
+        raise StorageError(
+            f"another export named {name!r} ran meanwhile (its cursor moved from {after} to {stored}); "
+            "this file repeats its rows: remove it and run again"
+        )
+    now = datetime.now(timezone.utc)
+    if cursor is None:
+        session.add(ExportCursor(name=name, account_id=account_id, what=request.what, assets=assets,
+                                 last_balance_id=through, exported_at=now))
+    else:
+        cursor.last_balance_id = through
+        cursor.exported_at = now
+
+
+def _check(session: Session, request: Request) -> None:
+    known: set[str] = set()
+    for account in request.accounts:
+        known.update(queries.list_assets(session, account))
+    unknown = [asset for asset in request.assets if asset not in known]
+    if unknown:
+        raise click.UsageError(
+            f"no asset {', '.join(unknown)} in account {', '.join(request.accounts)}; "
+            f"recorded assets: {', '.join(sorted(known)) or 'none'}"
+        )
+
+
+def _table(
+    session: Session, request: Request, bounds: dict[str, tuple[int, int, int]] | None = None
+) -> tuple[Sequence[tuple[str, str]], Iterator[export.Batch]]:
+    """The columns and, lazily per account one after the other, the batches of rows."""
+    assets = list(request.assets) or None
+    if request.what == "history":
+        parts = []
+        for account in request.accounts:
+            after, through = (bounds[account][1:] if bounds else (None, None))
+            parts.append(flat.history_rows(session, account, assets=assets, since=request.since,
+                                           until=request.until, after_id=after, through_id=through))
+        return flat.HISTORY_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts)
+    if request.what == "polls":
+        parts = [flat.poll_rows(session, account, since=request.since, until=request.until) for account in request.accounts]
+        return flat.POLL_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts)
+    names = {"changes": CHANGE_COLUMNS, "balances": BALANCE_COLUMNS, "daily": DAILY_COLUMNS,
+             "gaps": ("account", *GAP_COLUMNS)}[request.what]
+    records = itertools.chain.from_iterable(_records(session, request, account, assets, bounds) for account in request.accounts)
+    return [(name, export.kind_of(name)) for name in names], export.batched(records, names)
+
+
+def _records(session: Session, request: Request, account: str, assets: list[str] | None,
+             bounds: dict[str, tuple[int, int, int]] | None) -> Iterator[dict[str, Any]]:
+    if request.what == "changes":
+        if bounds:
+            _, after, through = bounds[account]
+            events = iter_changes_recorded(session, account, after_id=after, through_id=through, assets=assets)
+        else:
+            events = queries.iter_changes(session, account, assets=assets, since=request.since, until=request.until)
+        return (change_record(event, account) for event in events)
+    if request.what == "balances":
+        result = queries.as_of(session, account, request.at, assets=assets)
+        last = result.freshness.last_poll_at
+        exact = None if last is None else export.seconds(request.at - last)
+        return ({**record, "stale_seconds": exact} for record in balance_records(result))
+    if request.what == "daily":
+        try:
+            days = iter_daily(session, account, field=request.field, assets=assets, since=request.since,
+                              until=request.until, tz=request.tz)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        return (
+            {"account": account, "asset": d.asset, "day": d.day, "day_start": d.start, "day_end": d.end,
+             "open": d.open, "close": d.close, "change": d.change, "high": d.high, "low": d.low,
+             "changes": d.changes, "gap_seconds": d.gap_seconds, "fully_observed": d.fully_observed}
+            for d in days
+        )
+    found = queries.gaps(session, account, since=request.since, until=request.until)
+    return ({"account": account, **gap_record(gap), "seconds": export.seconds(gap.end - gap.start)} for gap in found)
+
+
+def _write(fmt: str, columns: Sequence[tuple[str, str]], batches: Iterator[export.Batch], out: Path | None, force: bool) -> None:
+    progress = export.Progress()
+    try:
+        rows = export.write_rows(fmt, columns, batches, out, force=force, progress=progress)
+    except export.ExportError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        progress.finish()
+    if out is not None and progress.enabled:
+        click.echo(f"wrote {rows:,} rows to {out}", err=True)
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot read the database: {database_error_line(exc)}") from None
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like Ctrl-C, so the temporary file is removed on the way out."""
+
+
+@contextmanager
+def _terminated_cleanly(out: Path | None) -> Iterator[None]:
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except Terminated:
+        click.echo(f"export terminated{': no file written' if out else ''}", err=True)
+        sys.exit(143)
+    except KeyboardInterrupt:
+        click.echo(f"export interrupted{': no file written' if out else ''}", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
