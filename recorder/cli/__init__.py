@@ -107,3 +107,4 @@ def main() -> None:
 from recorder.cli import recording  # noqa: E402,F401
 from recorder.cli import querying  # noqa: E402,F401
 from recorder.cli import exporting  # noqa: E402,F401
+from recorder.cli import backfilling  # noqa: E402,F401

@@ -35,12 +35,13 @@ class _WalletHistory:
         by_asset: dict[str, list[tuple[int, str]]] = {}
         for time_ms, asset, balance in states:
             by_asset.setdefault(asset, []).append((int(time_ms), format(Decimal(balance), "f")))
-        self.states = {asset: sorted(rows) for asset, rows in by_asset.items()}
+        # Stable by time only: of two states in one millisecond the later given is the one that holds.
+        self.states = {asset: sorted(rows, key=lambda row: row[0]) for asset, rows in by_asset.items()}
 
     def at(self, asset: str, time_ms: int) -> str | None:
         """The asset's balance at time_ms (its latest state then), or None before the history starts."""
         rows = self.states.get(asset, [])
-        index = bisect_right(rows, (time_ms, "\uffff"))
+        index = bisect_right(rows, time_ms, key=lambda row: row[0])
         return rows[index - 1][1] if index else None
 
     def last_time(self, asset: str) -> int | None:
