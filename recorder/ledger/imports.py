@@ -167,9 +167,11 @@ def statement_tran_id(entry: ParsedEntry, occurrence: int) -> int:
 
     A hash of (time to the second, income type, asset, amount, occurrence), where occurrence
     counts the rows before it in the file with the same four values: the same file always
-    gives the same ids, and two identical rows in one second stay two entries.
+    gives the same ids, and two identical rows in one second stay two entries. The amount is
+    hashed normalized, so "-1.0" and "-1.00" (a file re-saved by a spreadsheet) give one id.
     """
-    key = f"{entry.time:%Y-%m-%dT%H:%M:%S}|{entry.income_type}|{entry.asset}|{format(entry.income, 'f')}|{occurrence}"
+    amount = format(entry.income.normalize(), "f")
+    key = f"{entry.time:%Y-%m-%dT%H:%M:%S}|{entry.income_type}|{entry.asset}|{amount}|{occurrence}"
     return -1 - int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % (_BIGINT - 1)
 
 
@@ -277,9 +279,9 @@ def _asset(line: int, text: str) -> str:
 
 def _new_by_key(session: Session, account_id: int, entries: list[ParsedEntry]) -> tuple[list[tuple[ParsedEntry, int]], int]:
     """Futures-export entries whose (type, tranId, asset) is not archived yet, each once."""
-    existing = set(session.execute(
+    existing = set(tuple(row) for row in session.execute(
         select(IncomeEntry.income_type, IncomeEntry.tran_id, IncomeEntry.asset).where(IncomeEntry.account_id == account_id)
-    ).tuples())
+    ))
     new, duplicates = [], 0
     for entry in entries:
         key = (entry.income_type, entry.tran_id, entry.asset)
@@ -308,7 +310,7 @@ def _new_by_match(session: Session, account_id: int, entries: list[ParsedEntry])
             IncomeEntry.time >= min(times),
             IncomeEntry.time < max(times) + timedelta(seconds=1),
         )
-    ).tuples():
+    ):
         archived[(income_type, asset, time.replace(microsecond=0), income)] += 1
     seen: Counter[tuple[str, str, datetime, Decimal]] = Counter()
     new, duplicates = [], 0
