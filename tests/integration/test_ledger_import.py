@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from recorder.ledger.imports import ImportFileError, import_file, statement_tran_id
+from recorder.ledger.imports import ImportFileError, import_file, read_file, statement_tran_id
 from recorder.models import Account, IncomeEntry
 from recorder.store import ensure_account
 
@@ -143,12 +143,19 @@ def test_statement_tran_id_is_deterministic_and_never_a_binance_id():
     ],
     ids=["amount", "date", "tran-id", "fields", "asset", "header", "empty"],
 )
-def test_a_bad_file_stores_nothing_and_names_file_and_line(sessions, account, tmp_path, text, problem):
+def test_a_bad_file_is_named_with_its_line_and_problem(tmp_path, text, problem):
     path = write(tmp_path, "bad.csv", text)
     with pytest.raises(ImportFileError) as raised:
-        do_import(sessions, account, path)
+        read_file(path)
     message = str(raised.value)
     assert message.startswith(f"{path}: ") and problem in message and "\n" not in message
+
+
+def test_a_bad_file_stores_nothing(sessions, account, tmp_path):
+    """Good rows before the bad one are not stored either: the file is one transaction."""
+    path = write(tmp_path, "bad.csv", FUTURES_EXPORT + "2026-01-05 00:00:00,FUNDING_FEE,1e,USDT,BTCUSDT,5\n")
+    with pytest.raises(ImportFileError, match="line 8: Amount '1e' is not a number"):
+        do_import(sessions, account, path)
     assert stored(sessions) == []
 
 
