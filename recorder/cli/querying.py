@@ -115,7 +115,9 @@ def _require_existing_sqlite_file(url: str) -> None:
 @cli.command()
 @read_options
 @range_options
-def history(database_url, account, assets, fmt, tz, since, until) -> None:
+@click.option("--include-derived", is_flag=True,
+              help="Also the backfilled wallet balances (`recorder backfill`), with a source column: observed or derived.")
+def history(database_url, account, assets, fmt, tz, since, until, include_derived) -> None:
     """Every recorded distinct state per asset, oldest first.
 
     A row is written only when an asset's state changed; rows with present=false mark an
@@ -126,6 +128,13 @@ def history(database_url, account, assets, fmt, tz, since, until) -> None:
     with reading(database_url, account, assets) as (settings, session, wanted):
         # Written while the rows are read: constant memory whatever the range.
         states = queries.iter_history(session, settings.account, assets=wanted or None, since=since, until=until)
+        if include_derived:
+            from recorder.ledger.backfill import history_records, iter_derived
+
+            derived = iter_derived(session, settings.account, assets=wanted or None, since=since, until=until)
+            records = history_records(settings.account, states, derived)
+            reports.write(fmt, sys.stdout, (*reports.HISTORY_COLUMNS, "source"), records, lambda record: record, tz=tz)
+            return
         reports.write_history(states, settings.account, fmt, sys.stdout, tz)
 
 

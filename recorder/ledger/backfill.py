@@ -22,11 +22,12 @@ figure with the derived balance at the snapshot's instant.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import heapq
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -243,3 +244,57 @@ def check_snapshots(
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class DerivedState:
+    """A stored derived balance, for readers that ask for derived rows beside the observed ones."""
+
+    asset: str
+    at: datetime
+    balance: Decimal
+    income_entry_id: int | None
+    anchor_balance_id: int
+
+
+def iter_derived(
+    session: Session,
+    account: str,
+    *,
+    assets: Sequence[str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Iterator[DerivedState]:
+    """The derived balances with `at` in [since, until), oldest first (by time, then asset)."""
+    account_id = _account_id(session, account)
+    query = select(DerivedBalance.asset, DerivedBalance.at, DerivedBalance.balance, DerivedBalance.income_entry_id,
+                   DerivedBalance.anchor_balance_id).where(DerivedBalance.account_id == account_id)
+    if assets:
+        query = query.where(DerivedBalance.asset.in_(list(assets)))
+    if since is not None:
+        query = query.where(DerivedBalance.at >= since)
+    if until is not None:
+        query = query.where(DerivedBalance.at < until)
+    # Within a millisecond the row stored last follows the earliest entry: it comes first.
+    query = query.order_by(DerivedBalance.at, DerivedBalance.asset, DerivedBalance.id.desc())
+    for row in session.execute(query):
+        yield DerivedState(row.asset, row.at, row.balance, row.income_entry_id, row.anchor_balance_id)
+
+
+OBSERVED, DERIVED = "observed", "derived"
+
+
+def history_records(account: str, observed: Iterable[Any], derived: Iterable[DerivedState]) -> Iterator[dict[str, Any]]:
+    """Observed states (AssetState) and derived balances as one history, by time then asset, each
+    with `source` observed or derived. A derived row has only `balance`: the ledger cannot tell
+    the other amounts, so they are None, never invented; its `observed_at` is the instant from
+    which the derived balance held."""
+    from recorder.reports.render import state_fields
+
+    observed_records = ({"account": account, **state_fields(state), "source": OBSERVED} for state in observed)
+    derived_records = (
+        {**dict.fromkeys(state_fields(None)), "account": account, "asset": state.asset, "observed_at": state.at,
+         "present": True, "balance": state.balance, "source": DERIVED}
+        for state in derived
+    )
+    return heapq.merge(derived_records, observed_records, key=lambda record: (record["observed_at"], record["asset"]))
