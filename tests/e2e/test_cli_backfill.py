@@ -57,6 +57,12 @@ def test_backfill_cli_checks_the_snapshot_and_exits_3_on_a_disagreement(simulato
             assert session.scalar(select(func.count()).select_from(DerivedBalance)) == len(entries)
         skipped = recorder("backfill", "--no-snapshot-check", env=cli_env)
         assert skipped.returncode == 0 and "snapshot" not in skipped.stdout
+        observed = recorder("history", "--format", "csv", env=cli_env).stdout.splitlines()
+        assert len(observed) == 2 and "source" not in observed[0]
+        both = recorder("history", "--format", "csv", "--include-derived", env=cli_env).stdout.splitlines()
+        assert both[0].endswith(",source") and len(both) == len(entries) + 2
+        assert [line.rsplit(",", 1)[1] for line in both[1:]] == ["derived"] * len(entries) + ["observed"]
+        assert [line.split(",")[4] for line in both[1:-1]] == [format(b, "f") for _, b in states]
     finally:
         engine.dispose()
 
