@@ -56,12 +56,17 @@ def backfill(days: int, assets: tuple[str, ...], no_snapshot_check: bool, **valu
         upgrade_to_head(engine)
         sessions = make_sessions(engine, write=True)
         try:
+            wanted = sorted({asset.strip().upper() for asset in assets})
             with sessions.begin() as session:
                 # The ledger sync's coverage (its sync log) is not on this branch yet: the archived
                 # entries themselves are the coverage until it is wired in here.
-                result = derive(session, settings.account, since=since, derived_at=now,
-                                assets=sorted({asset.strip().upper() for asset in assets}) or None,
+                result = derive(session, settings.account, since=since, derived_at=now, assets=wanted or None,
                                 coverage=LedgerCoverage())
+                missing = sorted(set(wanted) - {asset.asset for asset in result.assets})
+                if missing:
+                    # Raised inside the transaction: nothing of this run is kept.
+                    raise click.UsageError(f"no recorded balance of {', '.join(missing)} in account "
+                                           f"{settings.account!r} to backfill from")
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot write the derived balances: {database_error_line(exc)}") from None
         if not result.assets:

@@ -57,6 +57,8 @@ def test_backfill_cli_checks_the_snapshot_and_exits_3_on_a_disagreement(simulato
             assert session.scalar(select(func.count()).select_from(DerivedBalance)) == len(entries)
         skipped = recorder("backfill", "--no-snapshot-check", env=cli_env)
         assert skipped.returncode == 0 and "snapshot" not in skipped.stdout
+        unknown = recorder("backfill", "--asset", "DOGE", "--no-snapshot-check", env=cli_env)
+        assert unknown.returncode == 2 and "no recorded balance of DOGE in account 'default'" in unknown.stderr
         observed = recorder("history", "--format", "csv", env=cli_env).stdout.splitlines()
         assert len(observed) == 2 and "source" not in observed[0]
         both = recorder("history", "--format", "csv", "--include-derived", env=cli_env).stdout.splitlines()
