@@ -167,3 +167,27 @@ def test_a_zip_with_two_files_is_refused(sessions, account, tmp_path):
     with pytest.raises(ImportFileError, match="exactly one CSV file, this one holds a.csv, b.csv"):
         do_import(sessions, account, path)
     assert stored(sessions) == []
+
+
+def test_api_entries_arriving_after_a_statement_supersede_its_twins(sessions, account, tmp_path):
+    from recorder.ledger.imports import supersede_statement_entries
+
+    statement = STATEMENT_HEADER + (
+        "1,2026-02-01 08:00:00,USD-MFutures,Funding Fee,USDT,-0.5,\n"
+        "1,2026-02-01 08:00:00,USD-MFutures,Funding Fee,USDT,-0.5,\n"
+        "1,2026-02-01 09:00:00,USD-MFutures,Fee,USDT,-0.1,\n"
+    )
+    assert do_import(sessions, account, write(tmp_path, "s.csv", statement)).added == 3
+    with sessions.begin() as session:
+        account_id = session.scalar(select(Account.id).where(Account.label == account))
+        # The sync later stores one of the two funding fees, with its real id and milliseconds.
+        session.add(IncomeEntry(account_id=account_id, time=datetime(2026, 2, 1, 8, 0, 0, 400000, tzinfo=timezone.utc),
+                                income_type="FUNDING_FEE", tran_id=9001, asset="USDT", income=Decimal("-0.50000000"),
+                                symbol="BTCUSDT", info="", trade_id="", known_type=True, source="api",
+                                recorded_at=NOW))
+        session.flush()
+        dropped = supersede_statement_entries(session, account_id, datetime(2026, 2, 1, 8, 0, 0, 400000, tzinfo=timezone.utc),
+                                              datetime(2026, 2, 1, 8, 0, 1, tzinfo=timezone.utc))
+    assert dropped == 1
+    assert sorted((r[1], r[6]) for r in stored(sessions)) == [
+        ("COMMISSION", "account-statement"), ("FUNDING_FEE", "account-statement"), ("FUNDING_FEE", "api")]
