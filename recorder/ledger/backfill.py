@@ -293,7 +293,7 @@ def history_records(account: str, observed: Iterable[Any], derived: Iterable[Der
 
     observed_records = ({"account": account, **state_fields(state), "source": OBSERVED} for state in observed)
     derived_records = (
-        {**dict.fromkeys(state_fields(None)), "account": account, "asset": state.asset, "observed_at": state.at,
+        {"account": account, **state_fields(None), "asset": state.asset, "observed_at": state.at,
          "present": True, "balance": state.balance, "source": DERIVED}
         for state in derived
     )
