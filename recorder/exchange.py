@@ -997,3 +997,123 @@ def _confine(session: requests.Session) -> requests.Session:
     for name in ("urllib3.connection", "urllib3.connectionpool", "urllib3.response"):
         logging.getLogger(name).addFilter(_REDACT_QUERIES)
     return session
+
+
+# --- the daily account snapshot (backfill's independent check) ---------------------------------
+
+ACCOUNT_SNAPSHOT_PATH = "/sapi/v1/accountSnapshot"
+# Weight 2400 a call, counted against the spot host's /sapi IP budget of 12000 a minute
+# (https://developers.binance.com/docs/wallet/account/daily-account-snapshoot).
+ACCOUNT_SNAPSHOT_WEIGHT = 2400
+SAPI_WEIGHT_LIMIT = 12000
+# Binance refuses startTime..endTime spans of 30 days or more and keeps about the last month.
+ACCOUNT_SNAPSHOT_MAX_DAYS = 29
+ACCOUNT_SNAPSHOT_LIMIT = 30
+REQUEST_WEIGHT[ACCOUNT_SNAPSHOT_PATH] = ACCOUNT_SNAPSHOT_WEIGHT
+
+
+@dataclass(frozen=True)
+class SnapshotBalance:
+    """One asset's walletBalance in Binance's daily futures account snapshot, at its updateTime."""
+
+    asset: str
+    at: datetime
+    wallet_balance: Decimal
+
+
+def fetch_futures_snapshots(client: BinanceFuturesClient, *, start: datetime, end: datetime) -> list[SnapshotBalance]:
+    """GET /sapi/v1/accountSnapshot?type=FUTURES (SIGNED) for [start, end], on the spot API host.
+
+    The span is asked in windows of ACCOUNT_SNAPSHOT_MAX_DAYS; each asset and day appears once.
+    The snapshot's marginBalance and positions are documented as "can be ignored": only
+    walletBalance is read.
+    """
+    if client.clock_offset_ms is None:
+        client.sync_clock()
+    # A client of its own even on the simulator: /sapi weight is a separate budget from the futures one.
+    spot = BinanceFuturesClient(
+        base_url=_spot_base_url(client.base_url),
+        api_key=client._session.headers["X-MBX-APIKEY"],
+        signer=client._sign,
+        recv_window=client.recv_window,
+        timeout=client.timeout,
+        weight_limit=SAPI_WEIGHT_LIMIT,
+    )
+    # One exchange, one clock: the offset measured on the futures host signs here too.
+    spot._offset_ms = client.clock_offset_ms
+    found: dict[tuple[str, datetime], SnapshotBalance] = {}
+    try:
+        window_start = start
+        while window_start <= end:
+            window_end = min(end, window_start + timedelta(days=ACCOUNT_SNAPSHOT_MAX_DAYS))
+            timestamp = round(spot._wall_clock() * 1000) + (spot._offset_ms or 0)
+            query = urlencode({
+                "type": "FUTURES",
+                "startTime": _epoch_ms(window_start),
+                "endTime": _epoch_ms(window_end),
+                "limit": ACCOUNT_SNAPSHOT_LIMIT,
+                "recvWindow": spot.recv_window,
+                "timestamp": timestamp,
+            })
+            response = spot._get(f"{ACCOUNT_SNAPSHOT_PATH}?{query}&signature={spot._sign(query)}", ACCOUNT_SNAPSHOT_PATH)
+            for balance in parse_futures_snapshots(response.content):
+                found[(balance.asset, balance.at)] = balance
+            window_start = window_end + timedelta(milliseconds=1)
+    finally:
+        spot.close()
+    return sorted(found.values(), key=lambda b: (b.at, b.asset))
+
+
+def parse_futures_snapshots(body: bytes | str) -> list[SnapshotBalance]:
+    """Validate an accountSnapshot?type=FUTURES body; any defect raises BadPayload."""
+    where = ACCOUNT_SNAPSHOT_PATH
+    data = _decode(body, where)
+    if not isinstance(data, dict):
+        raise BadPayload(f"{where}: expected a JSON object, got {_json_type(data)}")
+    code = data.get("code")
+    if code != 200 or isinstance(code, bool):
+        raise BadPayload(f"{where}: 'code' is {_clip(code)}, not 200: {_clip(data.get('msg'))}")
+    days = data.get("snapshotVos")
+    if not isinstance(days, list):
+        raise BadPayload(f"{where}: 'snapshotVos' is {_json_type(days)}, not a list")
+    balances = []
+    for index, day in enumerate(days):
+        at_ms = day.get("updateTime") if isinstance(day, dict) else None
+        if not isinstance(at_ms, int) or isinstance(at_ms, bool) or not 0 < at_ms <= _MAX_UPDATE_TIME_MS:
+            raise BadPayload(f"{where}: snapshotVos[{index}].updateTime is not an epoch-ms time")
+        if day.get("type") != "futures":
+            raise BadPayload(f"{where}: snapshotVos[{index}].type is {_clip(day.get('type'))}, not 'futures'")
+        assets = day.get("data", {}).get("assets") if isinstance(day.get("data"), dict) else None
+        if not isinstance(assets, list):
+            raise BadPayload(f"{where}: snapshotVos[{index}].data.assets is not a list")
+        at = _EPOCH + timedelta(milliseconds=at_ms)
+        for position, row in enumerate(assets):
+            name = row.get("asset") if isinstance(row, dict) else None
+            if not isinstance(name, str) or not _ASSET_NAME.fullmatch(name):
+                raise BadPayload(f"{where}: snapshotVos[{index}].data.assets[{position}].asset is not an asset name")
+            wallet = _decimal_field(row, "walletBalance", f"{where}: snapshotVos[{index}] {name}")
+            balances.append(SnapshotBalance(name, at, wallet))
+    return balances
+
+
+def _spot_base_url(base_url: str) -> str:
+    """The spot API host that serves /sapi for this futures base URL.
+
+    Kept private and small on purpose: another endpoint needs the same derivation on another
+    branch, and the two are meant to become one.
+    """
+    from recorder.errors import ConfigError
+
+    host = urlsplit(base_url).hostname or ""
+    if is_loopback(host):
+        return base_url  # the simulator serves /sapi itself
+    if host == "fapi.binance.com":
+        return "https://api.binance.com"
+    raise ConfigError(
+        f"no spot API host is known for {host}: the daily account snapshot lives on api.binance.com "
+        "(use --no-snapshot-check)"
+    )
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(milliseconds=1)

@@ -324,3 +324,38 @@ class IncomeEntry(Base):
     source: Mapped[str] = mapped_column(String(32))
     # When the entry reached the database.
     recorded_at: Mapped[datetime]
+
+
+DERIVED_METHODS = ("ledger-walk",)
+
+
+class DerivedBalance(Base):
+    """A wallet balance derived (backfilled) from the income ledger, never an observation.
+
+    `recorder backfill` walks an asset's income entries backwards from its first observed state
+    (`anchor_balance_id`): the balance before an entry is the balance after it minus its income.
+    A row is the wallet balance from `at` on: after the entry `income_entry_id` was booked at `at`,
+    or, with no entry, the opening balance at the start of the span the ledger covers. Only
+    `balance` can be derived (the ledger says nothing of cross wallet, unrealized PnL or available
+    balance). Kept apart from `balances` so that no observed query can ever return one.
+    """
+
+    __tablename__ = "derived_balances"
+    __table_args__ = (
+        UniqueConstraint("account_id", "asset", "at", "income_entry_id"),
+        Index("ix_derived_balances_account_id_asset_at", "account_id", "asset", "at"),
+        CheckConstraint("method IN ('ledger-walk')", name="method"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    asset: Mapped[str] = mapped_column(String(32))
+    # From this instant on the wallet balance was `balance` (until the next derived or observed state).
+    at: Mapped[datetime]
+    balance: Mapped[Decimal]
+    # The entry booked at `at` that this balance follows; NULL for the opening row of the span.
+    income_entry_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("income_entries.id"))
+    # The observed state the walk started from: the asset's first recorded balance.
+    anchor_balance_id: Mapped[int] = mapped_column(BigId, ForeignKey("balances.id"))
+    method: Mapped[str] = mapped_column(String(16))
+    derived_at: Mapped[datetime]

@@ -36,7 +36,9 @@ from recorder.reports.render import BALANCE_COLUMNS, GAP_COLUMNS, balance_record
 from recorder.schema import require_current_schema
 from recorder.timespec import TIME_HELP, TimeZoneParam, require_order
 
-WHATS = ("history", "changes", "balances", "polls", "daily", "gaps")
+WHATS = ("history", "changes", "balances", "polls", "daily", "gaps", "ledger")
+# Tax-tool CSVs (recorder.ledger.taxformats.PRESETS), for --what ledger only.
+TAX_FORMATS = ("koinly", "cointracking", "binance-futures")
 INCREMENTAL = ("history", "changes")
 DAILY_COLUMNS = ("account", "asset", "day", "day_start", "day_end", "open", "close", "change", "high", "low",
                  "changes", "gap_seconds", "fully_observed")
@@ -54,13 +56,14 @@ class Request:
     at: datetime
     tz: Any
     field: str
+    include_derived: bool = False
 
 
 @cli.command("export")
 @click.option("--what", type=click.Choice(WHATS), required=True, help="What to export (see the README for the columns).")
-@click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="csv", show_default=True,
+@click.option("--format", "fmt", type=click.Choice((*export.FORMATS, *TAX_FORMATS)), default="csv", show_default=True,
               help="csv (RFC 4180), jsonl (amounts as strings) or parquet (decimal128(38, 18); needs --out and "
-              "the recorder[parquet] extra).")
+              "the recorder[parquet] extra); --what ledger also koinly, cointracking or binance-futures (tax tools).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to this file [default: stdout].")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--database-url", help="SQLAlchemy URL [env RECORDER_DATABASE_URL; default: sqlite:///recorder.db].")
@@ -76,7 +79,10 @@ class Request:
               help="--what daily: the amount whose open, close, high and low are computed.")
 @click.option("--incremental", metavar="NAME",
               help="Only rows stored since the last export of this NAME (history, changes); remembered in the database.")
-def export_command(what, fmt, out, force, database_url, accounts, assets, since, until, at, tz, field, incremental) -> None:
+@click.option("--include-derived", is_flag=True,
+              help="--what history: also the backfilled wallet balances, with a source column: observed or derived.")
+def export_command(what, fmt, out, force, database_url, accounts, assets, since, until, at, tz, field, incremental,
+                   include_derived) -> None:
     """Export history, changes, balances, polls, daily figures or gaps to CSV, JSONL or Parquet.
 
     The rows stream from the database to the file in constant memory. With --out the file is
@@ -95,6 +101,10 @@ def export_command(what, fmt, out, force, database_url, accounts, assets, since,
             raise click.UsageError("--incremental exports what was stored since its last run: drop --since/--until")
         if not incremental.strip() or len(incremental) > 64:
             raise click.UsageError("--incremental NAME must be 1 to 64 characters")
+    if fmt in TAX_FORMATS and what != "ledger":
+        raise click.UsageError(f"--format {fmt} is for --what ledger")
+    if include_derived and (what != "history" or incremental is not None):
+        raise click.UsageError("--include-derived is for --what history, without --incremental")
     if fmt == "parquet" and out is None:
         raise click.UsageError("--format parquet needs --out FILE")
     if out is not None and out.exists() and not force:
@@ -102,7 +112,7 @@ def export_command(what, fmt, out, force, database_url, accounts, assets, since,
     settings = load_settings({"database_url": database_url}, ignore=READER_IGNORES)
     request = Request(what, tuple(dict.fromkeys(accounts)) or (settings.account,),
                       tuple(sorted({asset.strip().upper() for asset in assets})), since, until,
-                      at or datetime.now(timezone.utc), tz, field)
+                      at or datetime.now(timezone.utc), tz, field, include_derived)
     _require_existing_sqlite_file(settings.database_url)
     with _terminated_cleanly(out):
         if incremental is None:
@@ -117,8 +127,11 @@ def _export_once(url: str, request: Request, fmt: str, out: Path | None, force: 
         with make_sessions(read_engine.engine)() as session, _storage_errors():
             require_current_schema(session.connection())
             _check(session, request)
-            columns, batches, lines = _table(session, request, csv_lines=fmt == "csv")
-            _write(fmt, columns, batches, out, force, lines)
+            if fmt in TAX_FORMATS:
+                _write_tax_format(session, request, fmt, out, force)
+            else:
+                columns, batches, lines = _table(session, request, csv_lines=fmt == "csv")
+                _write(fmt, columns, batches, out, force, lines)
         read_engine.verify_unchanged()
     finally:
         read_engine.close()
@@ -171,6 +184,10 @@ def _advance(session: Session, name: str, account_id: int, request: Request, ass
 
 
 def _check(session: Session, request: Request) -> None:
+    if request.what == "ledger":
+        for account in request.accounts:
+            queries.find_account(session, account)
+        return  # an asset the ledger names may never have had a balance row: no check against balances
     known: set[str] = set()
     for account in request.accounts:
         known.update(queries.list_assets(session, account))
@@ -192,7 +209,10 @@ def _table(
         for account in request.accounts:
             after, through = (bounds[account][1:] if bounds else (None, None))
             parts.append(flat.history_rows(session, account, assets=assets, since=request.since, until=request.until,
-                                           after_id=after, through_id=through, csv_lines=csv_lines))
+                                           after_id=after, through_id=through,
+                                           csv_lines=csv_lines and not request.include_derived))
+        if request.include_derived:
+            return (*_history_with_derived(session, request, parts), False)
         return flat.HISTORY_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts), csv_lines
     if request.what == "changes":
         parts = []
@@ -201,6 +221,16 @@ def _table(
             parts.append(flat.change_rows(session, account, assets=assets, since=request.since, until=request.until,
                                           after_id=after, through_id=through))
         return flat.CHANGE_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts), False
+    if request.what == "ledger":
+        from recorder.ledger.taxformats import LEDGER_COLUMNS, iter_entries
+
+        names = [name for name, _ in LEDGER_COLUMNS]
+        records = itertools.chain.from_iterable(
+            (entry.record() for entry in iter_entries(session, account, assets=assets, since=request.since,
+                                                      until=request.until))
+            for account in request.accounts
+        )
+        return LEDGER_COLUMNS, export.batched(records, names), False
     if request.what == "polls":
         parts = [flat.poll_rows(session, account, since=request.since, until=request.until) for account in request.accounts]
         return flat.POLL_COLUMNS, itertools.chain.from_iterable(part.batches for part in parts), False
@@ -231,6 +261,57 @@ def _records(session: Session, request: Request, account: str, assets: list[str]
         )
     found = queries.gaps(session, account, since=request.since, until=request.until)
     return ({"account": account, **gap_record(gap), "seconds": export.seconds(gap.end - gap.start)} for gap in found)
+
+
+def _history_with_derived(session: Session, request: Request, parts: list[flat.Flat]
+                          ) -> tuple[Sequence[tuple[str, str]], Iterator[export.Batch]]:
+    """Observed history rows with source 'observed' merged by time with the derived balances ('derived')."""
+    import heapq
+
+    from recorder.ledger.backfill import DERIVED, OBSERVED, iter_derived
+
+    columns = (*flat.HISTORY_COLUMNS, ("source", flat.TEXT))
+    names = [name for name, _ in columns]
+    assets = list(request.assets) or None
+    merged = []
+    for account, part in zip(request.accounts, parts):
+        observed = (row + (OBSERVED,) for batch in part.batches for row in batch)
+        derived = (
+            tuple(export.text(value, name) for name, value in
+                  {**dict.fromkeys(names), "account": account, "asset": state.asset, "observed_at": state.at,
+                   "present": True, "balance": state.balance, "source": DERIVED}.items())
+            for state in iter_derived(session, account, assets=assets, since=request.since, until=request.until)
+        )
+        # Both streams are in time order and times are uniform ISO text, so text order is time order.
+        merged.append(heapq.merge(derived, observed, key=lambda row: (row[2], row[1])))
+    rows = itertools.chain.from_iterable(merged)
+    return columns, iter(lambda: list(itertools.islice(rows, flat.BATCH_ROWS)), [])
+
+
+def _write_tax_format(session: Session, request: Request, fmt: str, out: Path | None, force: bool) -> None:
+    """A tax tool's CSV of the ledger, to --out (atomically) or stdout."""
+    import io
+
+    from recorder.ledger.taxformats import iter_entries, write_preset
+
+    entries = itertools.chain.from_iterable(
+        iter_entries(session, account, assets=list(request.assets) or None, since=request.since, until=request.until)
+        for account in request.accounts
+    )
+    if out is None:
+        stream = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="")
+        try:
+            write_preset(fmt, entries, stream)
+        finally:
+            stream.flush()
+            stream.detach()
+        return
+    try:
+        with export.replacing(out, force=force) as temporary:
+            with open(temporary, "w", encoding="utf-8", newline="") as stream:
+                write_preset(fmt, entries, stream)
+    except export.ExportError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 def _write(fmt: str, columns: Sequence[tuple[str, str]], batches: Iterator[export.Batch], out: Path | None, force: bool,

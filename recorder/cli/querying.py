@@ -119,7 +119,9 @@ def _require_existing_sqlite_file(url: str) -> None:
 @cli.command()
 @read_options
 @range_options
-def history(database_url, account, assets, fmt, tz, since, until) -> None:
+@click.option("--include-derived", is_flag=True,
+              help="Also the backfilled wallet balances (`recorder backfill`), with a source column: observed or derived.")
+def history(database_url, account, assets, fmt, tz, since, until, include_derived) -> None:
     """Every recorded distinct state per asset, oldest first.
 
     A row is written only when an asset's state changed; rows with present=false mark an
@@ -128,7 +130,14 @@ def history(database_url, account, assets, fmt, tz, since, until) -> None:
     require_order("--since", since, "--until", until)
     require_showable(tz, since=since, until=until)
     with reading(database_url, account, assets) as (settings, session, wanted):
-        if fmt == "csv" and tz is reports.UTC:
+        if include_derived:
+            from recorder.ledger.backfill import history_records, iter_derived
+
+            states = queries.iter_history(session, settings.account, assets=wanted or None, since=since, until=until)
+            derived = iter_derived(session, settings.account, assets=wanted or None, since=since, until=until)
+            records = history_records(settings.account, states, derived)
+            reports.write(fmt, sys.stdout, (*reports.HISTORY_COLUMNS, "source"), records, lambda record: record, tz=tz)
+        elif fmt == "csv" and tz is reports.UTC:
             # The export's path, byte for byte the same CSV: text rows made by the database,
             # written by csv in C, with no Decimal or datetime per row (15x faster on a year).
             from recorder.queries.flat import history_rows

@@ -1,15 +1,12 @@
-"""The income types of `GET /fapi/v1/income` we know, and where each goes in a roll-forward.
-
-Binance adds types without notice (SPECIAL_FUNDING_FEE appeared in 2026), so a type not in
-KNOWN_INCOME_TYPES is stored and flagged, never dropped or treated as zero.
-"""
+"""Income types Binance documents for GET /fapi/v1/income, and how a roll-forward groups them."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Mapping
 
-# As Binance spells them (DELIVERED_SETTELMENT is Binance's own typo).
+# Binance's list (typos such as DELIVERED_SETTELMENT are Binance's own) plus SPECIAL_FUNDING_FEE, which
+# the official SDK 18.1.0 added in 2026. A type outside this set is stored and flagged, never dropped.
 KNOWN_INCOME_TYPES: frozenset[str] = frozenset({
     "TRANSFER",
     "WELCOME_BONUS",
@@ -36,7 +33,7 @@ KNOWN_INCOME_TYPES: frozenset[str] = frozenset({
     "SPECIAL_FUNDING_FEE",
 })
 
-_GROUPS = {
+_GROUPS: dict[str, str] = {
     "COMMISSION": "fees",
     "COMMISSION_REBATE": "rebates",
     "API_REBATE": "rebates",
@@ -52,9 +49,14 @@ _GROUPS = {
     "COIN_SWAP_DEPOSIT": "transfers",
     "COIN_SWAP_WITHDRAW": "transfers",
 }
-# Every known type not named above (AUTO_EXCHANGE, INSURANCE_CLEAR, ...) goes to "other";
-# so does an unknown type.
+
+# Every known type maps to a group; AUTO_EXCHANGE and the rest land in "other". Unknown types are not
+# keys here: look them up with roll_forward_group(), which also answers "other" for them.
 ROLL_FORWARD_GROUPS: Mapping[str, str] = MappingProxyType(
-    {income_type: _GROUPS.get(income_type, "other") for income_type in sorted(KNOWN_INCOME_TYPES)}
+    {income_type: _GROUPS.get(income_type, "other") for income_type in KNOWN_INCOME_TYPES}
 )
 
+
+def roll_forward_group(income_type: str) -> str:
+    """The roll-forward group of an income type; unknown types are "other"."""
+    return ROLL_FORWARD_GROUPS.get(income_type, "other")

@@ -17,6 +17,7 @@ from recorder.simulator.market import _Account, _default_rows, _move, _wire_rows
 from recorder.simulator.responses import _Response, _error, _json
 from recorder.simulator.rules import _WEIGHTS, _authenticate, _load_public_key, _WeightLimiter
 from recorder.simulator.server import _Handler, _Server
+from recorder.simulator.snapshots import SNAPSHOT_PARAMS, SNAPSHOT_PATH, _snapshot_response, _WalletHistory
 
 _BALANCE_PATHS = frozenset({"/fapi/v2/balance", "/fapi/v3/balance"})
 _RESTRICTIONS_PATH = "/sapi/v1/account/apiRestrictions"
@@ -70,6 +71,8 @@ class ExchangeSimulator:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._base_url: str | None = None
+        # Per API key: the wallet balances the daily account snapshot reports (set_wallet_history).
+        self._wallet_histories: dict[str, _WalletHistory] = {}
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -139,6 +142,13 @@ class ExchangeSimulator:
         """A deep copy of the account's current rows (without accountAlias)."""
         with self._lock:
             return copy.deepcopy(self._accounts[api_key].rows)
+
+    def set_wallet_history(self, api_key: str, states: list[tuple[int, str, str]]) -> None:
+        """Give the account a past: (time_ms, asset, walletBalance) states for GET /sapi/v1/accountSnapshot."""
+        history = _WalletHistory()
+        history.replace(states)
+        with self._lock:
+            self._wallet_histories[api_key] = history
 
     def step(self, api_key: str | None = None) -> None:
         """Advance the simulated market one step for one account, or for all of them."""
@@ -211,6 +221,8 @@ class ExchangeSimulator:
                target: str) -> _Response:
         if method != "GET":
             return _error(405, -5000, f"Request method '{method}' not supported")
+        if path == SNAPSHOT_PATH:
+            return self._account_snapshot(query, api_key)
         if path == "/fapi/v1/ping":
             return _json(200, {})
         if path == "/fapi/v1/time":
@@ -244,6 +256,18 @@ class ExchangeSimulator:
                 self._served.append(snapshot)
         response = _json(200, rows)
         return response if fault is None or fault.name == "stall" else _decorate(fault, response)
+
+    def _account_snapshot(self, query: str, api_key: str) -> _Response:
+        # Weight 2400 on Binance, but on the spot host's separate /sapi budget: it is not charged
+        # against this (futures) budget, which a single call would otherwise nearly exhaust.
+        with self._lock:
+            known = self._accounts.get(api_key)
+        account = _authenticate(api_key, known, query, self.server_time_ms, SNAPSHOT_PARAMS)
+        if isinstance(account, _Response):
+            return account
+        with self._lock:
+            history = self._wallet_histories.get(api_key, _WalletHistory())
+            return _snapshot_response(history, copy.deepcopy(account.rows), query, self.server_time_ms())
 
     # -- lifecycle ------------------------------------------------------------------------------
 
