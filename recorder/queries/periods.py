@@ -13,6 +13,7 @@ on every recorder connection, see recorder.db); PostgreSQL's NUMERIC orders nati
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +122,10 @@ class Activity:
     # SQLite, where balance_units: the highest and lowest balance of the period, in 1e-8.
     high_units: int | None = None
     low_units: int | None = None
+    # SQLite: what the period's single scan already found, so nothing reads the rows again
+    # (None: not scanned; range_extremes and largest_moves query for it).
+    extremes: tuple[Extreme | None, Extreme | None] | None = None
+    moves: tuple[BalanceMove, ...] | None = None
 
 
 _ACTIVITY = {
@@ -143,6 +148,8 @@ def period_activity(connection: Connection, account: int, since: datetime, until
     """Per asset with rows in [since, until): the states recorded (every change of any amount,
     vanishing included) and, on SQLite, whether its balances and unrealized PnLs compare as integers."""
     sqlite = _is_sqlite(connection)
+    if sqlite:
+        return _scan_period(connection, account, since, until)
     params = {"account_id": account, "since": since, "until": until}
     found = {}
     for row in connection.execute(_ACTIVITY[sqlite], params):
@@ -437,6 +444,9 @@ def largest_moves(
     for asset, rows in activity.items():
         if rows.changes == 0:
             continue
+        if rows.moves is not None and limit <= SCAN_MOVES:
+            moves.extend(rows.moves)
+            continue
         if not sqlite:
             queries = [_MOVES_NUMERIC]
         elif rows.balance_units:
@@ -624,3 +634,84 @@ def _utc(value: object) -> datetime:
     if isinstance(value, datetime):
         return UtcDateTime().process_result_value(value, None)  # type: ignore[arg-type]
     return UtcDateTime().process_result_value(datetime.fromisoformat(str(value)), None)  # type: ignore[arg-type]
+
+
+# --- SQLite: one scan of the period ----------------------------------------------------------
+
+# Every SQL-side way to take consecutive differences on SQLite (a lag() window, a seek per
+# row) costs more per row than handing the rows over, and most rows repeat the previous
+# wallet balance (they record a change of another amount). So one pass per asset along the
+# (account_id, asset, observed_at) index streams the raw text of the balance, and Python does
+# work only where the text changes: the count, the highest and lowest (first time each), and
+# the largest moves come out of that pass together. Amounts stay exact: each changed text
+# becomes a Decimal; time text becomes a datetime only for the few rows reported.
+_SCAN_ROWS = (
+    select(_text(_BALANCES.c.observed_at), _text(_BALANCES.c.balance), _fits(_BALANCES.c.cross_un_pnl))
+    .where(_in_range_clause(), _BALANCES.c.asset == bindparam("asset"))
+    .order_by(_BALANCES.c.observed_at)
+)
+# Moves a scan keeps per asset: enough for any statement's list of largest changes.
+SCAN_MOVES = 50
+
+
+def _scan_period(connection: Connection, account: int, since: datetime, until: datetime) -> dict[str, Activity]:
+    dialect = connection.dialect
+    compiled = _SCAN_ROWS.compile(dialect=dialect)
+    bind_time = UtcDateTime().bind_processor(dialect)
+    # The raw driver cursor: SQLAlchemy's per-row result machinery would cost more than the scan.
+    cursor = connection.connection.driver_connection.cursor()
+    found = {}
+    try:
+        for asset in account_assets(connection, account):
+            values = {"account_id": account, "asset": asset, "since": bind_time(since), "until": bind_time(until)}
+            bound = compiled.construct_params(values)
+            rows = cursor.execute(str(compiled), [bound[name] for name in compiled.positiontup])
+            activity = _scan_asset(asset, rows)
+            if activity.changes:
+                found[asset] = activity
+    finally:
+        cursor.close()
+    return found
+
+
+def _binance_form(text: str) -> bool:
+    dot = text.find(".")
+    return dot > 0 and len(text) - dot - 1 == UNIT_DIGITS and len(text) <= _MAX_UNIT_TEXT
+
+
+def _scan_asset(asset: str, rows: Iterator[tuple[str, str | None, int]]) -> Activity:
+    changes, pnl_units, balance_units = 0, True, True
+    previous_text: str | None = None
+    previous: Decimal | None = None
+    high = low = None
+    # (-|delta|, observed_at text, before, after): sorted, this is largest first, earliest first.
+    kept: list[tuple[Decimal, str, Decimal, Decimal]] = []
+    for at, text, pnl_fits in rows:
+        changes += 1
+        if not pnl_fits:
+            pnl_units = False
+        if text == previous_text:
+            continue
+        previous_text = text
+        if text is None:  # vanished: no move into or out of a missing balance
+            previous = None
+            continue
+        value = Decimal(text)
+        if balance_units and not _binance_form(text):
+            balance_units = False
+        # Strict comparisons: the first time a value is reached is kept.
+        if high is None or value > high[0]:
+            high = (value, at)
+        if low is None or value < low[0]:
+            low = (value, at)
+        if previous is not None and value != previous:
+            kept.append((-abs(value - previous), at, previous, value))
+            if len(kept) > 4 * SCAN_MOVES:
+                kept = heapq.nsmallest(SCAN_MOVES, kept)
+        previous = value
+    moves = tuple(BalanceMove(asset, _utc(at), before, after) for _, at, before, after in heapq.nsmallest(SCAN_MOVES, kept))
+    extremes = (None, None) if high is None else (Extreme(high[0], _utc(high[1])), Extreme(low[0], _utc(low[1])))
+    bounds = (None, None)
+    if balance_units and high is not None:
+        bounds = (int(high[0].scaleb(UNIT_DIGITS)), int(low[0].scaleb(UNIT_DIGITS)))
+    return Activity(changes, balance_units, pnl_units, *bounds, extremes=extremes, moves=moves)

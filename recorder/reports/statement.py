@@ -218,7 +218,7 @@ def _account_statement(
         changes = rows.changes
         if opening.balance is None and closing.balance is None and changes == 0:
             continue  # not held at any time in the period
-        high, low = periods.range_extremes(
+        high, low = rows.extremes or periods.range_extremes(
             connection, account, asset, since, until, units=rows.balance_units, bounds=(rows.high_units, rows.low_units)
         )
         if opening.balance is not None:
