@@ -13,6 +13,7 @@ on every recorder connection, see recorder.db); PostgreSQL's NUMERIC orders nati
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -126,6 +127,8 @@ class Activity:
     # (None: not scanned; range_extremes and largest_moves query for it).
     extremes: tuple[Extreme | None, Extreme | None] | None = None
     moves: tuple[BalanceMove, ...] | None = None
+    # Asked for a chart: per amount (balance, cross_un_pnl) its buckets, as buckets() gives them.
+    buckets: dict[str, list[Bucket]] | None = None
 
 
 _ACTIVITY = {
@@ -144,12 +147,18 @@ _ACTIVITY = {
 }
 
 
-def period_activity(connection: Connection, account: int, since: datetime, until: datetime) -> dict[str, Activity]:
+def period_activity(
+    connection: Connection, account: int, since: datetime, until: datetime, chart_buckets: int | None = None
+) -> dict[str, Activity]:
     """Per asset with rows in [since, until): the states recorded (every change of any amount,
-    vanishing included) and, on SQLite, whether its balances and unrealized PnLs compare as integers."""
+    vanishing included) and, on SQLite, whether its balances and unrealized PnLs compare as integers.
+
+    On SQLite one scan also finds each asset's extremes and largest moves, and with
+    `chart_buckets` its chart buckets (see Activity); PostgreSQL leaves them to their queries.
+    """
     sqlite = _is_sqlite(connection)
     if sqlite:
-        return _scan_period(connection, account, since, until)
+        return _scan_period(connection, account, since, until, chart_buckets)
     params = {"account_id": account, "since": since, "until": until}
     found = {}
     for row in connection.execute(_ACTIVITY[sqlite], params):
@@ -641,32 +650,47 @@ def _utc(value: object) -> datetime:
 # Every SQL-side way to take consecutive differences on SQLite (a lag() window, a seek per
 # row) costs more per row than handing the rows over, and most rows repeat the previous
 # wallet balance (they record a change of another amount). So one pass per asset along the
-# (account_id, asset, observed_at) index streams the raw text of the balance, and Python does
-# work only where the text changes: the count, the highest and lowest (first time each), and
-# the largest moves come out of that pass together. Amounts stay exact: each changed text
-# becomes a Decimal; time text becomes a datetime only for the few rows reported.
-_SCAN_ROWS = (
-    select(_text(_BALANCES.c.observed_at), _text(_BALANCES.c.balance), _fits(_BALANCES.c.cross_un_pnl))
-    .where(_in_range_clause(), _BALANCES.c.asset == bindparam("asset"))
-    .order_by(_BALANCES.c.observed_at)
-)
+# (account_id, asset, observed_at) index streams the raw text of the amounts, and Python does
+# the balance's work only where its text changes: the count, the highest and lowest (first
+# time each), the largest moves and, for the HTML report, the chart buckets come out of that
+# pass together. Amounts stay exact: each changed text becomes a Decimal; time text becomes
+# a datetime only for the few rows reported.
+def _scan_query(chart: bool):
+    columns = [_text(_BALANCES.c.observed_at), _text(_BALANCES.c.balance), _fits(_BALANCES.c.cross_un_pnl)]
+    if chart:
+        columns.append(_text(_BALANCES.c.cross_un_pnl))
+    return (
+        select(*columns)
+        .where(_in_range_clause(), _BALANCES.c.asset == bindparam("asset"))
+        .order_by(_BALANCES.c.observed_at)
+    )
+
+
+_SCAN_ROWS = {chart: _scan_query(chart) for chart in (True, False)}
 # Moves a scan keeps per asset: enough for any statement's list of largest changes.
 SCAN_MOVES = 50
 
 
-def _scan_period(connection: Connection, account: int, since: datetime, until: datetime) -> dict[str, Activity]:
+def _scan_period(
+    connection: Connection, account: int, since: datetime, until: datetime, chart_buckets: int | None
+) -> dict[str, Activity]:
     dialect = connection.dialect
-    compiled = _SCAN_ROWS.compile(dialect=dialect)
-    bind_time = UtcDateTime().bind_processor(dialect)
+    compiled = _SCAN_ROWS[chart_buckets is not None].compile(dialect=dialect)
+    # The stored text form of a time (fixed width, so text order is time order).
+    stored = UtcDateTime().dialect_impl(dialect).bind_processor(dialect)
+    edges = None
+    if chart_buckets is not None:
+        width = (until - since) / chart_buckets
+        edges = [stored(since + width * index) for index in range(chart_buckets + 1)]
     # The raw driver cursor: SQLAlchemy's per-row result machinery would cost more than the scan.
     cursor = connection.connection.driver_connection.cursor()
     found = {}
     try:
         for asset in account_assets(connection, account):
-            values = {"account_id": account, "asset": asset, "since": bind_time(since), "until": bind_time(until)}
+            values = {"account_id": account, "asset": asset, "since": stored(since), "until": stored(until)}
             bound = compiled.construct_params(values)
             rows = cursor.execute(str(compiled), [bound[name] for name in compiled.positiontup])
-            activity = _scan_asset(asset, rows)
+            activity = _scan_asset(asset, rows, edges)
             if activity.changes:
                 found[asset] = activity
     finally:
@@ -679,39 +703,86 @@ def _binance_form(text: str) -> bool:
     return dot > 0 and len(text) - dot - 1 == UNIT_DIGITS and len(text) <= _MAX_UNIT_TEXT
 
 
-def _scan_asset(asset: str, rows: Iterator[tuple[str, str | None, int]]) -> Activity:
+class _ChartBuckets:
+    """Per bucket of the chart, the low, high and last balance and unrealized PnL (as buckets() gives them)."""
+
+    def __init__(self, edges: list[str]) -> None:
+        self.edges = edges
+        self.found: dict[str, list[Bucket]] = {"balance": [], "cross_un_pnl": []}
+        self.index = -1
+        self.next_edge = ""  # every row opens the first bucket
+
+    def enter(self, at: str) -> None:
+        """Close the current bucket and open the one `at` falls in."""
+        self.close()
+        self.index = min(bisect.bisect_right(self.edges, at) - 1, len(self.edges) - 2)
+        self.next_edge = self.edges[self.index + 1] if self.index + 2 < len(self.edges) else "\uffff"
+        self.lows = [None, None]
+        self.highs = [None, None]
+
+    def add(self, field: int, value: Decimal | None) -> None:
+        if value is None:
+            return
+        low, high = self.lows[field], self.highs[field]
+        if low is None or value < low:
+            self.lows[field] = value
+        if high is None or value > high:
+            self.highs[field] = value
+
+    def close(self) -> None:
+        if self.index < 0:
+            return
+        last_at = _utc(self.last_at)
+        for field, name in enumerate(("balance", "cross_un_pnl")):
+            self.found[name].append(Bucket(self.index, self.lows[field], self.highs[field], self.last[field], last_at))
+
+
+def _scan_asset(asset: str, rows, edges: list[str] | None) -> Activity:
     changes, pnl_units, balance_units = 0, True, True
     previous_text: str | None = None
     previous: Decimal | None = None
     high = low = None
     # (-|delta|, observed_at text, before, after): sorted, this is largest first, earliest first.
     kept: list[tuple[Decimal, str, Decimal, Decimal]] = []
-    for at, text, pnl_fits in rows:
+    chart = None if edges is None else _ChartBuckets(edges)
+    for at, text, pnl_fits, *pnl_text in rows:
         changes += 1
         if not pnl_fits:
             pnl_units = False
-        if text == previous_text:
-            continue
-        previous_text = text
-        if text is None:  # vanished: no move into or out of a missing balance
-            previous = None
-            continue
-        value = Decimal(text)
-        if balance_units and not _binance_form(text):
-            balance_units = False
-        # Strict comparisons: the first time a value is reached is kept.
-        if high is None or value > high[0]:
-            high = (value, at)
-        if low is None or value < low[0]:
-            low = (value, at)
-        if previous is not None and value != previous:
-            kept.append((-abs(value - previous), at, previous, value))
-            if len(kept) > 4 * SCAN_MOVES:
-                kept = heapq.nsmallest(SCAN_MOVES, kept)
-        previous = value
+        changed = text != previous_text
+        if changed:
+            previous_text = text
+            if text is None:  # vanished: no move into or out of a missing balance
+                previous = None
+            else:
+                value = Decimal(text)
+                if balance_units and not _binance_form(text):
+                    balance_units = False
+                # Strict comparisons: the first time a value is reached is kept.
+                if high is None or value > high[0]:
+                    high = (value, at)
+                if low is None or value < low[0]:
+                    low = (value, at)
+                if previous is not None and value != previous:
+                    kept.append((-abs(value - previous), at, previous, value))
+                    if len(kept) > 4 * SCAN_MOVES:
+                        kept = heapq.nsmallest(SCAN_MOVES, kept)
+                previous = value
+        if chart is not None:
+            if at >= chart.next_edge:
+                chart.enter(at)
+                chart.add(0, previous)
+            elif changed:
+                chart.add(0, previous)
+            pnl = None if pnl_text[0] is None else Decimal(pnl_text[0])
+            chart.add(1, pnl)
+            chart.last_at, chart.last = at, (previous, pnl)
     moves = tuple(BalanceMove(asset, _utc(at), before, after) for _, at, before, after in heapq.nsmallest(SCAN_MOVES, kept))
     extremes = (None, None) if high is None else (Extreme(high[0], _utc(high[1])), Extreme(low[0], _utc(low[1])))
     bounds = (None, None)
     if balance_units and high is not None:
         bounds = (int(high[0].scaleb(UNIT_DIGITS)), int(low[0].scaleb(UNIT_DIGITS)))
-    return Activity(changes, balance_units, pnl_units, *bounds, extremes=extremes, moves=moves)
+    if chart is not None:
+        chart.close()
+    return Activity(changes, balance_units, pnl_units, *bounds, extremes=extremes, moves=moves,
+                    buckets=None if chart is None else chart.found)

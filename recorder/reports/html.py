@@ -73,7 +73,9 @@ def build_report(
 ) -> Report:
     """The statement of [since, until) plus, per account and asset, its downsampled chart series."""
     activities: dict[str, Mapping[str, periods.Activity]] = {}
-    statement = build_statement(session, since, until, accounts, tz, generated_at=generated_at, activity_sink=activities)
+    statement = build_statement(
+        session, since, until, accounts, tz, generated_at=generated_at, activity_sink=activities, chart_buckets=buckets
+    )
     connection = session.connection() if isinstance(session, Session) else session
     charts = []
     if statement.until > statement.since:
@@ -92,10 +94,12 @@ def _chart(
 ) -> Chart:
     since, until = statement.since, statement.until
     openings = {"balance": asset.opening.balance, "cross_un_pnl": asset.opening.unrealized_pnl}
-    _, by_field = periods.buckets(
-        connection, account_id, asset.asset, {"balance": rows.balance_units, "cross_un_pnl": rows.pnl_units},
-        since, until, count,
-    )
+    by_field = rows.buckets
+    if by_field is None:  # not found by the statement's scan (PostgreSQL, or no rows)
+        _, by_field = periods.buckets(
+            connection, account_id, asset.asset, {"balance": rows.balance_units, "cross_un_pnl": rows.pnl_units},
+            since, until, count,
+        )
     per_field = {}
     for name, found in by_field.items():
         points: dict[int, Decimal | None] = {0: openings[name]}

@@ -154,6 +154,7 @@ def build_statement(
     *,
     generated_at: datetime | None = None,
     activity_sink: dict[str, Mapping[str, periods.Activity]] | None = None,
+    chart_buckets: int | None = None,
 ) -> Statement:
     """The statement of [since, until) for each account (in the order given), days cut in `tz`.
 
@@ -162,7 +163,7 @@ def build_statement(
     proportion to the period, never to the whole history, and in memory bounded by the
     number of assets and days. `activity_sink`, when given, receives per account label the
     period's per-asset activity (recorder.queries.periods), so the HTML report's charts do not
-    scan the period again for it.
+    scan the period again for it; with `chart_buckets` (SQLite) the same scan fills in their buckets.
     """
     from recorder import package_version
 
@@ -172,7 +173,9 @@ def build_statement(
     if until < since:
         raise ValueError("the period ends before it starts")
     since, until = since.astimezone(UTC), until.astimezone(UTC)
-    built = tuple(_account_statement(session, label, since, until, tz, activity_sink) for label in accounts)
+    built = tuple(
+        _account_statement(session, label, since, until, tz, activity_sink, chart_buckets) for label in accounts
+    )
     return Statement(since, until, tz, generated_at or datetime.now(UTC), package_version(), built)
 
 
@@ -183,6 +186,7 @@ def _account_statement(
     until: datetime,
     tz: tzinfo,
     activity_sink: dict[str, Mapping[str, periods.Activity]] | None,
+    chart_buckets: int | None = None,
 ) -> AccountStatement:
     connection = session.connection() if isinstance(session, Session) else session
     account = periods.account_id(connection, label)
@@ -206,7 +210,7 @@ def _account_statement(
     closing_poll = periods.last_ok_poll_before(connection, account, until)
     opening_stale = _stale(connection, account, opening_poll, since)
     closing_stale = _stale(connection, account, closing_poll, until)
-    activity = periods.period_activity(connection, account, since, until)
+    activity = periods.period_activity(connection, account, since, until, chart_buckets)
     if activity_sink is not None:
         activity_sink[label] = activity
     first_poll = periods.first_ok_poll(connection, account)
