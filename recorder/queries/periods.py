@@ -699,58 +699,34 @@ def _scan_period(
 
 
 def _binance_form(text: str) -> bool:
-    dot = text.find(".")
-    return dot > 0 and len(text) - dot - 1 == UNIT_DIGITS and len(text) <= _MAX_UNIT_TEXT
+    # Exactly 8 decimals (decimal_text never writes a bare ".5") and within 63 bits as 1e-8.
+    return len(text) <= _MAX_UNIT_TEXT and text[-UNIT_DIGITS - 1:-UNIT_DIGITS] == "."
 
 
-class _ChartBuckets:
-    """Per bucket of the chart, the low, high and last balance and unrealized PnL (as buckets() gives them)."""
-
-    def __init__(self, edges: list[str]) -> None:
-        self.edges = edges
-        self.found: dict[str, list[Bucket]] = {"balance": [], "cross_un_pnl": []}
-        self.index = -1
-        self.next_edge = ""  # every row opens the first bucket
-
-    def enter(self, at: str) -> None:
-        """Close the current bucket and open the one `at` falls in."""
-        self.close()
-        self.index = min(bisect.bisect_right(self.edges, at) - 1, len(self.edges) - 2)
-        self.next_edge = self.edges[self.index + 1] if self.index + 2 < len(self.edges) else "\uffff"
-        self.lows = [None, None]
-        self.highs = [None, None]
-
-    def add(self, field: int, value: Decimal | None) -> None:
-        if value is None:
-            return
-        low, high = self.lows[field], self.highs[field]
-        if low is None or value < low:
-            self.lows[field] = value
-        if high is None or value > high:
-            self.highs[field] = value
-
-    def close(self) -> None:
-        if self.index < 0:
-            return
-        last_at = _utc(self.last_at)
-        for field, name in enumerate(("balance", "cross_un_pnl")):
-            self.found[name].append(Bucket(self.index, self.lows[field], self.highs[field], self.last[field], last_at))
-
-
-def _scan_asset(asset: str, rows, edges: list[str] | None) -> Activity:
+def _scan_asset(asset: str, rows: Iterator[tuple], edges: list[str] | None) -> Activity:
+    """One asset's rows in time order: the hot loop of a statement, so plain locals throughout."""
     changes, pnl_units, balance_units = 0, True, True
     previous_text: str | None = None
     previous: Decimal | None = None
     high = low = None
     # (-|delta|, observed_at text, before, after): sorted, this is largest first, earliest first.
     kept: list[tuple[Decimal, str, Decimal, Decimal]] = []
-    chart = None if edges is None else _ChartBuckets(edges)
+    # The chart bucket being filled: its index, where the next one starts, low/high per amount,
+    # and the last row's values (what the bucket ended on).
+    charted: dict[str, list[Bucket]] = {"balance": [], "cross_un_pnl": []}
+    index, next_edge = -1, "" if edges is not None else _AFTER_ANY_TIME
+    balance_low = balance_high = pnl_low = pnl_high = last_balance = last_pnl = last_at = None
+
+    def close_bucket() -> None:
+        at = _utc(last_at)
+        charted["balance"].append(Bucket(index, balance_low, balance_high, last_balance, at))
+        charted["cross_un_pnl"].append(Bucket(index, pnl_low, pnl_high, last_pnl, at))
+
     for at, text, pnl_fits, *pnl_text in rows:
         changes += 1
         if not pnl_fits:
             pnl_units = False
-        changed = text != previous_text
-        if changed:
+        if text != previous_text:
             previous_text = text
             if text is None:  # vanished: no move into or out of a missing balance
                 previous = None
@@ -768,21 +744,36 @@ def _scan_asset(asset: str, rows, edges: list[str] | None) -> Activity:
                     if len(kept) > 4 * SCAN_MOVES:
                         kept = heapq.nsmallest(SCAN_MOVES, kept)
                 previous = value
-        if chart is not None:
-            if at >= chart.next_edge:
-                chart.enter(at)
-                chart.add(0, previous)
-            elif changed:
-                chart.add(0, previous)
+                if index >= 0 and at < next_edge:
+                    if balance_low is None or value < balance_low:
+                        balance_low = value
+                    if balance_high is None or value > balance_high:
+                        balance_high = value
+        if at >= next_edge:  # a later chart bucket starts (never without edges)
+            if index >= 0:
+                close_bucket()
+            index = min(bisect.bisect_right(edges, at) - 1, len(edges) - 2)
+            next_edge = edges[index + 1] if index + 2 < len(edges) else _AFTER_ANY_TIME
+            balance_low = balance_high = previous
+            pnl_low = pnl_high = None
+        if edges is not None:
             pnl = None if pnl_text[0] is None else Decimal(pnl_text[0])
-            chart.add(1, pnl)
-            chart.last_at, chart.last = at, (previous, pnl)
+            if pnl is not None:
+                if pnl_low is None or pnl < pnl_low:
+                    pnl_low = pnl
+                if pnl_high is None or pnl > pnl_high:
+                    pnl_high = pnl
+            last_at, last_balance, last_pnl = at, previous, pnl
+    if index >= 0:
+        close_bucket()
     moves = tuple(BalanceMove(asset, _utc(at), before, after) for _, at, before, after in heapq.nsmallest(SCAN_MOVES, kept))
     extremes = (None, None) if high is None else (Extreme(high[0], _utc(high[1])), Extreme(low[0], _utc(low[1])))
     bounds = (None, None)
     if balance_units and high is not None:
         bounds = (int(high[0].scaleb(UNIT_DIGITS)), int(low[0].scaleb(UNIT_DIGITS)))
-    if chart is not None:
-        chart.close()
     return Activity(changes, balance_units, pnl_units, *bounds, extremes=extremes, moves=moves,
-                    buckets=None if chart is None else chart.found)
+                    buckets=None if edges is None else charted)
+
+
+# Sorts after every stored time text (they are ASCII).
+_AFTER_ANY_TIME = "\uffff"
