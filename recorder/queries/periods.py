@@ -656,9 +656,9 @@ def _utc(value: object) -> datetime:
 # pass together. Amounts stay exact: each changed text becomes a Decimal; time text becomes
 # a datetime only for the few rows reported.
 def _scan_query(chart: bool):
-    columns = [_text(_BALANCES.c.observed_at), _text(_BALANCES.c.balance), _fits(_BALANCES.c.cross_un_pnl)]
-    if chart:
-        columns.append(_text(_BALANCES.c.cross_un_pnl))
+    # Always four columns: the loop unpacks a fixed tuple (a starred unpack builds a list per row).
+    pnl = _text(_BALANCES.c.cross_un_pnl) if chart else literal(None, String())
+    columns = [_text(_BALANCES.c.observed_at), _text(_BALANCES.c.balance), _fits(_BALANCES.c.cross_un_pnl), pnl]
     return (
         select(*columns)
         .where(_in_range_clause(), _BALANCES.c.asset == bindparam("asset"))
@@ -698,11 +698,6 @@ def _scan_period(
     return found
 
 
-def _binance_form(text: str) -> bool:
-    # Exactly 8 decimals (decimal_text never writes a bare ".5") and within 63 bits as 1e-8.
-    return len(text) <= _MAX_UNIT_TEXT and text[-UNIT_DIGITS - 1:-UNIT_DIGITS] == "."
-
-
 def _scan_asset(asset: str, rows: Iterator[tuple], edges: list[str] | None) -> Activity:
     """One asset's rows in time order: the hot loop of a statement, so plain locals throughout."""
     changes, pnl_units, balance_units = 0, True, True
@@ -711,6 +706,8 @@ def _scan_asset(asset: str, rows: Iterator[tuple], edges: list[str] | None) -> A
     high = low = None
     # (-|delta|, observed_at text, before, after): sorted, this is largest first, earliest first.
     kept: list[tuple[Decimal, str, Decimal, Decimal]] = []
+    # Once SCAN_MOVES are kept, a move smaller than the smallest of them cannot make the list.
+    smallest_kept = Decimal(0)
     # The chart bucket being filled: its index, where the next one starts, low/high per amount,
     # and the last row's values (what the bucket ended on).
     charted: dict[str, list[Bucket]] = {"balance": [], "cross_un_pnl": []}
@@ -722,7 +719,7 @@ def _scan_asset(asset: str, rows: Iterator[tuple], edges: list[str] | None) -> A
         charted["balance"].append(Bucket(index, balance_low, balance_high, last_balance, at))
         charted["cross_un_pnl"].append(Bucket(index, pnl_low, pnl_high, last_pnl, at))
 
-    for at, text, pnl_fits, *pnl_text in rows:
+    for at, text, pnl_fits, pnl_text in rows:
         changes += 1
         if not pnl_fits:
             pnl_units = False
@@ -732,7 +729,9 @@ def _scan_asset(asset: str, rows: Iterator[tuple], edges: list[str] | None) -> A
                 previous = None
             else:
                 value = Decimal(text)
-                if balance_units and not _binance_form(text):
+                # _fits in Python, inline as it runs for every change: exactly 8 decimals
+                # (decimal_text never writes a bare ".5") and within 63 bits in 1e-8.
+                if balance_units and (len(text) > _MAX_UNIT_TEXT or text[-UNIT_DIGITS - 1:-UNIT_DIGITS] != "."):
                     balance_units = False
                 # Strict comparisons: the first time a value is reached is kept.
                 if high is None or value > high[0]:
@@ -740,9 +739,12 @@ def _scan_asset(asset: str, rows: Iterator[tuple], edges: list[str] | None) -> A
                 if low is None or value < low[0]:
                     low = (value, at)
                 if previous is not None and value != previous:
-                    kept.append((-abs(value - previous), at, previous, value))
-                    if len(kept) > 4 * SCAN_MOVES:
-                        kept = heapq.nsmallest(SCAN_MOVES, kept)
+                    size = abs(value - previous)
+                    if size >= smallest_kept:
+                        kept.append((-size, at, previous, value))
+                        if len(kept) > 4 * SCAN_MOVES:
+                            kept = heapq.nsmallest(SCAN_MOVES, kept)
+                            smallest_kept = -kept[-1][0]
                 previous = value
                 if index >= 0 and at < next_edge:
                     if balance_low is None or value < balance_low:
@@ -757,7 +759,7 @@ def _scan_asset(asset: str, rows: Iterator[tuple], edges: list[str] | None) -> A
             balance_low = balance_high = previous
             pnl_low = pnl_high = None
         if edges is not None:
-            pnl = None if pnl_text[0] is None else Decimal(pnl_text[0])
+            pnl = None if pnl_text is None else Decimal(pnl_text)
             if pnl is not None:
                 if pnl_low is None or pnl < pnl_low:
                     pnl_low = pnl

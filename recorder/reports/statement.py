@@ -158,8 +158,9 @@ def build_statement(
 ) -> Statement:
     """The statement of [since, until) for each account (in the order given), days cut in `tz`.
 
-    Costs one index seek per asset and edge (opening, closing, every midnight), two bounded
-    top-1 sorts and a count over the period's rows per asset, and the stored gaps: in
+    Costs one index seek per asset and edge (opening, closing, every midnight), one pass over
+    the period's rows per asset (SQLite) or an aggregate, two top-1 sorts and a window
+    (PostgreSQL), and the stored gaps: in
     proportion to the period, never to the whole history, and in memory bounded by the
     number of assets and days. `activity_sink`, when given, receives per account label the
     period's per-asset activity (recorder.queries.periods), so the HTML report's charts do not
@@ -214,6 +215,8 @@ def _account_statement(
     if activity_sink is not None:
         activity_sink[label] = activity
     first_poll = periods.first_ok_poll(connection, account)
+    # The same for every asset: computed once, not per asset and day.
+    day_blind = [sum(_overlap(gap.start, gap.end, start, end) for gap in gap_list) for start, end in zip(edges, edges[1:])]
     assets = []
     for asset, states in at_edges.items():
         opening = _mark(states[0], since, opening_poll, opening_stale)
@@ -238,7 +241,7 @@ def _account_statement(
                 end,
                 _counted(states[index], start, first_poll),
                 _counted(states[index + 1], end, first_poll),
-                sum(_overlap(gap.start, gap.end, start, end) for gap in gap_list),
+                day_blind[index],
             )
             for index, (start, end) in enumerate(zip(edges, edges[1:]))
         )
