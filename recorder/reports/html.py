@@ -7,7 +7,8 @@ database (account labels, assets, error messages) goes through Jinja2's autoesca
 and through `tojson` (which escapes <, >, & and ') inside the script; the chart arrays are
 built here from numbers only and checked to be so.
 
-Charts are downsampled in SQL (recorder.queries.periods.buckets): per pixel-wide bucket the
+Charts are downsampled per pixel-wide bucket (on SQLite by the statement's own pass over the
+period, recorder.queries.periods.period_activity; on PostgreSQL in SQL, periods.buckets): the
 lowest and highest value and the value it ended on, so every extreme of the step series
 survives and a year of minute polls never loads into memory.
 """
