@@ -19,11 +19,13 @@ Each run is a fresh interpreter: times are the best of --repeat runs, memory the
 
     .venv/bin/python scripts/bench_report.py                 # generate into a temp dir, measure, delete
     .venv/bin/python scripts/bench_report.py --keep /tmp/b   # keep (and reuse) /tmp/b/bench-report.db
+    .venv/bin/python scripts/bench_report.py --before f42ab67   # also measure that commit's code, same run
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import random
@@ -31,6 +33,7 @@ import resource
 import shutil
 import sys
 import subprocess
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -235,17 +238,21 @@ def run_measurement(name: str, path: Path, out: Path) -> tuple[float, float, Any
         read.close()
 
 
-def measure(name: str, path: Path, out: Path, repeat: int) -> tuple[float, float, float]:
+def measure(name: str, path: Path, out: Path, repeat: int, code: Path | None = None) -> tuple[float, float, float]:
     """Best wall and CPU time of `repeat` runs, each in a fresh interpreter, and the largest peak RSS (MB).
 
     CPU time counts this process only (SQLite runs inside it): on a machine shared with other
     work it moves far less than the wall time.
     """
     best, best_cpu, peak = float("inf"), float("inf"), 0.0
+    environment = dict(os.environ)
+    if code is not None:
+        # The older recorder package shadows the installed one in the measuring interpreter.
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), environment.get("PYTHONPATH")]))
     for _ in range(repeat):
         result = subprocess.run(
             [sys.executable, __file__, "--measure", name, "--database", str(path), "--out", str(out)],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, env=environment,
         )
         seconds, cpu, rss = json.loads(result.stdout.strip().splitlines()[-1])
         best, best_cpu, peak = min(best, seconds), min(best_cpu, cpu), max(peak, rss)
@@ -256,6 +263,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", type=Path, help="Keep (and reuse) the generated database in this folder.")
     parser.add_argument("--repeat", type=int, default=3, help="Runs per measurement; the best counts.")
+    parser.add_argument("--before", metavar="REV",
+                        help="Also measure the statement and report with the recorder package of this git revision.")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     parser.add_argument("--database", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -288,12 +297,18 @@ def main() -> int:
         report_time, report_cpu, report_peak = measure("report", path, out, args.repeat)
         naive, year = ((folder / f"{name}.figures").read_text(encoding="utf-8") for name in ("naive", "year"))
         assert naive == year, f"the statement and the naive figures differ:\n{year}\n{naive}"
+        before_rows = []
+        if args.before:
+            code = _checkout(args.before, folder / "before")
+            for name, title in (("year", "statement, one year"), ("report", "report, one year (build + write HTML)")):
+                before_rows.append((f"{title}, at {args.before}", *measure(name, path, folder / "before.html", args.repeat, code)))
         size = out.stat().st_size
         rows = [
             ("naive: the year's states into Python (baseline)", naive_time, naive_cpu, naive_peak),
             ("statement, one year", year_time, year_cpu, year_peak),
             ("statement, one month (30 days)", month_time, month_cpu, month_peak),
             ("report, one year (build + write HTML)", report_time, report_cpu, report_peak),
+            *before_rows,
         ]
         print(f"\nOne account, 8 assets, a year of minute polls ({POLLS:,} polls, {rows_total:,} balance rows), SQLite; "
               f"load average at the end {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
@@ -306,6 +321,17 @@ def main() -> int:
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _checkout(revision: str, folder: Path) -> Path:
+    """The recorder package as it was at `revision`, extracted into `folder` (for PYTHONPATH)."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", revision, "recorder"],
+                             capture_output=True, check=True).stdout
+    shutil.rmtree(folder, ignore_errors=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
 
 
 def _figures(result: Any) -> dict[str, tuple]:

@@ -13,6 +13,8 @@ on every recorder connection, see recorder.db); PostgreSQL's NUMERIC orders nati
 
 from __future__ import annotations
 
+import bisect
+import heapq
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,6 +123,12 @@ class Activity:
     # SQLite, where balance_units: the highest and lowest balance of the period, in 1e-8.
     high_units: int | None = None
     low_units: int | None = None
+    # SQLite: what the period's single scan already found, so nothing reads the rows again
+    # (None: not scanned; range_extremes and largest_moves query for it).
+    extremes: tuple[Extreme | None, Extreme | None] | None = None
+    moves: tuple[BalanceMove, ...] | None = None
+    # Asked for a chart: per amount (balance, cross_un_pnl) its buckets, as buckets() gives them.
+    buckets: dict[str, list[Bucket]] | None = None
 
 
 _ACTIVITY = {
@@ -139,10 +147,18 @@ _ACTIVITY = {
 }
 
 
-def period_activity(connection: Connection, account: int, since: datetime, until: datetime) -> dict[str, Activity]:
+def period_activity(
+    connection: Connection, account: int, since: datetime, until: datetime, chart_buckets: int | None = None
+) -> dict[str, Activity]:
     """Per asset with rows in [since, until): the states recorded (every change of any amount,
-    vanishing included) and, on SQLite, whether its balances and unrealized PnLs compare as integers."""
+    vanishing included) and, on SQLite, whether its balances and unrealized PnLs compare as integers.
+
+    On SQLite one scan also finds each asset's extremes and largest moves, and with
+    `chart_buckets` its chart buckets (see Activity); PostgreSQL leaves them to their queries.
+    """
     sqlite = _is_sqlite(connection)
+    if sqlite:
+        return _scan_period(connection, account, since, until, chart_buckets)
     params = {"account_id": account, "since": since, "until": until}
     found = {}
     for row in connection.execute(_ACTIVITY[sqlite], params):
@@ -437,6 +453,9 @@ def largest_moves(
     for asset, rows in activity.items():
         if rows.changes == 0:
             continue
+        if rows.moves is not None and limit <= SCAN_MOVES:
+            moves.extend(rows.moves)
+            continue
         if not sqlite:
             queries = [_MOVES_NUMERIC]
         elif rows.balance_units:
@@ -624,3 +643,139 @@ def _utc(value: object) -> datetime:
     if isinstance(value, datetime):
         return UtcDateTime().process_result_value(value, None)  # type: ignore[arg-type]
     return UtcDateTime().process_result_value(datetime.fromisoformat(str(value)), None)  # type: ignore[arg-type]
+
+
+# --- SQLite: one scan of the period ----------------------------------------------------------
+
+# Every SQL-side way to take consecutive differences on SQLite (a lag() window, a seek per
+# row) costs more per row than handing the rows over, and most rows repeat the previous
+# wallet balance (they record a change of another amount). So one pass per asset along the
+# (account_id, asset, observed_at) index streams the raw text of the amounts, and Python does
+# the balance's work only where its text changes: the count, the highest and lowest (first
+# time each), the largest moves and, for the HTML report, the chart buckets come out of that
+# pass together. Amounts stay exact: each changed text becomes a Decimal; time text becomes
+# a datetime only for the few rows reported.
+def _scan_query(chart: bool):
+    # Always four columns: the loop unpacks a fixed tuple (a starred unpack builds a list per row).
+    pnl = _text(_BALANCES.c.cross_un_pnl) if chart else literal(None, String())
+    columns = [_text(_BALANCES.c.observed_at), _text(_BALANCES.c.balance), _fits(_BALANCES.c.cross_un_pnl), pnl]
+    return (
+        select(*columns)
+        .where(_in_range_clause(), _BALANCES.c.asset == bindparam("asset"))
+        .order_by(_BALANCES.c.observed_at)
+    )
+
+
+_SCAN_ROWS = {chart: _scan_query(chart) for chart in (True, False)}
+# Moves a scan keeps per asset: enough for any statement's list of largest changes.
+SCAN_MOVES = 50
+
+
+def _scan_period(
+    connection: Connection, account: int, since: datetime, until: datetime, chart_buckets: int | None
+) -> dict[str, Activity]:
+    dialect = connection.dialect
+    compiled = _SCAN_ROWS[chart_buckets is not None].compile(dialect=dialect)
+    # The stored text form of a time (fixed width, so text order is time order).
+    stored = UtcDateTime().dialect_impl(dialect).bind_processor(dialect)
+    edges = None
+    if chart_buckets is not None:
+        width = (until - since) / chart_buckets
+        edges = [stored(since + width * index) for index in range(chart_buckets + 1)]
+    # The raw driver cursor: SQLAlchemy's per-row result machinery would cost more than the scan.
+    cursor = connection.connection.driver_connection.cursor()
+    found = {}
+    try:
+        for asset in account_assets(connection, account):
+            values = {"account_id": account, "asset": asset, "since": stored(since), "until": stored(until)}
+            bound = compiled.construct_params(values)
+            rows = cursor.execute(str(compiled), [bound[name] for name in compiled.positiontup])
+            activity = _scan_asset(asset, rows, edges)
+            if activity.changes:
+                found[asset] = activity
+    finally:
+        cursor.close()
+    return found
+
+
+def _scan_asset(asset: str, rows: Iterator[tuple], edges: list[str] | None) -> Activity:
+    """One asset's rows in time order: the hot loop of a statement, so plain locals throughout."""
+    changes, pnl_units, balance_units = 0, True, True
+    previous_text: str | None = None
+    previous: Decimal | None = None
+    high = low = None
+    # (-|delta|, observed_at text, before, after): sorted, this is largest first, earliest first.
+    kept: list[tuple[Decimal, str, Decimal, Decimal]] = []
+    # Once SCAN_MOVES are kept, a move smaller than the smallest of them cannot make the list.
+    smallest_kept = Decimal(0)
+    # The chart bucket being filled: its index, where the next one starts, low/high per amount,
+    # and the last row's values (what the bucket ended on).
+    charted: dict[str, list[Bucket]] = {"balance": [], "cross_un_pnl": []}
+    index, next_edge = -1, "" if edges is not None else _AFTER_ANY_TIME
+    balance_low = balance_high = pnl_low = pnl_high = last_balance = last_pnl = last_at = None
+
+    def close_bucket() -> None:
+        at = _utc(last_at)
+        charted["balance"].append(Bucket(index, balance_low, balance_high, last_balance, at))
+        charted["cross_un_pnl"].append(Bucket(index, pnl_low, pnl_high, last_pnl, at))
+
+    for at, text, pnl_fits, pnl_text in rows:
+        changes += 1
+        if not pnl_fits:
+            pnl_units = False
+        if text != previous_text:
+            previous_text = text
+            if text is None:  # vanished: no move into or out of a missing balance
+                previous = None
+            else:
+                value = Decimal(text)
+                # _fits in Python, inline as it runs for every change: exactly 8 decimals
+                # (decimal_text never writes a bare ".5") and within 63 bits in 1e-8.
+                if balance_units and (len(text) > _MAX_UNIT_TEXT or text[-UNIT_DIGITS - 1:-UNIT_DIGITS] != "."):
+                    balance_units = False
+                # Strict comparisons: the first time a value is reached is kept.
+                if high is None or value > high[0]:
+                    high = (value, at)
+                if low is None or value < low[0]:
+                    low = (value, at)
+                if previous is not None and value != previous:
+                    size = abs(value - previous)
+                    if size >= smallest_kept:
+                        kept.append((-size, at, previous, value))
+                        if len(kept) > 4 * SCAN_MOVES:
+                            kept = heapq.nsmallest(SCAN_MOVES, kept)
+                            smallest_kept = -kept[-1][0]
+                previous = value
+                if index >= 0 and at < next_edge:
+                    if balance_low is None or value < balance_low:
+                        balance_low = value
+                    if balance_high is None or value > balance_high:
+                        balance_high = value
+        if at >= next_edge:  # a later chart bucket starts (never without edges)
+            if index >= 0:
+                close_bucket()
+            index = min(bisect.bisect_right(edges, at) - 1, len(edges) - 2)
+            next_edge = edges[index + 1] if index + 2 < len(edges) else _AFTER_ANY_TIME
+            balance_low = balance_high = previous
+            pnl_low = pnl_high = None
+        if edges is not None:
+            pnl = None if pnl_text is None else Decimal(pnl_text)
+            if pnl is not None:
+                if pnl_low is None or pnl < pnl_low:
+                    pnl_low = pnl
+                if pnl_high is None or pnl > pnl_high:
+                    pnl_high = pnl
+            last_at, last_balance, last_pnl = at, previous, pnl
+    if index >= 0:
+        close_bucket()
+    moves = tuple(BalanceMove(asset, _utc(at), before, after) for _, at, before, after in heapq.nsmallest(SCAN_MOVES, kept))
+    extremes = (None, None) if high is None else (Extreme(high[0], _utc(high[1])), Extreme(low[0], _utc(low[1])))
+    bounds = (None, None)
+    if balance_units and high is not None:
+        bounds = (int(high[0].scaleb(UNIT_DIGITS)), int(low[0].scaleb(UNIT_DIGITS)))
+    return Activity(changes, balance_units, pnl_units, *bounds, extremes=extremes, moves=moves,
+                    buckets=None if edges is None else charted)
+
+
+# Sorts after every stored time text (they are ASCII).
+_AFTER_ANY_TIME = "\uffff"

@@ -7,7 +7,8 @@ database (account labels, assets, error messages) goes through Jinja2's autoesca
 and through `tojson` (which escapes <, >, & and ') inside the script; the chart arrays are
 built here from numbers only and checked to be so.
 
-Charts are downsampled in SQL (recorder.queries.periods.buckets): per pixel-wide bucket the
+Charts are downsampled per pixel-wide bucket (on SQLite by the statement's own pass over the
+period, recorder.queries.periods.period_activity; on PostgreSQL in SQL, periods.buckets): the
 lowest and highest value and the value it ended on, so every extreme of the step series
 survives and a year of minute polls never loads into memory.
 """
@@ -73,7 +74,9 @@ def build_report(
 ) -> Report:
     """The statement of [since, until) plus, per account and asset, its downsampled chart series."""
     activities: dict[str, Mapping[str, periods.Activity]] = {}
-    statement = build_statement(session, since, until, accounts, tz, generated_at=generated_at, activity_sink=activities)
+    statement = build_statement(
+        session, since, until, accounts, tz, generated_at=generated_at, activity_sink=activities, chart_buckets=buckets
+    )
     connection = session.connection() if isinstance(session, Session) else session
     charts = []
     if statement.until > statement.since:
@@ -92,10 +95,12 @@ def _chart(
 ) -> Chart:
     since, until = statement.since, statement.until
     openings = {"balance": asset.opening.balance, "cross_un_pnl": asset.opening.unrealized_pnl}
-    _, by_field = periods.buckets(
-        connection, account_id, asset.asset, {"balance": rows.balance_units, "cross_un_pnl": rows.pnl_units},
-        since, until, count,
-    )
+    by_field = rows.buckets
+    if by_field is None:  # not found by the statement's scan (PostgreSQL, or no rows)
+        _, by_field = periods.buckets(
+            connection, account_id, asset.asset, {"balance": rows.balance_units, "cross_un_pnl": rows.pnl_units},
+            since, until, count,
+        )
     per_field = {}
     for name, found in by_field.items():
         points: dict[int, Decimal | None] = {0: openings[name]}

@@ -157,15 +157,17 @@ def build_statement(
     *,
     generated_at: datetime | None = None,
     activity_sink: dict[str, Mapping[str, periods.Activity]] | None = None,
+    chart_buckets: int | None = None,
 ) -> Statement:
     """The statement of [since, until) for each account (in the order given), days cut in `tz`.
 
-    Costs one index seek per asset and edge (opening, closing, every midnight), two bounded
-    top-1 sorts and a count over the period's rows per asset, and the stored gaps: in
+    Costs one index seek per asset and edge (opening, closing, every midnight), one pass over
+    the period's rows per asset (SQLite) or an aggregate, two top-1 sorts and a window
+    (PostgreSQL), and the stored gaps: in
     proportion to the period, never to the whole history, and in memory bounded by the
     number of assets and days. `activity_sink`, when given, receives per account label the
     period's per-asset activity (recorder.queries.periods), so the HTML report's charts do not
-    scan the period again for it.
+    scan the period again for it; with `chart_buckets` (SQLite) the same scan fills in their buckets.
     """
     from recorder import package_version
 
@@ -175,7 +177,9 @@ def build_statement(
     if until < since:
         raise ValueError("the period ends before it starts")
     since, until = since.astimezone(UTC), until.astimezone(UTC)
-    built = tuple(_account_statement(session, label, since, until, tz, activity_sink) for label in accounts)
+    built = tuple(
+        _account_statement(session, label, since, until, tz, activity_sink, chart_buckets) for label in accounts
+    )
     return Statement(since, until, tz, generated_at or datetime.now(UTC), package_version(), built)
 
 
@@ -186,6 +190,7 @@ def _account_statement(
     until: datetime,
     tz: tzinfo,
     activity_sink: dict[str, Mapping[str, periods.Activity]] | None,
+    chart_buckets: int | None = None,
 ) -> AccountStatement:
     connection = session.connection() if isinstance(session, Session) else session
     account = periods.account_id(connection, label)
@@ -209,10 +214,12 @@ def _account_statement(
     closing_poll = periods.last_ok_poll_before(connection, account, until)
     opening_stale = _stale(connection, account, opening_poll, since)
     closing_stale = _stale(connection, account, closing_poll, until)
-    activity = periods.period_activity(connection, account, since, until)
+    activity = periods.period_activity(connection, account, since, until, chart_buckets)
     if activity_sink is not None:
         activity_sink[label] = activity
     first_poll = periods.first_ok_poll(connection, account)
+    # The same for every asset: computed once, not per asset and day.
+    day_blind = [sum(_overlap(gap.start, gap.end, start, end) for gap in gap_list) for start, end in zip(edges, edges[1:])]
     assets = []
     for asset, states in at_edges.items():
         opening = _mark(states[0], since, opening_poll, opening_stale)
@@ -221,7 +228,7 @@ def _account_statement(
         changes = rows.changes
         if opening.balance is None and closing.balance is None and changes == 0:
             continue  # not held at any time in the period
-        high, low = periods.range_extremes(
+        high, low = rows.extremes or periods.range_extremes(
             connection, account, asset, since, until, units=rows.balance_units, bounds=(rows.high_units, rows.low_units)
         )
         if opening.balance is not None:
@@ -237,7 +244,7 @@ def _account_statement(
                 end,
                 _counted(states[index], start, first_poll),
                 _counted(states[index + 1], end, first_poll),
-                sum(_overlap(gap.start, gap.end, start, end) for gap in gap_list),
+                day_blind[index],
             )
             for index, (start, end) in enumerate(zip(edges, edges[1:]))
         )
