@@ -1,0 +1,1 @@
+"""The income ledger: archive Binance's income history, reconcile it, backfill the past."""
