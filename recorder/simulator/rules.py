@@ -23,7 +23,8 @@ from recorder.simulator.responses import _Response, _error
 _MINUTE_MS = 60_000
 _BAN_SECONDS = 120  # Binance's shortest automatic ban ("from 2 minutes to 3 days").
 _MAX_RECV_WINDOW = 60_000
-_WEIGHTS = {"/fapi/v1/ping": 1, "/fapi/v1/time": 1, "/fapi/v2/balance": 10, "/fapi/v3/balance": 5}
+_WEIGHTS = {"/fapi/v1/ping": 1, "/fapi/v1/time": 1, "/fapi/v2/balance": 10, "/fapi/v3/balance": 5,
+            "/fapi/v1/income": 30}
 _SIGNED_PARAMS = frozenset({"timestamp", "recvWindow", "signature"})
 _LONG = re.compile(r"[0-9]{1,19}")
 
@@ -88,10 +89,11 @@ class _WeightLimiter:
 
 
 def _authenticate(api_key: str, account: _Account | None, query: str,
-                  clock: Callable[[], int]) -> _Account | _Response:
+                  clock: Callable[[], int], params: frozenset[str] = frozenset()) -> _Account | _Response:
     """Apply Binance's SIGNED endpoint checks in Binance's order; the account or the error.
 
-    account is the one registered under api_key, None if there is none; clock reads the exchange clock (epoch ms).
+    account is the one registered under api_key, None if there is none; clock reads the exchange clock (epoch ms);
+    params names the endpoint's own parameters, read besides the signed ones.
     """
     if not api_key:
         return _error(401, -2014, _MSG_2014)
@@ -123,7 +125,7 @@ def _authenticate(api_key: str, account: _Account | None, query: str,
                                   "legal range is '^[0-9]{1,20}$'.")
     if not 0 < int(recv_window) <= _MAX_RECV_WINDOW:
         return _error(400, -1131, "recvWindow must be less than 60000")
-    read = sum(name in _SIGNED_PARAMS for name in names)
+    read = sum(name in _SIGNED_PARAMS or name in params for name in names)
     if read != len(names):
         return _error(400, -1104, f"Not all sent parameters were read; read '{read}' parameter(s) "
                                   f"but was sent '{len(names)}'.")
