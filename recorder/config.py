@@ -36,6 +36,7 @@ ENVIRONMENT = {
     "BINANCE_PRIVATE_KEY_PASSPHRASE": "private_key_passphrase",
     "RECORDER_SPOOL_DIR": "spool_dir",
     "RECORDER_WEIGHT_LIMIT": "weight_limit",
+    "RECORDER_LEDGER_INTERVAL": "ledger_interval",
 }
 DEFAULT_SPOOL_DIR = ".recorder-spool"
 # Binance's REQUEST_WEIGHT limit per IP per minute (exchangeInfo rateLimits).
@@ -45,6 +46,10 @@ DEFAULT_WEIGHT_LIMIT = 2400
 MIN_INTERVAL_SECONDS, MAX_INTERVAL_SECONDS = 0.2, 86400.0
 MIN_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS = 0.1, 600.0
 MIN_WEIGHT_LIMIT, MAX_WEIGHT_LIMIT = 20, 1_000_000
+# The income-ledger sync (`recorder run`): every 5 minutes by default; at most daily, far inside
+# the three months Binance keeps the ledger.
+DEFAULT_LEDGER_INTERVAL_SECONDS = 300.0
+MIN_LEDGER_INTERVAL_SECONDS, MAX_LEDGER_INTERVAL_SECONDS = 10.0, 86400.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ class Settings:
     private_key_passphrase: str | None = field(default=None, repr=False)
     spool_dir: str = DEFAULT_SPOOL_DIR
     weight_limit: int = DEFAULT_WEIGHT_LIMIT
+    ledger_interval: float = DEFAULT_LEDGER_INTERVAL_SECONDS
 
     @property
     def balance_path(self) -> str:
@@ -152,6 +158,10 @@ def _validated(raw: dict[str, Any]) -> Settings:
     if "weight_limit" in raw:
         values["weight_limit"] = _number(raw["weight_limit"], "RECORDER_WEIGHT_LIMIT (--weight-limit)", int,
                                          minimum=MIN_WEIGHT_LIMIT, maximum=MAX_WEIGHT_LIMIT)
+    if "ledger_interval" in raw:
+        values["ledger_interval"] = _number(raw["ledger_interval"], "RECORDER_LEDGER_INTERVAL (--ledger-interval)", float,
+                                            minimum=MIN_LEDGER_INTERVAL_SECONDS,
+                                            maximum=MAX_LEDGER_INTERVAL_SECONDS, unit="s")
     return Settings(**values)
 
 

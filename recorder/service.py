@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from types import FrameType
@@ -257,8 +257,23 @@ class RunResult:
     abandoned_poll: bool
 
 
-def run(recorder: Recorder, interval: float, *, stop_after: float | None = None) -> RunResult:
-    """Poll every `interval` seconds until SIGTERM/SIGINT (or `stop_after` seconds)."""
+@dataclass(frozen=True)
+class PeriodicJob:
+    """Another job of the run loop beside the polls (e.g. the ledger sync): `call()` every `interval` s.
+
+    It runs under the same in-flight lock as the polls, so it never uses the exchange client
+    from a second thread; a RecorderError it raises is logged by it and the next run goes on.
+    """
+
+    name: str
+    interval: float
+    call: Callable[[], object]
+
+
+def run(recorder: Recorder, interval: float, *, stop_after: float | None = None,
+        extra_jobs: Sequence[PeriodicJob] = ()) -> RunResult:
+    """Poll every `interval` seconds, and run each of `extra_jobs` on its own interval, until
+    SIGTERM/SIGINT (or `stop_after` seconds)."""
     # A BackgroundScheduler and a main thread that only sleeps and checks a flag: the signal
     # handler then needs no lock. Shutting a BlockingScheduler down from the handler sets a
     # threading.Event, which deadlocks when the signal lands while the main thread holds
@@ -300,6 +315,17 @@ def run(recorder: Recorder, interval: float, *, stop_after: float | None = None)
         misfire_grace_time=max(1, int(interval)),
         id="poll",
     )
+    for job in extra_jobs:
+        scheduler.add_job(
+            _guarded(job, in_flight, stop),
+            "interval",
+            seconds=job.interval,
+            next_run_time=utcnow(),
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(1, int(job.interval)),
+            id=job.name,
+        )
     deadline = None if stop_after is None else time.monotonic() + stop_after
     log.info("recording account=%s every %gs; stop with Ctrl-C or SIGTERM", recorder.account, interval)
     scheduler.start()
@@ -323,6 +349,21 @@ def run(recorder: Recorder, interval: float, *, stop_after: float | None = None)
         in_flight.release()
     log.info("stopped")
     return RunResult(int(stop.get("exit_code", 0)), abandoned)
+
+
+def _guarded(job: PeriodicJob, in_flight: threading.Lock, stop: dict[str, object]) -> Callable[[], None]:
+    def tick() -> None:
+        with in_flight:
+            try:
+                job.call()
+            except ConfigError as error:
+                log.error("stopping: %s: %s", job.name, error)
+                stop.setdefault("reason", "a configuration error")
+                stop.setdefault("exit_code", 1)
+            except RecorderError:
+                pass  # already logged and recorded by the job; its next run goes on
+
+    return tick
 
 
 def declare_schedule(recorder: Recorder, interval: float, *, source: str, at: datetime) -> bool:

@@ -106,3 +106,4 @@ def main() -> None:
 # imported inside the command that uses it, so a read command starts without them.
 from recorder.cli import recording  # noqa: E402,F401
 from recorder.cli import querying  # noqa: E402,F401
+from recorder.cli import ledgering  # noqa: E402,F401

@@ -70,7 +70,7 @@ def range_options(function: F) -> F:
 
 # The polling interval is the writer's (stored in the database); a reader's own
 # RECORDER_INTERVAL, even a malformed one, must not change or break any answer.
-READER_IGNORES = frozenset({"RECORDER_INTERVAL"})
+READER_IGNORES = frozenset({"RECORDER_INTERVAL", "RECORDER_LEDGER_INTERVAL"})
 
 
 @contextmanager

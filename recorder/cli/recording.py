@@ -17,6 +17,9 @@ from recorder.cli.params import Bounded
 from recorder.config import TESTNET_BASE_URL, Settings, load_settings
 from recorder.db import make_engine, make_sessions
 from recorder.schema import upgrade_to_head
+from recorder.timespec import TIME_HELP, TimeSpec
+
+TIME = TimeSpec()
 
 if TYPE_CHECKING:
     # requests and APScheduler are imported inside the commands that poll, so `recorder
@@ -170,13 +173,25 @@ def poll(**values: Any) -> None:
     help="Seconds between polls, 0.2 to 86400 [env RECORDER_INTERVAL; default 60]. The first poll runs at start. "
     "Stored in the database as the account's schedule: a poll later than 1.5 intervals is a gap for every reader.",
 )
-def run_command(**values: Any) -> None:
-    """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""
+@click.option("--no-ledger", is_flag=True, help="Do not sync the income ledger (GET /fapi/v1/income).")
+@click.option(
+    "--ledger-interval",
+    type=float,
+    help="Seconds between income-ledger syncs, 10 to 86400 [env RECORDER_LEDGER_INTERVAL; default 300].",
+)
+@click.option("--ledger-since", type=TIME, help=f"Where the first ledger sync starts [default: 90 days ago]: {TIME_HELP}.")
+def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
+    """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on.
+
+    The income ledger is synced beside the polls every --ledger-interval (see `recorder ledger`).
+    """
+    from recorder.cli.ledgering import ledger_jobs
     from recorder.service import run
 
     settings = _settings(values)
     recorder = _recorder(settings)
-    result = run(recorder, settings.interval)
+    jobs = ledger_jobs(recorder, settings, enabled=not no_ledger, since=ledger_since)
+    result = run(recorder, settings.interval, extra_jobs=jobs)
     _exit_after_run(result.exit_code, result.abandoned_poll)
 
 
