@@ -1035,7 +1035,8 @@ def parse_income(body: bytes | str, *, used_weight: int | None = None) -> Fetche
         if tran_id is _MISSING:
             raise BadPayload(f"{where}: field 'tranId' is missing")
         if not isinstance(tran_id, int) or isinstance(tran_id, bool):
-            raise BadPayload(f"{where}: field 'tranId' must be an integer, got {_json_type(tran_id)} {_clip(tran_id)}")
+            shown = str(tran_id) if isinstance(tran_id, Decimal) else tran_id  # as sent, not Decimal('...')
+            raise BadPayload(f"{where}: field 'tranId' must be an integer, got {_json_type(tran_id)} {_clip(shown)}")
         if tran_id not in _TRAN_ID_RANGE:
             raise BadPayload(f"{where}: field 'tranId' {_clip(tran_id)} does not fit a 64-bit integer")
         time_ms = row.get("time", _MISSING)
