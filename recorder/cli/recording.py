@@ -206,11 +206,14 @@ def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
               help="How long to record, 1 to 86400 s.")
 @click.option("--interval", type=Bounded(float, 0.2, 3600, "s"), default=1.0, show_default=True,
               help="Seconds between polls, 0.2 to 3600.")
-def demo(database_url: str, seconds: float, interval: float) -> None:
-    """Record a simulated account over real HTTP into a demo database; no Binance keys needed."""
+@click.option("--withhold-income", type=Bounded(int, 0, 1000), default=1, show_default=True,
+              help="How many income entries the simulated exchange leaves out of its ledger (0 to 1000), "
+              "so the ledger has a discrepancy to find.")
+def demo(database_url: str, seconds: float, interval: float, withhold_income: int) -> None:
+    """Record a simulated account and its income ledger over real HTTP into a demo database; no Binance keys needed."""
     from recorder.demo import run_demo
 
-    sys.exit(run_demo(database_url=database_url, seconds=seconds, interval=interval))
+    sys.exit(run_demo(database_url=database_url, seconds=seconds, interval=interval, withhold_income=withhold_income))
 
 
 @cli.command()
