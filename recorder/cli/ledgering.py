@@ -47,9 +47,13 @@ def ledger_since_option(function: Any) -> Any:
     )(function)
 
 
-def ledger_sync_for(recorder: Recorder, since: datetime | None) -> LedgerSync:
-    """The ledger sync of the recorder's account, sharing its client, database and writer lock."""
-    from recorder.ledger.sync import LedgerSync
+def ledger_sync_for(recorder: Recorder, since: datetime | None, *, may_pause: bool = True) -> LedgerSync:
+    """The ledger sync of the recorder's account, sharing its client, database and writer lock.
+
+    Without `may_pause` a full weight budget ends the sync instead of waiting for the next minute:
+    in `run` the sync holds the polls' in-flight lock, and a poll may still fit where a page does not.
+    """
+    from recorder.ledger.sync import MAX_PAUSE_SECONDS, LedgerSync
 
     return LedgerSync(
         client=recorder.client,
@@ -58,6 +62,7 @@ def ledger_sync_for(recorder: Recorder, since: datetime | None) -> LedgerSync:
         clock=recorder.clock,
         since=since,
         before_write=recorder.lock.ensure if recorder.lock is not None else None,
+        max_pause=MAX_PAUSE_SECONDS if may_pause else 0.0,
     )
 
 
@@ -67,7 +72,7 @@ def ledger_jobs(recorder: Recorder, settings: Settings, *, enabled: bool, since:
 
     if not enabled:
         return []
-    return [PeriodicJob("ledger", settings.ledger_interval, ledger_sync_for(recorder, since).sync_once)]
+    return [PeriodicJob("ledger", settings.ledger_interval, ledger_sync_for(recorder, since, may_pause=False).sync_once)]
 
 
 @cli.command("sync-ledger")

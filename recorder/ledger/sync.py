@@ -311,7 +311,7 @@ class LedgerSync:
             "finished_at": max(self.clock(), started_at), "window_start": from_ms(window.start_ms),
             "window_end": from_ms(window.end_ms), "outcome": outcome, "pages": window.pages,
             "requests": window.requests, "entries_fetched": len(window.entries),
-            "used_weight": window.used_weight,
+            "used_weight": _storable_weight(window.used_weight),
         }
 
     def _record_failure(self, account_id: int, attempt_id: str, window: _Window, started_at: datetime,
@@ -322,11 +322,10 @@ class LedgerSync:
         row.update(
             entries_new=0, error_class=failure.error_class,
             error_message=clean_text(failure.message)[:ERROR_MESSAGE_LIMIT],
-            http_status=failure.http_status, error_code=failure.code,
-            used_weight=failure.used_weight if failure.used_weight is not None else window.used_weight,
+            http_status=failure.http_status if failure.http_status in range(1000) else None,
+            error_code=failure.code if failure.code in range(-(2**63), 2**63) else None,
+            used_weight=_storable_weight(failure.used_weight if failure.used_weight is not None else window.used_weight),
         )
-        if row["used_weight"] is not None and not 0 <= row["used_weight"] < 2**63:
-            row["used_weight"] = None
         try:
             if self.before_write is not None:
                 self.before_write()
@@ -335,6 +334,11 @@ class LedgerSync:
         except SQLAlchemyError as exc:
             log.error("ledger sync account=%s: cannot record the failed window either: %s",
                       self.account, database_error_line(exc))
+
+
+def _storable_weight(weight: int | None) -> int | None:
+    """The weight header as a BIGINT holds it; a hostile count past that is unknown (NULL), not an error."""
+    return weight if weight is not None and 0 <= weight < 2**63 else None
 
 
 def _aware(value: datetime | str | None) -> datetime | None:

@@ -108,3 +108,34 @@ def test_sync_ledger_failure_is_one_line_and_exit_1(simulator, cli_env, db_url):
     _, syncs, _ = stored(db_url)
     assert [s.outcome for s in syncs] == ["failed"] and syncs[0].error_class == "BadPayload"
     assert recorder("sync-ledger", env=cli_env).returncode == 0
+
+
+def test_sync_ledger_killed_mid_sync_resumes_without_duplicates(simulator, cli_env, db_url):
+    """kill -9 while the fourth window's page is in flight: three windows stay covered, the fourth left nothing."""
+    for _ in range(60):
+        simulator.step()
+    now = simulator.server_time_ms()
+    simulator.add_income(SIM_KEY, [
+        {"symbol": "", "incomeType": "FUNDING_FEE", "income": "-0.5", "asset": "USDT", "info": "",
+         "time": now - day * 86_400_000 - 60_000, "tranId": 2**60 + day, "tradeId": ""} for day in range(89)
+    ])
+    # Three real answers (with a weight header past any integer column, kept as NULL), then a stall.
+    simulator.inject("huge-weight", times=3, endpoint="income")
+    simulator.inject("stall", seconds=120, endpoint="income")
+    process = subprocess.Popen([*RECORDER, "sync-ledger", "--timeout", "60"], env=cli_env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(stored(db_url)[1]) >= 3, "three committed windows")
+    finally:
+        process.kill()
+        process.communicate()
+    entries, syncs, _ = stored(db_url)
+    assert [s.outcome for s in syncs] == ["ok"] * 3 and all(s.used_weight is None for s in syncs)
+    assert 0 < len(entries) < len(served_keys(simulator))
+    simulator.clear_faults()
+    resumed = recorder("sync-ledger", env=cli_env)
+    assert resumed.returncode == 0, resumed.stderr
+    entries, syncs, _ = stored(db_url)
+    assert sorted((e.income_type, e.tran_id, e.asset) for e in entries) == served_keys(simulator)
+    coverage = json.loads(recorder("ledger", "--coverage", "--format", "json", env=cli_env).stdout)
+    assert [c["kind"] for c in coverage] == ["covered"]
