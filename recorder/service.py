@@ -287,6 +287,8 @@ def run(recorder: Recorder, interval: float, *, stop_after: float | None = None,
 
     def tick() -> None:
         with in_flight:
+            if "reason" in stop:
+                return  # waited for another job past the stop request: nothing more starts
             if not declared[0]:
                 # The database was unavailable at start: the schedule still dates from then,
                 # before any poll this run spooled meanwhile.
@@ -354,6 +356,8 @@ def run(recorder: Recorder, interval: float, *, stop_after: float | None = None,
 def _guarded(job: PeriodicJob, in_flight: threading.Lock, stop: dict[str, object]) -> Callable[[], None]:
     def tick() -> None:
         with in_flight:
+            if "reason" in stop:
+                return  # waited for the poll past the stop request: nothing more starts
             try:
                 job.call()
             except ConfigError as error:

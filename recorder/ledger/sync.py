@@ -159,7 +159,11 @@ class LedgerSync:
         attempt_id = str(uuid.uuid4())
         began = time.perf_counter()
         now = self.clock()
-        account_id, covered_until = self._prepare(now)
+        try:
+            account_id, covered_until = self._prepare(now)
+        except StorageError as error:
+            log.warning("ledger sync failed account=%s error=StorageError ms=%d: %s", self.account, _elapsed_ms(began), error)
+            raise
         end_ms = to_ms(now)
         oldest_kept = to_ms(now - RETENTION)
         if covered_until is None:
@@ -193,7 +197,12 @@ class LedgerSync:
                             self.account, from_ms(window.start_ms).isoformat(), from_ms(window.end_ms).isoformat(),
                             type(error).__name__, _elapsed_ms(began), clean_text(str(error)))
                 raise
-            added = self._store(account_id, attempt_id, window, window_started)
+            try:
+                added = self._store(account_id, attempt_id, window, window_started)
+            except StorageError as error:
+                log.warning("ledger sync failed account=%s error=StorageError ms=%d: %s",
+                            self.account, _elapsed_ms(began), error)
+                raise
             windows += 1
             requests += window.requests
             fetched += len(window.entries)
