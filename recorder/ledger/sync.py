@@ -331,8 +331,8 @@ class LedgerSync:
         row.update(
             entries_new=0, error_class=failure.error_class,
             error_message=clean_text(failure.message)[:ERROR_MESSAGE_LIMIT],
-            http_status=failure.http_status if failure.http_status in range(1000) else None,
-            error_code=failure.code if failure.code in range(-(2**63), 2**63) else None,
+            http_status=_bounded(failure.http_status, 0, 999),
+            error_code=_bounded(failure.code, -(2**63), 2**63 - 1),
             used_weight=_storable_weight(failure.used_weight if failure.used_weight is not None else window.used_weight),
         )
         try:
@@ -347,7 +347,12 @@ class LedgerSync:
 
 def _storable_weight(weight: int | None) -> int | None:
     """The weight header as a BIGINT holds it; a hostile count past that is unknown (NULL), not an error."""
-    return weight if weight is not None and 0 <= weight < 2**63 else None
+    return _bounded(weight, 0, 2**63 - 1)
+
+
+def _bounded(value: int | None, low: int, high: int) -> int | None:
+    # Compared, never `in range(...)`: a None there would make range scan all of itself.
+    return value if isinstance(value, int) and low <= value <= high else None
 
 
 def _aware(value: datetime | str | None) -> datetime | None:
