@@ -43,6 +43,7 @@ ENVIRONMENT = {
     "RECORDER_METRICS_ALLOW_REMOTE": "metrics_allow_remote",
     "RECORDER_REQUIRE_READ_ONLY_KEY": "require_read_only_key",
     "BINANCE_SPOT_BASE_URL": "spot_base_url",
+    "RECORDER_LEDGER_INTERVAL": "ledger_interval",
 }
 DEFAULT_SPOOL_DIR = ".recorder-spool"
 # Binance's REQUEST_WEIGHT limit per IP per minute (exchangeInfo rateLimits).
@@ -52,6 +53,10 @@ DEFAULT_WEIGHT_LIMIT = 2400
 MIN_INTERVAL_SECONDS, MAX_INTERVAL_SECONDS = 0.2, 86400.0
 MIN_TIMEOUT_SECONDS, MAX_TIMEOUT_SECONDS = 0.1, 600.0
 MIN_WEIGHT_LIMIT, MAX_WEIGHT_LIMIT = 20, 1_000_000
+# The income-ledger sync (`recorder run`): every 5 minutes by default; at most daily, far inside
+# the three months Binance keeps the ledger.
+DEFAULT_LEDGER_INTERVAL_SECONDS = 300.0
+MIN_LEDGER_INTERVAL_SECONDS, MAX_LEDGER_INTERVAL_SECONDS = 10.0, 86400.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class Settings:
     metrics_allow_remote: bool = False
     require_read_only_key: bool = False
     spot_base_url: str | None = None
+    ledger_interval: float = DEFAULT_LEDGER_INTERVAL_SECONDS
 
     @property
     def balance_path(self) -> str:
@@ -169,6 +175,10 @@ def _validated(raw: dict[str, Any]) -> Settings:
     if "config_file" in raw:
         values["config_file"] = str(raw["config_file"])
     values.update(_operations(raw))
+    if "ledger_interval" in raw:
+        values["ledger_interval"] = _number(raw["ledger_interval"], "RECORDER_LEDGER_INTERVAL (--ledger-interval)", float,
+                                            minimum=MIN_LEDGER_INTERVAL_SECONDS,
+                                            maximum=MAX_LEDGER_INTERVAL_SECONDS, unit="s")
     return Settings(**values)
 
 

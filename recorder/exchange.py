@@ -45,10 +45,10 @@ from recorder.errors import (
     ExchangeUnavailable,
     RateLimited,
 )
-from recorder.records import AssetBalance, FetchedBalances
+from recorder.records import AssetBalance, FetchedBalances, FetchedIncome, IncomeRecord
 from recorder.signing import Signer, hmac_signer, key_signer, read_private_file, sign_hmac
 
-__all__ = ["BinanceFuturesClient", "parse_balances", "sign_hmac"]
+__all__ = ["BinanceFuturesClient", "parse_balances", "parse_income", "sign_hmac"]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,10 @@ _DECIMAL_FIELDS = {
 
 
 # IP weight of each request (binance-api.md section 1: v2 balance went 5 -> 10 in 2024).
-REQUEST_WEIGHT = {SERVER_TIME_PATH: 1, "/fapi/v2/balance": 10, "/fapi/v3/balance": 5}
+REQUEST_WEIGHT = {SERVER_TIME_PATH: 1, "/fapi/v2/balance": 10, "/fapi/v3/balance": 5, "/fapi/v1/income": 30}
+INCOME_PATH = "/fapi/v1/income"
+# Binance's most entries per income page (binance-api.md section 6).
+MAX_INCOME_LIMIT = 1000
 # Stop sending before this share of the per-minute limit is used, so a 429 never happens.
 WEIGHT_SAFETY = 0.9
 # Bounded retries inside one poll, for failures where a second read is safe (a GET changes nothing).
@@ -322,9 +325,53 @@ class BinanceFuturesClient:
             )
         return parse_balances(response.content, endpoint=self.balance_path, used_weight=self.last_reported_weight)
 
-    def _signed_get(self, path: str) -> _Answer:
+    def fetch_income(
+        self, start_ms: int, end_ms: int, limit: int = MAX_INCOME_LIMIT, *, page: int | None = None
+    ) -> FetchedIncome:
+        """GET /fapi/v1/income for [start_ms, end_ms] (both inclusive, epoch ms), signed; one validated page.
+
+        No retry here: the ledger sync records a failed window and the next sync fetches it again.
+        `page` (1-based) is Binance's undocumented page number, used only to read past the first
+        `limit` entries of a single millisecond, where paging by time cannot advance.
+        """
+        if not 1 <= limit <= MAX_INCOME_LIMIT:
+            raise ValueError(f"limit must be 1 to {MAX_INCOME_LIMIT}, not {limit!r}")
+        if not 0 <= start_ms <= end_ms <= _MAX_UPDATE_TIME_MS:
+            raise ValueError(f"need 0 <= start_ms <= end_ms, not {start_ms!r}..{end_ms!r}")
+        params: dict[str, int | str] = {"startTime": start_ms, "endTime": end_ms, "limit": limit}
+        if page is not None:
+            params["page"] = page
+        if self._offset_ms is None:
+            self.sync_clock()
+        try:
+            response = self._signed_get(INCOME_PATH, params)
+        except ClockSkew:
+            log.warning("Binance rejected our timestamp (-1021): resyncing the clock and retrying once")
+            self.sync_clock()
+            response = self._signed_get(INCOME_PATH, params)
+        self._auth_failures = 0
+        if _looks_like_html(response):
+            raise ExchangeUnavailable(
+                f"{INCOME_PATH}: HTTP 200 with an HTML page instead of JSON{_html_title(response.text)}",
+                http_status=200,
+            )
+        return parse_income(response.content, used_weight=self.last_reported_weight)
+
+    def weight_wait(self, cost: int) -> float:
+        """Seconds to wait before a request of weight `cost` fits under WEIGHT_SAFETY of this IP's minute; 0 if now.
+
+        The same headroom rule _throttle() enforces, asked before sending instead of refused after.
+        """
+        if self.last_used_weight is None or self._weight_minute != self._server_minute():
+            return 0.0
+        if self.last_used_weight + cost <= self.weight_limit * WEIGHT_SAFETY:
+            return 0.0
+        server_ms = round(self._wall_clock() * 1000) + (self._offset_ms or 0)
+        return 60 - (server_ms % 60000) / 1000 + 0.5
+
+    def _signed_get(self, path: str, params: Mapping[str, int | str] | None = None) -> _Answer:
         timestamp = round(self._wall_clock() * 1000) + (self._offset_ms or 0)
-        query = urlencode({"recvWindow": self.recv_window, "timestamp": timestamp})
+        query = urlencode({**(params or {}), "recvWindow": self.recv_window, "timestamp": timestamp})
         # signature must be the last parameter, computed over exactly the bytes sent before it.
         signed = f"{query}&signature={self._sign(query)}"
         response = self._get(f"{path}?{signed}", path)
@@ -1117,3 +1164,71 @@ def _spot_base_url(base_url: str) -> str:
 
 def _epoch_ms(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(milliseconds=1)
+# Text fields of an income entry: any printable text (symbols may be non-ASCII), never a control character.
+_INCOME_TEXT_LIMITS = {"symbol": 64, "info": 1000, "tradeId": 64}
+_INCOME_TYPE_NAME = re.compile(r"[A-Z0-9_]{1,64}")
+# tranId is a Java long: a BIGINT column holds exactly this range.
+_TRAN_ID_RANGE = range(-(2**63), 2**63)
+
+
+def parse_income(body: bytes | str, *, used_weight: int | None = None) -> FetchedIncome:
+    """Validate a GET /fapi/v1/income body into records; any defect rejects the whole page with BadPayload.
+
+    Numbers are parsed as int (exact at any size) and Decimal: a tranId or time sent as a
+    fraction, a float or a string is refused, never rounded.
+    """
+    data = _decode(body, INCOME_PATH)
+    if isinstance(data, dict) and "code" in data and "msg" in data:
+        raise BadPayload(f"{INCOME_PATH}: error object instead of entries: code {_clip(data['code'])}: {_clip(data['msg'])}")
+    if not isinstance(data, list):
+        raise BadPayload(f"{INCOME_PATH}: expected a JSON array of entries, got {_json_type(data)}")
+    entries: list[IncomeRecord] = []
+    for index, row in enumerate(data):
+        where = f"{INCOME_PATH}: entry {index}"
+        if not isinstance(row, dict):
+            raise BadPayload(f"{where} is {_json_type(row)}, not an object")
+        income_type = row.get("incomeType", _MISSING)
+        if not isinstance(income_type, str) or not _INCOME_TYPE_NAME.fullmatch(income_type):
+            raise BadPayload(f"{where}: field 'incomeType' is missing or not an income type name: {_clip(income_type)}")
+        asset = row.get("asset", _MISSING)
+        if not isinstance(asset, str) or not _ASSET_NAME.fullmatch(asset):
+            raise BadPayload(f"{where}: field 'asset' is missing or not an asset name: {_clip(asset)}")
+        tran_id = row.get("tranId", _MISSING)
+        if tran_id is _MISSING:
+            raise BadPayload(f"{where}: field 'tranId' is missing")
+        if not isinstance(tran_id, int) or isinstance(tran_id, bool):
+            shown = str(tran_id) if isinstance(tran_id, Decimal) else tran_id  # as sent, not Decimal('...')
+            raise BadPayload(f"{where}: field 'tranId' must be an integer, got {_json_type(tran_id)} {_clip(shown)}")
+        if tran_id not in _TRAN_ID_RANGE:
+            raise BadPayload(f"{where}: field 'tranId' {_clip(tran_id)} does not fit a 64-bit integer")
+        time_ms = row.get("time", _MISSING)
+        if time_ms is _MISSING:
+            raise BadPayload(f"{where}: field 'time' is missing")
+        if not isinstance(time_ms, int) or isinstance(time_ms, bool) or not 0 < time_ms <= _MAX_UPDATE_TIME_MS:
+            raise BadPayload(f"{where}: field 'time' must be epoch milliseconds, got {_clip(time_ms)}")
+        where = f"{INCOME_PATH}: {income_type} {tran_id} {asset}"
+        income = _decimal_field(row, "income", where)
+        texts: dict[str, str] = {}
+        for key, limit in _INCOME_TEXT_LIMITS.items():
+            value = row.get(key, _MISSING)
+            if value is _MISSING:
+                raise BadPayload(f"{where}: field {key!r} is missing")
+            if not isinstance(value, str):
+                raise BadPayload(f"{where}: field {key!r} must be a string, got {_json_type(value)} {_clip(value)}")
+            if len(value) > limit or not value.isprintable():
+                raise BadPayload(f"{where}: field {key!r} is not up to {limit} printable characters: {_clip(value)}")
+            texts[key] = value
+        entries.append(
+            IncomeRecord(
+                time=_EPOCH + timedelta(milliseconds=time_ms),
+                time_ms=time_ms,
+                income_type=income_type,
+                tran_id=tran_id,
+                asset=asset,
+                income=income,
+                symbol=texts["symbol"],
+                info=texts["info"],
+                trade_id=texts["tradeId"],
+            )
+        )
+    return FetchedIncome(entries=tuple(entries), used_weight=used_weight)

@@ -359,3 +359,46 @@ class DerivedBalance(Base):
     anchor_balance_id: Mapped[int] = mapped_column(BigId, ForeignKey("balances.id"))
     method: Mapped[str] = mapped_column(String(16))
     derived_at: Mapped[datetime]
+
+
+LEDGER_SYNC_OUTCOMES = ("ok", "failed")
+
+
+class LedgerSync(Base):
+    """One window of one ledger sync attempt: what was asked, what came back, how it ended.
+
+    An `ok` row is written in the same transaction as the window's entries, so it proves every
+    entry Binance served for [window_start, window_end] is stored; the union of `ok` windows is
+    the ledger's coverage (view `ledger_coverage`), and time outside it is a gap
+    (view `ledger_gaps`). A `failed` row stores nothing else: its window stays uncovered until a
+    later sync fetches it again.
+    """
+
+    __tablename__ = "ledger_syncs"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('ok', 'failed')", name="outcome"),
+        CheckConstraint("window_end >= window_start", name="window_ordered"),
+        CheckConstraint("finished_at >= started_at", name="finished_after_start"),
+        Index("ix_ledger_syncs_account_id_window_end", "account_id", "window_end"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    # Groups the windows of one attempt (a uuid4).
+    attempt_id: Mapped[str] = mapped_column(String(36))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    # The window asked for, both ends inclusive, at Binance's millisecond precision.
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(String(16))
+    pages: Mapped[int]
+    requests: Mapped[int]
+    entries_fetched: Mapped[int]
+    entries_new: Mapped[int]
+    # X-MBX-USED-WEIGHT-1M after the window's last request: the IP's weight used in that minute.
+    used_weight: Mapped[int | None] = mapped_column(BigInteger)
+    error_class: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    http_status: Mapped[int | None]
+    error_code: Mapped[int | None] = mapped_column(BigInteger)

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -352,13 +352,29 @@ class RunResult:
     abandoned_poll: bool
 
 
-def run(recorder: Recorder, interval: float, *, stop_after: float | None = None) -> RunResult:
-    """Poll one account every `interval` seconds, the first poll at once, until SIGTERM/SIGINT (or `stop_after` s)."""
+@dataclass(frozen=True)
+class PeriodicJob:
+    """Another job of the run loop beside the polls (e.g. the ledger sync): `call()` every `interval` s.
+
+    It runs for one account and never at the same time as that account's poll, so the account's
+    exchange client is never used from two threads; a RecorderError it raises is logged by it and
+    its next run goes on.
+    """
+
+    name: str
+    interval: float
+    call: Callable[[], object]
+
+
+def run(recorder: Recorder, interval: float, *, stop_after: float | None = None,
+        extra_jobs: Sequence[PeriodicJob] = ()) -> RunResult:
+    """Poll one account every `interval` seconds, the first poll at once, and run each of `extra_jobs`
+    on its own interval, until SIGTERM/SIGINT (or `stop_after` s)."""
     started = time.time()
     member = Member(recorder, Slot(phase=started, interval=interval), weight=_poll_weight(recorder))
     log.info("recording account=%s every %gs; stop with Ctrl-C or SIGTERM", recorder.account, interval)
     return run_accounts([member], budget=WeightBudget(recorder.client.weight_limit), first_at=started,
-                        stop_after=stop_after, single=True)
+                        stop_after=stop_after, single=True, extra_jobs=[(member, job) for job in extra_jobs])
 
 
 @dataclass
@@ -372,6 +388,9 @@ class Member:
     stopped: bool = False
     declared: bool = False
     declared_at: datetime | None = None
+    # Busy with a PeriodicJob (the ledger sync) rather than a poll: the poll waits for it instead of
+    # skipping its slot, as it waited before the loop had its own scheduler.
+    job_running: bool = False
 
 
 def run_accounts(
@@ -385,6 +404,7 @@ def run_accounts(
     stop_after: float | None = None,
     single: bool = False,
     close_between_polls: bool = False,
+    extra_jobs: Sequence[tuple[Member, PeriodicJob]] = (),
 ) -> RunResult:
     """Poll every member at its slots on a small thread pool until SIGTERM/SIGINT or `stop_after` seconds.
 
@@ -409,8 +429,11 @@ def run_accounts(
         heap.append((due, index, index))
     if leases is not None:
         heap.append((now, -1, -1))
+    # A job's heap index is -2 - its position in extra_jobs; it first runs after the first polls.
+    for position in range(len(extra_jobs)):
+        heap.append((first_at if first_at is not None else now, len(members) + 1 + position, -2 - position))
     heapq.heapify(heap)
-    sequence = [len(members)]
+    sequence = [len(members) + 1 + len(extra_jobs)]
 
     def push(due: float, index: int) -> None:
         sequence[0] += 1
@@ -458,11 +481,26 @@ def run_accounts(
                 running[0] -= 1
                 in_flight.notify_all()
 
+    def run_job(member: Member, job: PeriodicJob) -> None:
+        try:
+            job.call()
+        except ConfigError as error:
+            log.error("stopping: %s: %s", job.name, error)
+            wakeup.stop("a configuration error")
+            stop_code[0] = 1
+        except RecorderError:
+            pass  # already logged and recorded by the job; its next run goes on
+        finally:
+            with in_flight:
+                member.busy = member.job_running = False
+                running[0] -= 1
+                in_flight.notify_all()
+
     def cancelled(future: Future[None], member: Member) -> None:
         # A poll still queued at shutdown never runs: it is not in flight either.
         if future.cancelled():
             with in_flight:
-                member.busy = False
+                member.busy = member.job_running = False
                 running[0] -= 1
                 in_flight.notify_all()
 
@@ -487,9 +525,21 @@ def run_accounts(
             now = time.time()
             while heap and heap[0][0] <= now and wakeup.stop_reason is None:
                 due, _, index = heapq.heappop(heap)
-                if index < 0:
+                if index == -1:
                     _refresh_leases(leases, by_label, on_lease)
                     push(now + leases.period, -1)
+                    continue
+                if index <= -2:
+                    owner, job = extra_jobs[-2 - index]
+                    with in_flight:
+                        if owner.busy:
+                            # Its account is polling: run right after, not a whole interval later.
+                            push(now + JOB_RETRY_SECONDS, index)
+                            continue
+                        owner.busy = owner.job_running = True
+                        running[0] += 1
+                    pool.submit(run_job, owner, job).add_done_callback(lambda future, m=owner: cancelled(future, m))
+                    push(now + job.interval, index)
                     continue
                 member = members[index]
                 if member.stopped:
@@ -498,6 +548,10 @@ def run_accounts(
                     push(member.slot.next_after(now), index)
                     continue
                 with in_flight:
+                    if member.busy and member.job_running:
+                        # The account's ledger sync holds its client: poll as soon as it is done.
+                        push(now + JOB_RETRY_SECONDS, index)
+                        continue
                     if member.busy:
                         # Still polling since an earlier slot: this one is skipped (coalesced).
                         push(member.slot.next_after(now), index)
@@ -592,6 +646,8 @@ def _one_line(text: str) -> str:
 # idle keep-alive sockets (one per account, each idle a whole interval) cost more than a
 # connect per poll.
 KEEP_ALIVE_MAX_ACCOUNTS = 64
+# How soon a poll or job that found its account busy with the other is tried again.
+JOB_RETRY_SECONDS = 0.5
 POLL_WORKERS = 8
 
 

@@ -109,3 +109,4 @@ from recorder.cli import exporting  # noqa: E402,F401
 from recorder.cli import reporting  # noqa: E402,F401
 from recorder.cli import reconciling  # noqa: E402,F401
 from recorder.cli import backfilling  # noqa: E402,F401
+from recorder.cli import ledgering  # noqa: E402,F401

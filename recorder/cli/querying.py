@@ -73,7 +73,7 @@ def range_options(function: F) -> F:
 # settings only `run` uses (the metrics endpoint, the key check), shared in one environment file.
 READER_IGNORES = frozenset({
     "RECORDER_INTERVAL", "RECORDER_METRICS_ADDR", "RECORDER_METRICS_ALLOW_REMOTE",
-    "RECORDER_REQUIRE_READ_ONLY_KEY", "BINANCE_SPOT_BASE_URL",
+    "RECORDER_REQUIRE_READ_ONLY_KEY", "BINANCE_SPOT_BASE_URL", "RECORDER_LEDGER_INTERVAL",
 })
 
 

@@ -17,6 +17,9 @@ from recorder.cli.params import Bounded
 from recorder.config import ENVIRONMENT, TESTNET_BASE_URL, Settings, load_settings
 from recorder.db import make_engine, make_sessions
 from recorder.schema import upgrade_to_head
+from recorder.timespec import TIME_HELP, TimeSpec
+
+TIME = TimeSpec()
 
 if TYPE_CHECKING:
     # requests is imported inside the commands that poll, so `recorder
@@ -211,8 +214,19 @@ def poll(**values: Any) -> None:
     "README. Its accounts carry their own credentials, endpoint and interval.",
 )
 @operations_options
-def run_command(**values: Any) -> None:
-    """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on."""
+@click.option("--no-ledger", is_flag=True, help="Do not sync the income ledger (GET /fapi/v1/income).")
+@click.option(
+    "--ledger-interval",
+    type=float,
+    help="Seconds between income-ledger syncs, 10 to 86400 [env RECORDER_LEDGER_INTERVAL; default 300].",
+)
+@click.option("--ledger-since", type=TIME, help=f"Where the first ledger sync starts [default: 90 days ago]: {TIME_HELP}.")
+def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
+    """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on.
+
+    The income ledger is synced beside the polls every --ledger-interval (see `recorder ledger`).
+    """
+    from recorder.cli.ledgering import ledger_jobs
     from recorder.service import run
 
     config_file = values.pop("config_file") or load_settings(ignore=ALL_BUT_CONFIG).config_file
@@ -220,14 +234,18 @@ def run_command(**values: Any) -> None:
         from recorder.service import run_accounts_file
 
         _refuse_account_options(values)
+        if not no_ledger:
+            log.info("the income ledger is synced by single-account runs only for now; "
+                     "an accounts file records the balances")
         result = run_accounts_file(config_file, os.environ, values)
         _exit_after_run(result.exit_code, result.abandoned_poll)
     settings = _settings(values)
     _check_key(settings)
     recorder = _recorder(settings)
     server = _serve_metrics(settings, recorder)
+    jobs = ledger_jobs(recorder, settings, enabled=not no_ledger, since=ledger_since)
     try:
-        result = run(recorder, settings.interval)
+        result = run(recorder, settings.interval, extra_jobs=jobs)
     finally:
         if server is not None:
             server.stop()
@@ -290,11 +308,14 @@ def _serve_metrics(settings: Settings, recorder: Recorder) -> Any:
               help="How long to record, 1 to 86400 s.")
 @click.option("--interval", type=Bounded(float, 0.2, 3600, "s"), default=1.0, show_default=True,
               help="Seconds between polls, 0.2 to 3600.")
-def demo(database_url: str, seconds: float, interval: float) -> None:
-    """Record a simulated account over real HTTP into a demo database; no Binance keys needed."""
+@click.option("--withhold-income", type=Bounded(int, 0, 1000), default=1, show_default=True,
+              help="How many income entries the simulated exchange leaves out of its ledger (0 to 1000), "
+              "so the ledger has a discrepancy to find.")
+def demo(database_url: str, seconds: float, interval: float, withhold_income: int) -> None:
+    """Record a simulated account and its income ledger over real HTTP into a demo database; no Binance keys needed."""
     from recorder.demo import run_demo
 
-    sys.exit(run_demo(database_url=database_url, seconds=seconds, interval=interval))
+    sys.exit(run_demo(database_url=database_url, seconds=seconds, interval=interval, withhold_income=withhold_income))
 
 
 @cli.command()

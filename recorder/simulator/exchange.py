@@ -4,6 +4,7 @@ the market, and starting and stopping its server."""
 from __future__ import annotations
 
 import copy
+import json
 import random
 import socket
 import threading
@@ -13,6 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from recorder.simulator.faults import DECORATING_FAULTS, FAULTS, _decorate, _Fault, _fault_response
+from recorder.simulator.income import (
+    _CORRUPTING,
+    INCOME_PARAMS,
+    INCOME_PATH,
+    _corrupt_income,
+    _income_response,
+    _IncomeBook,
+)
 from recorder.simulator.market import _Account, _default_rows, _move, _wire_rows
 from recorder.simulator.responses import _Response, _error, _json
 from recorder.simulator.rules import _WEIGHTS, _authenticate, _load_public_key, _WeightLimiter
@@ -61,6 +70,7 @@ class ExchangeSimulator:
         self._lock = threading.Lock()
         self._accounts: dict[str, _Account] = {}
         self._faults: deque[_Fault] = deque()
+        self._income_faults: deque[_Fault] = deque()
         self._limiter = _WeightLimiter()
         # Tests read every served body; a long-running `recorder simulate` keeps only the
         # newest `history_limit` of them (and of the request log) so its memory stays flat.
@@ -121,7 +131,8 @@ class ExchangeSimulator:
         rng = random.Random(f"{self.seed}:{api_key}")
         with self._lock:
             self._accounts[api_key] = _Account(api_key, api_secret or "", account_alias, rows, rng,
-                                               public_key=public_key)
+                                               public_key=public_key,
+                                               ledger=_IncomeBook(random.Random(f"{self.seed}:{api_key}:income")))
 
     def set_balances(self, api_key: str, balances: list[dict]) -> None:
         """Replace the account's rows; they are served verbatim."""
@@ -157,11 +168,46 @@ class ExchangeSimulator:
             for account in accounts:
                 _move(account, self.server_time_ms())
 
+    # -- income ledger --------------------------------------------------------------------------
+
+    def add_income(self, api_key: str, rows: list[dict[str, Any]]) -> None:
+        """Plant income rows, served verbatim by GET /fapi/v1/income; balances do not move."""
+        with self._lock:
+            ledger = self._accounts[api_key].ledger
+            for row in copy.deepcopy(rows):
+                ledger.add(row)
+
+    def income_entries(self, api_key: str, *, include_expired: bool = False) -> list[dict[str, Any]]:
+        """Every entry the account's ledger serves now (or holds, past retention too), oldest first."""
+        with self._lock:
+            ledger = self._accounts[api_key].ledger
+            if include_expired:
+                return [copy.deepcopy(row) for _, _, row in ledger.entries]
+            return copy.deepcopy(ledger.served(0, 2**63 - 1, self.server_time_ms()))
+
+    def withhold_next_income(self, api_key: str, count: int = 1) -> None:
+        """Book the account's next `count` entries nowhere: its balance moves, the ledger misses them.
+
+        What reconciliation exists to catch; `withheld_income()` lists them.
+        """
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        with self._lock:
+            self._accounts[api_key].ledger.withhold_next += count
+
+    def withheld_income(self, api_key: str) -> list[dict[str, Any]]:
+        """The entries withheld so far, oldest first."""
+        with self._lock:
+            return copy.deepcopy(self._accounts[api_key].ledger.withheld)
+
     # -- faults ---------------------------------------------------------------------------------
 
     def inject(self, fault: str, times: int = 1, *, seconds: float = 30.0, retry_after: int | str = 60,
-               location: str | None = None) -> None:
-        """Make the next `times` balance requests fail with `fault` (see FAULTS), before auth checks.
+               location: str | None = None, endpoint: str = "balance") -> None:
+        """Make the next `times` balance (or, with endpoint="income", income) requests fail with `fault`.
+
+        Faults apply before auth checks; each endpoint has its own queue, so a ledger sync never takes
+        a fault meant for a balance poll.
 
         seconds: how long "stall" holds the answer, or the gap between bytes for "trickle"/"trickle-head";
         retry_after: the Retry-After header of "rate-*"/"ban-418", sent verbatim (a str may be "inf", a date);
@@ -174,13 +220,17 @@ class ExchangeSimulator:
             raise ValueError("times must be >= 1")
         if isinstance(retry_after, str) and any(ch in retry_after for ch in "\r\n"):
             raise ValueError("retry_after must be one header line")
+        if endpoint not in ("balance", "income"):
+            raise ValueError(f"endpoint must be 'balance' or 'income', not {endpoint!r}")
         with self._lock:
-            self._faults.extend([_Fault(fault, seconds, retry_after, location)] * times)
+            queue = self._income_faults if endpoint == "income" else self._faults
+            queue.extend([_Fault(fault, seconds, retry_after, location)] * times)
 
     def clear_faults(self) -> None:
         """Drop every queued fault."""
         with self._lock:
             self._faults.clear()
+            self._income_faults.clear()
 
     def _fault_rows(self, api_key: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -194,20 +244,24 @@ class ExchangeSimulator:
     def _handle(self, method: str, target: str, api_key: str, ip: str) -> _Response | None:
         """Answer one request; None means reset the connection without a response."""
         path, _, query = target.partition("?")
-        balance = method == "GET" and path in _BALANCE_PATHS
+        faults = None
+        if method == "GET" and path in _BALANCE_PATHS:
+            faults = self._faults
+        elif method == "GET" and path == INCOME_PATH:
+            faults = self._income_faults
         if self.latency > 0 and self._stopping.wait(self.latency):
             return None
         with self._lock:
             now = self.server_time_ms()
-            if balance and self._faults and self._faults[0].name == "reset":
+            if faults and faults[0].name == "reset":
                 # The connection dies before the edge counts anything.
-                self._faults.popleft()
+                faults.popleft()
                 self._requests.append(RequestRecord(method, path, 0, None, self._limiter.window(ip, now).weight))
                 return None
             # Binance counts the spot host's weight (/sapi) apart from the futures host's (/fapi).
             limited = f"{ip} spot" if path.startswith("/sapi/") else ip
             response, used = self._limiter.admit(limited, _WEIGHTS.get(path, 1), now, self.weight_limit)
-            fault = self._faults.popleft() if balance and response is None and self._faults else None
+            fault = faults.popleft() if faults and response is None else None
         if response is None:
             if fault is not None and fault.name == "stall" and self._stopping.wait(fault.seconds):
                 return None
@@ -236,6 +290,8 @@ class ExchangeSimulator:
                 return account
             with self._lock:
                 return _json(200, dict(account.restrictions))
+        if path == INCOME_PATH:
+            return self._income(query, api_key, fault, target)
         if path not in _BALANCE_PATHS:
             return _error(404, -5000, f"Path {path} not found")
         if fault is not None and fault.name != "stall" and fault.name not in DECORATING_FAULTS:
@@ -268,6 +324,22 @@ class ExchangeSimulator:
         with self._lock:
             history = self._wallet_histories.get(api_key, _WalletHistory())
             return _snapshot_response(history, copy.deepcopy(account.rows), query, self.server_time_ms())
+
+    def _income(self, query: str, api_key: str, fault: _Fault | None, target: str) -> _Response:
+        if fault is not None and fault.name != "stall" and fault.name not in DECORATING_FAULTS | _CORRUPTING:
+            return _fault_response(fault, self.weight_limit, self.server_time_ms, lambda: [], target)
+        with self._lock:
+            known = self._accounts.get(api_key)
+        account = _authenticate(api_key, known, query, self.server_time_ms, INCOME_PARAMS)
+        if isinstance(account, _Response):
+            return account
+        with self._lock:
+            response = _income_response(account.ledger, query, self.server_time_ms())
+        if fault is None or fault.name == "stall" or response.status != 200:
+            return response
+        if fault.name in _CORRUPTING:
+            return _corrupt_income(fault.name, json.loads(response.body))
+        return _decorate(fault, response)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from recorder.simulator.income import _IncomeBook
+
 _Q8 = Decimal("0.00000001")
 # Binance's answer for a key with only "Enable Reading" ticked (api-key-permission docs).
 READ_ONLY_RESTRICTIONS: dict[str, Any] = {
@@ -42,6 +44,8 @@ class _Account:
     public_key: Any = field(default=None, repr=False)
     # GET /sapi/v1/account/apiRestrictions: what the key may do; a read-only key by default.
     restrictions: dict[str, Any] = field(default_factory=lambda: dict(READ_ONLY_RESTRICTIONS))
+    # Every wallet move below is booked here too (GET /fapi/v1/income).
+    ledger: _IncomeBook = field(default_factory=_IncomeBook, repr=False)
 
 
 def _money(value: Decimal) -> str:
@@ -89,6 +93,9 @@ def _move(account: _Account, now: int) -> None:
                 for key in ("balance", "crossWalletBalance", "availableBalance", "maxWithdrawAmount"):
                     bnb[key] = _money(max(Decimal(bnb[key]) - fee, Decimal(0)))
                 bnb["updateTime"] = now
+                account.ledger.book("COMMISSION", "BNB", -fee, now, tran_id=account.ledger.next_tran_id(),
+                                    symbol="BTCUSDT")
+        account.ledger.prune(now)
     except (InvalidOperation, KeyError, TypeError):
         # Rows planted through set_balances may be deliberately malformed; leave them as they are.
         pass
@@ -108,11 +115,30 @@ def _move_usdt(account: _Account, row: dict[str, Any] | None, now: int) -> None:
     realize = rng.random() < 0.08
     # Mean reversion keeps the open position's PnL plausible over a long demo.
     unpnl = (Decimal(row["crossUnPnl"]) * Decimal("0.9") + drift).quantize(_Q8)
-    booked = (funding - commission).quantize(_Q8)
-    if realize:
-        realized = (unpnl / 2).quantize(_Q8)
-        booked += realized
-        unpnl -= realized
+    # Each amount is rounded on its own, so the wallet moves by exactly the sum of its entries.
+    funding, commission = funding.quantize(_Q8), commission.quantize(_Q8)
+    realized = (unpnl / 2).quantize(_Q8) if realize else Decimal(0)
+    unpnl -= realized
+    # Transfers draw from the ledger's own generator, so the balance moves above replay as before.
+    ledger = account.ledger
+    transfer = Decimal(0)
+    if ledger.rng.random() < 0.02:
+        transfer = _units(ledger.rng.randint(1, 50_000) * 1_000_000)  # 0.01 to 500 USDT
+        if ledger.rng.random() < 0.4 and wallet > transfer * 2:
+            transfer = -transfer
+    trade = ledger.next_tran_id()
+    entries = [("REALIZED_PNL", realized, trade), ("COMMISSION", -commission, trade),
+               ("FUNDING_FEE", funding, None), ("TRANSFER", transfer, None)]
+    booked = Decimal(0)
+    for income_type, amount, tran_id in entries:
+        if not amount:
+            continue
+        booked += amount
+        symbol = "" if income_type == "TRANSFER" else "BTCUSDT"
+        trade_id = str(tran_id) if tran_id is not None else ""
+        if tran_id is None:
+            tran_id = ledger.next_tran_id(big=income_type == "FUNDING_FEE")
+        ledger.book(income_type, "USDT", amount, now, tran_id=tran_id, symbol=symbol, trade_id=trade_id)
     if booked:
         wallet += booked
         cross += booked

@@ -24,7 +24,7 @@ _MINUTE_MS = 60_000
 _BAN_SECONDS = 120  # Binance's shortest automatic ban ("from 2 minutes to 3 days").
 _MAX_RECV_WINDOW = 60_000
 _WEIGHTS = {"/fapi/v1/ping": 1, "/fapi/v1/time": 1, "/fapi/v2/balance": 10, "/fapi/v3/balance": 5,
-            "/sapi/v1/account/apiRestrictions": 1}
+            "/sapi/v1/account/apiRestrictions": 1, "/fapi/v1/income": 30}
 _SIGNED_PARAMS = frozenset({"timestamp", "recvWindow", "signature"})
 _LONG = re.compile(r"[0-9]{1,19}")
 

@@ -57,6 +57,8 @@ def migrated(tmp_path) -> str:
         ["changes"],
         ["gaps"],
         ["series", "--asset", "USDT"],
+        ["ledger"],
+        ["ledger", "--coverage", "--format", "json"],
     ],
 )
 def test_read_commands_import_no_write_side_library(migrated, args):

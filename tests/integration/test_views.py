@@ -187,6 +187,27 @@ def demo_like(sessions) -> None:
         record(sessions, now - timedelta(minutes=50 - 10 * n), outcome, label="demo")
         if n == 2:
             record(sessions, now - timedelta(minutes=25), ExchangeUnavailable("HTTP 503", http_status=503), label="demo")
+    ledger_like(sessions, now)
+
+
+def ledger_like(sessions, now: datetime) -> None:
+    """What the demo's ledger sync leaves: USDT entries, two covered stretches with a gap, a failed window."""
+    from recorder.models import IncomeEntry, LedgerSync
+
+    with sessions.begin() as session:
+        account_id = session.execute(text("SELECT id FROM accounts WHERE label = 'demo'")).scalar_one()
+        for n, (income_type, amount) in enumerate([("COMMISSION", "-0.01"), ("REALIZED_PNL", "2.5"),
+                                                   ("FUNDING_FEE", "-0.12345678")]):
+            session.add(IncomeEntry(account_id=account_id, time=now - timedelta(minutes=40 - n), income_type=income_type,
+                                    tran_id=2**53 + n, asset="USDT", income=Decimal(amount), symbol="BTCUSDT", info="",
+                                    trade_id="", known_type=True, source="api", recorded_at=now))
+        windows = [(90, 60, "ok"), (30, 20, "failed"), (20, 1, "ok")]
+        for start, end, outcome in windows:
+            session.add(LedgerSync(account_id=account_id, attempt_id="a", started_at=now, finished_at=now,
+                                   window_start=now - timedelta(minutes=start), window_end=now - timedelta(minutes=end),
+                                   outcome=outcome, pages=1, requests=1, entries_fetched=0, entries_new=0,
+                                   error_class="ExchangeUnavailable" if outcome == "failed" else None,
+                                   error_message="HTTP 503" if outcome == "failed" else None))
 
 
 def shell(db_url: str, sql: str, *, rows: bool) -> subprocess.CompletedProcess:

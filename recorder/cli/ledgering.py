@@ -1,0 +1,213 @@
+"""The income ledger's commands: `sync-ledger` (write, once) and `ledger` (read: entries or coverage).
+
+`ledger` imports nothing of the write side (requests, APScheduler, Alembic); `sync-ledger`
+and the `run` job load the sync where they use it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING, Any, TextIO
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from recorder.cli import cli
+from recorder.cli.options import database_options
+from recorder.cli.querying import READER_IGNORES, TIME, _require_existing_sqlite_file
+from recorder.cli.recording import _recorder, _settings, exchange_options
+from recorder.config import Settings, load_settings
+from recorder.db import database_error_line, make_read_engine, make_sessions
+from recorder.errors import StorageError
+from recorder.reports import render as reports
+from recorder.schema import require_current_schema
+from recorder.timespec import TIME_HELP, TimeZoneParam, require_order, require_showable
+
+if TYPE_CHECKING:
+    from recorder.ledger.sync import LedgerSync
+    from recorder.queries.ledger import Coverage
+    from recorder.service import PeriodicJob, Recorder
+
+LEDGER_COLUMNS = ("time", "income_type", "asset", "income", "running_balance", "symbol", "tran_id", "trade_id",
+                  "info", "known_type", "source")
+TABLE_COLUMNS = ("time", "income_type", "asset", "income", "running_balance", "symbol", "tran_id", "known_type")
+
+
+def ledger_since_option(function: Any) -> Any:
+    """--ledger-since: where a first ledger sync starts."""
+    return click.option(
+        "--ledger-since",
+        type=TIME,
+        help=f"Where the first ledger sync starts [default: 90 days ago, all Binance keeps; never older]: {TIME_HELP}.",
+    )(function)
+
+
+def ledger_sync_for(recorder: Recorder, since: datetime | None, *, may_pause: bool = True) -> LedgerSync:
+    """The ledger sync of the recorder's account, sharing its client, database and writer lock.
+
+    Without `may_pause` a full weight budget ends the sync instead of waiting for the next minute:
+    in `run` the sync holds the polls' in-flight lock, and a poll may still fit where a page does not.
+    """
+    from recorder.ledger.sync import MAX_PAUSE_SECONDS, LedgerSync
+
+    return LedgerSync(
+        client=recorder.client,
+        sessions=recorder.sessions,
+        account=recorder.account,
+        clock=recorder.clock,
+        since=since,
+        before_write=recorder.lock.ensure if recorder.lock is not None else None,
+        max_pause=MAX_PAUSE_SECONDS if may_pause else 0.0,
+    )
+
+
+def ledger_jobs(recorder: Recorder, settings: Settings, *, enabled: bool, since: datetime | None) -> list[PeriodicJob]:
+    """The run loop's ledger job (none with --no-ledger)."""
+    from recorder.service import PeriodicJob
+
+    if not enabled:
+        return []
+    return [PeriodicJob("ledger", settings.ledger_interval, ledger_sync_for(recorder, since, may_pause=False).sync_once)]
+
+
+@cli.command("sync-ledger")
+@exchange_options
+@ledger_since_option
+def sync_ledger(ledger_since: datetime | None, **values: Any) -> None:
+    """Sync the income ledger once now (for cron); exit 0 on success, 1 with a one-line error on failure.
+
+    Fetches GET /fapi/v1/income from the newest covered time (or the last 90 days) to now and stores
+    every entry once; `recorder run` does the same every --ledger-interval.
+    """
+    settings = _settings(values)
+    recorder = _recorder(settings)
+    try:
+        result = ledger_sync_for(recorder, ledger_since).sync_once()
+    finally:
+        recorder.client.close()
+        if recorder.lock is not None:
+            recorder.lock.release()
+    state = "paused by the weight budget" if result.paused else "ok"
+    covered = result.covered_until.isoformat() if result.covered_until else "-"
+    click.echo(f"ledger sync {state}: {result.entries_new} new of {result.entries_fetched} fetched in "
+               f"{result.windows} window(s), covered until {covered}")
+
+
+@contextmanager
+def _reading(database_url: str | None, account: str | None) -> Iterator[tuple[Settings, Session]]:
+    """The database read-only at the current schema; never migrates, never writes."""
+    settings = load_settings({"database_url": database_url, "account": account}, ignore=READER_IGNORES)
+    _require_existing_sqlite_file(settings.database_url)
+    read_engine = make_read_engine(settings.database_url)
+    try:
+        with make_sessions(read_engine.engine)() as session:
+            try:
+                require_current_schema(session.connection())
+                yield settings, session
+            except SQLAlchemyError as exc:
+                raise StorageError(f"cannot read the database: {database_error_line(exc)}") from None
+        read_engine.verify_unchanged()
+    finally:
+        read_engine.close()
+
+
+@cli.command()
+@database_options
+@click.option("--since", type=TIME, help=f"Entries from this time on (inclusive): {TIME_HELP}.")
+@click.option("--until", type=TIME, help=f"Entries before this time: {TIME_HELP}.")
+@click.option("--type", "types", multiple=True, help="Only this income type, e.g. FUNDING_FEE (repeat for several).")
+@click.option("--asset", "assets", multiple=True, help="Only this asset (repeat for several).")
+@click.option("--format", "fmt", type=click.Choice(reports.FORMATS), default="table", show_default=True,
+              help="Output format; JSON amounts and tran_id are strings.")
+@click.option("--tz", "tz", type=TimeZoneParam(), default="UTC", show_default=True,
+              help="Show times in this zone in table and CSV; JSON is always UTC.")
+@click.option("--coverage", "show_coverage", is_flag=True,
+              help="Show which stretches of time the archive holds whole, and the gaps between them, instead of entries.")
+def ledger(database_url, account, since, until, types, assets, fmt, tz, show_coverage) -> None:
+    """The archived income ledger, oldest first, with a running balance per asset.
+
+    The running balance starts at the observed wallet balance before an asset's first listed
+    entry (plus the archived entries since that observation); with no observation before it,
+    at the first observation after it minus the entries up to it; with none at all, or with
+    --type, at 0. The table's header says which, and names any gap in the archive's coverage.
+    """
+    from recorder.queries.ledger import LedgerListing, coverage
+
+    require_order("--since", since, "--until", until)
+    require_showable(tz, since=since, until=until)
+    with _reading(database_url, account) as (settings, session):
+        covered = coverage(session, settings.account)
+        if show_coverage:
+            _write_coverage(covered, fmt, sys.stdout, tz)
+        else:
+            listing = LedgerListing(session, settings.account, since=since, until=until, types=types, assets=assets)
+            _write_ledger(listing, covered, settings.account, fmt, sys.stdout, tz)
+
+
+def _coverage_lines(covered: Coverage, tz: tzinfo) -> list[str]:
+    def at(moment: datetime) -> str:
+        return reports.format_time(moment, tz, "milliseconds")
+
+    if not covered.stretches:
+        return ["ledger coverage: nothing synced yet (run `recorder sync-ledger` or `recorder run`)"]
+    lines = [f"ledger covered from {at(covered.stretches[0].covered_from)} to {at(covered.stretches[-1].covered_until)}"
+             + (f", last sync {at(covered.last_sync_at)} {covered.last_sync_outcome}" if covered.last_sync_at else "")]
+    for start, end in covered.gaps:
+        lines.append(f"ledger GAP: nothing archived between {at(start)} and {at(end)}")
+    if covered.last_sync_outcome == "failed" and covered.last_error:
+        lines.append(f"last sync failed: {covered.last_error}")
+    return lines
+
+
+def _write_coverage(covered: Coverage, fmt: str, stream: TextIO, tz: tzinfo) -> None:
+    records = [{"kind": "covered", "from": s.covered_from, "until": s.covered_until, "windows": s.windows}
+               for s in covered.stretches]
+    records += [{"kind": "gap", "from": start, "until": end, "windows": None} for start, end in covered.gaps]
+    records.sort(key=lambda record: record["from"])
+    if fmt == "table":
+        for line in _coverage_lines(covered, tz):
+            stream.write(f"# {line}\n")
+    reports.write(fmt, stream, ("kind", "from", "until", "windows"), records, records, tz)
+
+
+def _write_ledger(listing: Any, covered: Coverage, account: str, fmt: str, stream: TextIO, tz: tzinfo) -> None:
+    if fmt == "table":
+        # A table needs every width before its first line, so it is the one format that is not streamed.
+        records = [_record(line) for line in listing]
+        stream.write(f"# account {account}; " + "\n# ".join(_coverage_lines(covered, tz)) + "\n")
+        for anchor in listing.anchors.values():
+            stream.write(f"# running balance {anchor.asset} starts at {reports.format_decimal(anchor.value)}: "
+                         f"{_anchor_text(anchor, tz)}\n")
+        reports.write_table(TABLE_COLUMNS, records, stream, tz)
+        return
+    for line in _coverage_lines(covered, tz):
+        if "GAP" in line or "nothing synced" in line or "failed" in line:
+            click.echo(f"note: {line}", err=True)
+    if fmt == "csv":
+        reports.write_csv(LEDGER_COLUMNS, (_record(line) for line in listing), stream, tz)
+        return
+    # JSON streamed one entry at a time; tran_id as a string, since a JSON reader may hold numbers as floats.
+    stream.write("[")
+    for index, line in enumerate(listing):
+        document = {**_record(line), "tran_id": str(line.tran_id)}
+        stream.write(("," if index else "") + "\n  " + json.dumps(reports._jsonable(document), ensure_ascii=False))
+    stream.write("\n]\n")
+
+
+def _anchor_text(anchor: Any, tz: tzinfo) -> str:
+    when = reports.format_time(anchor.state_time, tz, "milliseconds") if anchor.state_time else ""
+    if anchor.kind == "observed":
+        return f"the wallet balance observed at {when} (Binance's update time) plus the archived entries since"
+    if anchor.kind == "derived":
+        return f"the wallet balance observed at {when} minus the archived entries up to it"
+    return "0 (a running total: no observed balance, or filtered by --type)"
+
+
+def _record(line: Any) -> dict[str, Any]:
+    return {name: getattr(line, name) for name in LEDGER_COLUMNS}
+
