@@ -67,7 +67,7 @@ def test_interrupted_export_leaves_no_file_under_the_final_name(postgres_db_url,
         finally:
             if process.poll() is None:
                 process.kill()
-                process.wait()
+                process.communicate()  # reaps it and closes the pipes
     assert process.returncode == code, stderr
     assert "no file written" in stderr and "Traceback" not in stderr
     assert not out.exists()
