@@ -150,7 +150,7 @@ class Recorder:
         if self.spool is None:
             return 0
         try:
-            paths = self.spool.pending()
+            paths = self.spool.waiting()
         except SpoolError as error:
             log.error("%s: older spooled polls wait until it can", error)
             return 0

@@ -118,6 +118,10 @@ class Spool:
         self.account = account
         # Entries that could not even be moved aside: skipped until the next start.
         self.skipped: set[Path] = set()
+        # True once a listing found nothing and this Spool has added nothing since. Only the
+        # account's writer (writer lock or lease) uses the folder, so entries arrive only
+        # through put() and adopt(): the next poll need not list the folder again.
+        self._known_empty = False
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -150,6 +154,7 @@ class Spool:
 
     def put(self, entry: SpooledPoll) -> Path:
         """Write an entry durably and return its path; SpoolError (and no file left) when it cannot."""
+        self._known_empty = False  # even a failed put may leave a file behind
         name = f"{time.time_ns():020d}-{label_filename(entry.uid)[:64]}.json"
         final = self.directory / name
         temporary = self.directory / f".{name}.tmp"
@@ -177,7 +182,13 @@ class Spool:
             names = sorted(path for path in self.directory.glob("*.json") if not path.name.startswith("."))
         except OSError as exc:
             raise SpoolError(f"cannot list the spool folder {self.directory}: {exc.strerror or exc}") from None
-        return [path for path in names if path not in self.skipped]
+        waiting = [path for path in names if path not in self.skipped]
+        self._known_empty = not waiting
+        return waiting
+
+    def waiting(self) -> list[Path]:
+        """pending(), without listing the folder when it is known to be empty (the common case, every poll)."""
+        return [] if self._known_empty else self.pending()
 
     def load(self, path: Path) -> SpooledPoll:
         """Read one entry back: CorruptEntry when unreadable or malformed, ForeignEntry when not ours."""
@@ -241,6 +252,7 @@ class Spool:
         """
         if not legacy.is_dir() or legacy.resolve() == self.directory.resolve():
             return 0
+        self._known_empty = False
         try:
             guard = os.open(legacy / "writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:

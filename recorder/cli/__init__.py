@@ -7,6 +7,7 @@ ConfigError) are one line too and exit 2. Logging is configured here, once.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 
@@ -29,7 +30,44 @@ def _print_version(context: click.Context, _parameter: click.Parameter, value: b
     context.exit()
 
 
-@click.group(cls=OneValueGroup, context_settings=CONTEXT_SETTINGS)
+# Which module defines each command. A module is imported when one of its commands is first
+# looked up, so `recorder run` loads none of the read commands (and the libraries only they
+# use); `recorder --help` looks every command up and so still lists them all.
+COMMAND_MODULES = {
+    "migrate": "recording", "poll": "recording", "run": "recording", "demo": "recording", "simulate": "recording",
+    "history": "querying", "balances": "querying", "diff": "querying", "changes": "querying", "gaps": "querying",
+    "series": "querying",
+    "accounts": "accounts",
+    "status": "status",
+    "export": "exporting",
+    "statement": "reporting", "report": "reporting",
+    "reconcile": "reconciling",
+    "backfill": "backfilling", "import": "backfilling",
+    "ledger": "ledgering", "sync-ledger": "ledgering",
+}
+
+
+class LazyGroup(OneValueGroup):
+    """The `recorder` group, importing a command's module on the command's first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(self.commands) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            # The module registers its commands on `cli` as it is imported.
+            importlib.import_module(f"recorder.cli.{module}")
+        return super().get_command(ctx, cmd_name)
+
+
+def load_all_commands() -> None:
+    """Import every command module, so that `cli.commands` holds them all (for tests and tools)."""
+    for module in sorted(set(COMMAND_MODULES.values())):
+        importlib.import_module(f"recorder.cli.{module}")
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT_SETTINGS)
 @click.option(
     "--version",
     is_flag=True,
@@ -98,15 +136,3 @@ def main() -> None:
         sys.exit(2)
 
 
-# Command modules register themselves on `cli`; imported last to avoid a cycle. Both are
-# cheap to import: whatever needs requests, Alembic or cryptography is
-# imported inside the command that uses it, so a read command starts without them.
-from recorder.cli import recording  # noqa: E402,F401
-from recorder.cli import querying  # noqa: E402,F401
-from recorder.cli import accounts  # noqa: E402,F401
-from recorder.cli import status  # noqa: E402,F401
-from recorder.cli import exporting  # noqa: E402,F401
-from recorder.cli import reporting  # noqa: E402,F401
-from recorder.cli import reconciling  # noqa: E402,F401
-from recorder.cli import backfilling  # noqa: E402,F401
-from recorder.cli import ledgering  # noqa: E402,F401

@@ -202,8 +202,9 @@ def test_migrate_then_alembic_agree_on_head(db_url, tmp_path):
 
 
 def test_every_command_has_help():
-    from recorder.cli import cli
+    from recorder.cli import cli, load_all_commands
 
+    load_all_commands()  # commands are registered lazily
     for name, command in cli.commands.items():
         assert command.help, f"{name} has no help"
         result = subprocess.run([*RECORDER, name, "--help"], capture_output=True, text=True)

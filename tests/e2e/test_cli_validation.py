@@ -19,11 +19,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from recorder.cli import cli
+from recorder.cli import cli, load_all_commands
 from recorder.db import make_engine, make_sessions
 from recorder.records import AssetBalance, FetchedBalances
 from recorder.schema import upgrade_to_head
 from recorder.store import ensure_account, record_poll
+
+load_all_commands()  # commands are registered lazily; these tests walk them all
 
 RECORDER = str(Path(sys.executable).with_name("recorder"))
 RANGE = "times run from 0001-01-01 to 9999-12-31 UTC"

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from recorder.cli import cli
+from recorder.cli import cli, load_all_commands
 from tests.e2e.test_read_only import recorded
+
+load_all_commands()  # commands are registered lazily; these tests walk them all
 
 RECORDER = str(Path(sys.executable).with_name("recorder"))
 WRITE_SIDE = ("requests", "urllib3", "apscheduler", "alembic", "cryptography")
@@ -74,6 +76,28 @@ def test_write_side_probe_sees_what_migrate_imports(tmp_path):
 def test_migrate_on_a_current_schema_imports_no_alembic(migrated):
     """The schema is checked with plain SQL first: a service starting on a current database never loads Alembic."""
     assert "alembic" not in imported_write_side("migrate", "--database-url", migrated)
+
+
+def test_run_loads_no_read_command_module():
+    """Commands are imported on first use: `recorder run` (looked up as the entry point does) loads
+    only its own module, not the read commands and what they import."""
+    probe = (
+        "import sys, click\n"
+        "from recorder.cli import cli\n"
+        "assert cli.get_command(click.Context(cli), 'run').name == 'run'\n"
+        "print(sorted(m for m in sys.modules if m.startswith('recorder.cli.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "['recorder.cli.options', 'recorder.cli.params', 'recorder.cli.recording']"
+
+
+def test_every_command_is_mapped_to_its_module():
+    """A command added to a module but not to COMMAND_MODULES would be missing from --help until used."""
+    from recorder.cli import COMMAND_MODULES
+
+    assert set(cli.commands) == set(COMMAND_MODULES)
+    for name, command in cli.commands.items():
+        assert command.callback.__module__ == f"recorder.cli.{COMMAND_MODULES[name]}", name
 
 
 def test_version_prints_the_package_version():

@@ -179,3 +179,34 @@ def test_starting_on_a_current_schema_never_imports_alembic(engine, db_url):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_an_empty_spool_folder_is_listed_again_only_after_a_poll_was_spooled(
+    simulator, db_url, outage_engine, tmp_path, clock
+):
+    """The writer is the folder's only writer: once it found the folder empty, polls skip the listing
+    until this process spools something; then the next poll lists it and replays everything."""
+    lock = WriterLock(outage_engine, "default")
+    lock.acquire()
+    try:
+        recorder = make_recorder(simulator, outage_engine, tmp_path / "spool", lock=lock, clock=clock)
+        recorder.poll_once()
+        # A file appearing behind the writer's back (which the writer lock rules out) shows
+        # whether a poll lists the folder: a listing would set it aside as corrupt.
+        stray = recorder.spool.directory / "00000000000000000000-stray.json"
+        stray.write_bytes(b"{")
+        clock.advance(60)
+        recorder.poll_once()
+        assert stray.exists()
+        with database_down(db_url):
+            clock.advance(60)
+            simulator.step(SIM_KEY)
+            with pytest.raises(StorageError):
+                recorder.poll_once()
+        clock.advance(60)
+        recorder.poll_once()
+    finally:
+        lock.release()
+    assert not stray.exists() and (recorder.spool.directory / "corrupt" / stray.name).exists()
+    assert recorder.spool.pending() == []
+    assert usdt_history(outage_engine) == served_usdt(simulator)
