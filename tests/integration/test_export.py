@@ -278,9 +278,10 @@ def test_csv_lines_built_by_the_database_match_the_csv_module_on_awkward_assets_
             assert write_csv(flat.columns, flat.batches, written[lines], lines=flat.csv_lines) == 10
     assert written[True].getvalue() == written[False].getvalue()
     rows = list(csv.DictReader(io.StringIO(written[True].getvalue(), newline="")))
+    vanished = rows[5:9]
     # Control characters reach the database escaped (C\\x0dR); a comma and a quote as they are.
-    assert len(rows) == 10 and {"A,B", 'Q"T'} <= {r["asset"] for r in rows[5:9]}
-    assert all(r["present"] == "false" and r["balance"] == r["margin_available"] == r["update_time"] == "" for r in rows[5:9])
+    assert len(rows) == 10 and {"A,B", 'Q"T'} <= {r["asset"] for r in vanished}
+    assert all(r["present"] == "false" and r["balance"] == r["margin_available"] == r["update_time"] == "" for r in vanished)
     assert (rows[-1]["asset"], rows[-1]["balance"], rows[-1]["margin_available"]) == ("USDT", "-0.00000001", "true")
 
 
