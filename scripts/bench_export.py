@@ -140,6 +140,10 @@ def main() -> None:
     directory.mkdir(parents=True, exist_ok=True)
     try:
         url = f"sqlite:///{args.database.resolve()}" if args.database else build(directory, months)
+        # An installed recorder has its bytecode compiled (pip does it); a run from a checkout
+        # with PYTHONDONTWRITEBYTECODE set would time compiling the package on every start.
+        os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([*RECORDER, "--help"], check=True, capture_output=True)
         database = url.removeprefix("sqlite:///")
         runs: list[dict] = []
 

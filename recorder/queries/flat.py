@@ -77,13 +77,18 @@ def csv_field(text: str) -> str:
 def _csv_quoted(dialect: str, column: str) -> str:
     # Asset names are Binance's (letters and digits), but a field is quoted whenever it must be.
     if dialect == "sqlite":
-        needs = f"instr({column}, ',') + instr({column}, '\"') + instr({column}, char(10)) + instr({column}, char(13)) > 0"
+        # One GLOB per row rather than four instr() calls.
+        needs = f"{column} GLOB '*[,\"' || char(10) || char(13) || ']*'"
     else:
         needs = f"{column} ~ '[\",\\r\\n]'"
     return f"""CASE WHEN {needs} THEN '"' || replace({column}, '"', '""') || '"' ELSE {column} END"""
 
 
 def _csv_line(dialect: str, expressions: Sequence[str]) -> str:
+    if dialect == "sqlite":
+        # printf builds the line in one call and prints NULL as an empty field: a quarter
+        # less SQL time than a chain of || and coalesce (scripts/bench_export.py).
+        return f"printf('{','.join(['%s'] * len(expressions))}', {', '.join(expressions)})"
     # NULL is an empty field; || with NULL would make the whole line NULL.
     return " || ',' || ".join(f"coalesce({expression}, '')" for expression in expressions)
 

@@ -260,6 +260,31 @@ def test_csv_lines_built_by_the_database_quote_like_the_csv_module(sessions, db_
     assert out.read_bytes().count(b"\r\n") == 3
 
 
+def test_csv_lines_built_by_the_database_match_the_csv_module_on_awkward_assets_and_vanished_rows(sessions, db_url):
+    """The database-built lines equal csv.writer over the same text rows: quoting, NULL cells, booleans, times."""
+    import io
+
+    from recorder.queries.flat import history_rows
+    from recorder.reports.export import write_csv
+
+    awkward = ("A,B", 'Q"T', "N\nL", "C\rR", "USDT")
+    record(sessions, at(0), tuple(asset(name, "1.00000000", margin=name != "USDT") for name in awkward))
+    record(sessions, at(1), (asset("USDT", "-0.00000001"),))  # the other four vanish: rows with empty cells
+    written = {}
+    for lines in (True, False):
+        with sessions() as session:
+            flat = history_rows(session, "default", csv_lines=lines)
+            written[lines] = io.StringIO(newline="")
+            assert write_csv(flat.columns, flat.batches, written[lines], lines=flat.csv_lines) == 10
+    assert written[True].getvalue() == written[False].getvalue()
+    rows = list(csv.DictReader(io.StringIO(written[True].getvalue(), newline="")))
+    vanished = rows[5:9]
+    # Control characters reach the database escaped (C\\x0dR); a comma and a quote as they are.
+    assert len(rows) == 10 and {"A,B", 'Q"T'} <= {r["asset"] for r in vanished}
+    assert all(r["present"] == "false" and r["balance"] == r["margin_available"] == r["update_time"] == "" for r in vanished)
+    assert (rows[-1]["asset"], rows[-1]["balance"], rows[-1]["margin_available"]) == ("USDT", "-0.00000001", "true")
+
+
 def test_changes_csv_fast_path_is_byte_identical_to_the_rendered_csv(scripted, db_url):
     """`changes --format csv` in UTC takes the export's text rows: the same bytes as rendering Change objects."""
     import io
