@@ -172,7 +172,7 @@ def _write_coverage(covered: Coverage, fmt: str, stream: TextIO, tz: tzinfo) -> 
     if fmt == "table":
         for line in _coverage_lines(covered, tz):
             stream.write(f"# {line}\n")
-    reports.write(fmt, stream, ("kind", "from", "until", "windows"), records, records, tz)
+    reports.write(fmt, stream, ("kind", "from", "until", "windows"), records, dict, tz=tz)
 
 
 def _write_ledger(listing: Any, covered: Coverage, account: str, fmt: str, stream: TextIO, tz: tzinfo) -> None:

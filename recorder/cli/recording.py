@@ -234,9 +234,6 @@ def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
         from recorder.service import run_accounts_file
 
         _refuse_account_options(values)
-        if not no_ledger:
-            log.info("the income ledger is synced by single-account runs only for now; "
-                     "an accounts file records the balances")
         result = run_accounts_file(config_file, os.environ, values)
         _exit_after_run(result.exit_code, result.abandoned_poll)
     settings = _settings(values)

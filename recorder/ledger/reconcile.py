@@ -298,14 +298,17 @@ def ledger_gaps_from(stretches: Mapping[int, Iterable[tuple[datetime, datetime]]
     """A LedgerGaps over the ledger's covered stretches, [covered_from, covered_until] per account id.
 
     An interval (start, end] is covered when one stretch holds it whole; Binance's times are
-    milliseconds, so a stretch from start + 1 ms covers it too.
+    milliseconds, so a stretch from start + 1 ms covers it too. An account the sync never ran
+    for (its entries imported from files, or none yet) has no coverage to judge by: no flag.
     """
     by_account = {account: sorted(spans) for account, spans in stretches.items()}
     tick = timedelta(milliseconds=1)
 
     def crosses_gap(account: int, start: datetime, end: datetime) -> bool:
-        return not any(covered_from <= start + tick and end <= covered_until
-                       for covered_from, covered_until in by_account.get(account, ()))
+        spans = by_account.get(account)
+        if not spans:
+            return False
+        return not any(covered_from <= start + tick and end <= covered_until for covered_from, covered_until in spans)
 
     return crosses_gap
 
