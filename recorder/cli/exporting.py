@@ -336,22 +336,35 @@ def _storage_errors() -> Iterator[None]:
 
 
 class Terminated(BaseException):
-    """SIGTERM arrived: unwinds like Ctrl-C, so the temporary file is removed on the way out."""
+    """SIGTERM or Ctrl-C arrived: unwinds to the top, so the temporary file is removed on the way out.
+
+    Not a KeyboardInterrupt on purpose: psycopg answers one raised inside its wait by cancelling
+    the query and waiting for the server again, which under load was seen to hang an export
+    stopped while it waited on a lock; this exception leaves the connection at once, and the
+    export discards it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 @contextmanager
 def _terminated_cleanly(out: Path | None) -> Iterator[None]:
     def stop(signum: int, _frame: FrameType | None) -> None:
-        raise Terminated()
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
-    except Terminated:
-        click.echo(f"export terminated{': no file written' if out else ''}", err=True)
-        sys.exit(143)
+    except Terminated as stopped:
+        interrupted = stopped.signum == signal.SIGINT
+        click.echo(f"export {'interrupted' if interrupted else 'terminated'}{': no file written' if out else ''}",
+                   err=True)
+        sys.exit(130 if interrupted else 143)
     except KeyboardInterrupt:
         click.echo(f"export interrupted{': no file written' if out else ''}", err=True)
         sys.exit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
