@@ -11,7 +11,7 @@ import itertools
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -130,8 +130,9 @@ def _export_once(url: str, request: Request, fmt: str, out: Path | None, force: 
             if fmt in TAX_FORMATS:
                 _write_tax_format(session, request, fmt, out, force)
             else:
-                columns, batches, lines = _table(session, request, csv_lines=fmt == "csv")
-                _write(fmt, columns, batches, out, force, lines)
+                with _batches_for(fmt):
+                    columns, batches, lines = _table(session, request, csv_lines=fmt == "csv")
+                    _write(fmt, columns, batches, out, force, lines)
         read_engine.verify_unchanged()
     finally:
         read_engine.close()
@@ -156,8 +157,9 @@ def _export_incremental(url: str, request: Request, name: str, fmt: str, out: Pa
                 after = cursor.last_balance_id if cursor is not None else 0
                 # The upper bound is fixed now: rows stored while the file is written go to the next one.
                 bounds[account] = (account_id, after, max(after, flat.last_balance_id(session, account)))
-            columns, batches, lines = _table(session, request, bounds, csv_lines=fmt == "csv")
-            _write(fmt, columns, batches, out, force, lines)
+            with _batches_for(fmt):
+                columns, batches, lines = _table(session, request, bounds, csv_lines=fmt == "csv")
+                _write(fmt, columns, batches, out, force, lines)
         # The file is complete and in place: only now does the cursor move, in one transaction.
         with make_sessions(engine, write=True).begin() as session, _storage_errors():
             for account, (account_id, after, through) in bounds.items():
@@ -197,6 +199,10 @@ def _check(session: Session, request: Request) -> None:
             f"no asset {', '.join(unknown)} in account {', '.join(request.accounts)}; "
             f"recorded assets: {', '.join(sorted(known)) or 'none'}"
         )
+
+
+def _batches_for(fmt: str) -> AbstractContextManager[None]:
+    return flat.fetching(export.PARQUET_BATCH_ROWS) if fmt == "parquet" else nullcontext()
 
 
 def _table(
@@ -285,7 +291,7 @@ def _history_with_derived(session: Session, request: Request, parts: list[flat.F
         # Both streams are in time order and times are uniform ISO text, so text order is time order.
         merged.append(heapq.merge(derived, observed, key=lambda row: (row[2], row[1])))
     rows = itertools.chain.from_iterable(merged)
-    return columns, iter(lambda: list(itertools.islice(rows, flat.BATCH_ROWS)), [])
+    return columns, iter(lambda: list(itertools.islice(rows, flat.batch_rows())), [])
 
 
 def _write_tax_format(session: Session, request: Request, fmt: str, out: Path | None, force: bool) -> None:

@@ -13,6 +13,8 @@ Rows come in batches (lists of tuples) from a plain cursor on SQLite and a serve
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -24,6 +26,23 @@ from recorder.models import AMOUNT_FIELDS
 from recorder.queries.states import _account_id
 
 BATCH_ROWS = 10_000
+_batch_rows: ContextVar[int] = ContextVar("recorder_export_batch_rows", default=BATCH_ROWS)
+
+
+@contextmanager
+def fetching(rows: int) -> Iterator[None]:
+    """Read `rows` at a time inside the block (Parquet: each batch is Arrow columns at once, and
+    a smaller batch of Python rows keeps the peak memory lower; CSV is faster with larger ones)."""
+    token = _batch_rows.set(rows)
+    try:
+        yield
+    finally:
+        _batch_rows.reset(token)
+
+
+def batch_rows() -> int:
+    """How many rows a batch holds here (see fetching)."""
+    return _batch_rows.get()
 
 # Column kinds tell a writer how to type a text cell: JSON booleans, Parquet decimal128.
 TEXT, DECIMAL, TIME, BOOL, INT = "text", "decimal", "time", "bool", "int"
@@ -233,16 +252,17 @@ def _driver(session: Session) -> Any:
 
 def _batches(session: Session, sql: str, params: dict[str, Any]) -> Iterator[list[tuple[Any, ...]]]:
     connection = _driver(session)
+    size = batch_rows()
     if session.connection().dialect.name == "postgresql":
-        # A named cursor is a server-side cursor: PostgreSQL sends BATCH_ROWS at a time
+        # A named cursor is a server-side cursor: PostgreSQL sends a batch at a time
         # instead of the whole result.
         cursor = connection.cursor(name="recorder_export")
-        cursor.itersize = BATCH_ROWS
+        cursor.itersize = size
     else:
         cursor = connection.cursor()
     try:
         cursor.execute(sql, params)
-        while batch := cursor.fetchmany(BATCH_ROWS):
+        while batch := cursor.fetchmany(size):
             yield batch
     except BaseException as exc:
         if not isinstance(exc, (Exception, GeneratorExit)):

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from recorder.models import AMOUNT_FIELDS
-from recorder.queries.flat import BATCH_ROWS, BOOL, DECIMAL, INT, TEXT, TIME
+from recorder.queries.flat import BOOL, DECIMAL, INT, TEXT, TIME, batch_rows
 from recorder.reports.render import UTC, format_decimal, format_time
 
 FORMATS = ("csv", "jsonl", "parquet")
@@ -170,6 +170,11 @@ def write_parquet(columns: Columns, batches: Iterable[Batch], path: Path, progre
     return rows
 
 
+# Rows per batch (and Parquet row group): converting a batch of Python rows to Arrow columns
+# holds both at once; 5,000 keeps a year's export at 124 MB where 10,000 took 139 MB.
+PARQUET_BATCH_ROWS = 5_000
+
+
 class ExportError(Exception):
     """An export that cannot be written as asked (refused overwrite, a missing extra, a value out of range)."""
 
@@ -281,8 +286,9 @@ def kind_of(name: str) -> str:
     return TEXT
 
 
-def batched(records: Iterable[Mapping[str, Any]], names: Sequence[str], size: int = BATCH_ROWS) -> Iterator[Batch]:
+def batched(records: Iterable[Mapping[str, Any]], names: Sequence[str], size: int | None = None) -> Iterator[Batch]:
     """Records (mappings) as batches of text tuples in the order of `names`."""
+    size = size or batch_rows()
     batch: Batch = []
     for record in records:
         batch.append(tuple(text(record.get(name), name) for name in names))
