@@ -177,13 +177,13 @@ def _write_coverage(covered: Coverage, fmt: str, stream: TextIO, tz: tzinfo) -> 
 
 def _write_ledger(listing: Any, covered: Coverage, account: str, fmt: str, stream: TextIO, tz: tzinfo) -> None:
     if fmt == "table":
-        # A table needs every width before its first line, so it is the one format that is not streamed.
-        records = [_record(line) for line in listing]
+        # Streamed in pages like every table; where each running balance started is known once
+        # its asset's first entry was read, so those lines follow the table.
         stream.write(f"# account {account}; " + "\n# ".join(_coverage_lines(covered, tz)) + "\n")
+        reports.write_table(TABLE_COLUMNS, (_record(line) for line in listing), stream, tz)
         for anchor in listing.anchors.values():
             stream.write(f"# running balance {anchor.asset} starts at {reports.format_decimal(anchor.value)}: "
                          f"{_anchor_text(anchor, tz)}\n")
-        reports.write_table(TABLE_COLUMNS, records, stream, tz)
         return
     for line in _coverage_lines(covered, tz):
         if "GAP" in line or "nothing synced" in line or "failed" in line:
