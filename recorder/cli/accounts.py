@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.cli import cli
 from recorder.config import ENVIRONMENT, load_settings
@@ -34,11 +33,9 @@ def accounts_command(config_file: str | None, database_url: str | None, fmt: str
     """List the accounts of the accounts file: endpoint, interval, where the credentials come from,
     the last successful poll and the failed polls since. Reads the database only; never migrates."""
     from recorder.accounts import load_accounts_file, process_settings
-    from recorder.cli.querying import _require_existing_sqlite_file
-    from recorder.db import database_error_line, make_read_engine, make_sessions, sqlite_file_path
-    from recorder.errors import StorageError
+    from recorder.cli.querying import read_session
+    from recorder.db import sqlite_file_path
     from recorder.queries.account_health import AccountHealth, account_health
-    from recorder.schema import require_current_schema
 
     path = config_file or load_settings(ignore=frozenset(ENVIRONMENT) - {"RECORDER_CONFIG"}).config_file
     if not path:
@@ -49,18 +46,8 @@ def accounts_command(config_file: str | None, database_url: str | None, fmt: str
     health = {label: AccountHealth(None, None, None) for label in labels}
     sqlite_file = sqlite_file_path(settings.database_url)
     if sqlite_file is None or sqlite_file.is_file():  # no database yet: nothing was polled
-        _require_existing_sqlite_file(settings.database_url)
-        read_engine = make_read_engine(settings.database_url)
-        try:
-            with make_sessions(read_engine.engine)() as session:
-                try:
-                    require_current_schema(session.connection())
-                    health = account_health(session, labels)
-                except SQLAlchemyError as exc:
-                    raise StorageError(f"cannot read the database: {database_error_line(exc)}") from None
-            read_engine.verify_unchanged()
-        finally:
-            read_engine.close()
+        with read_session(settings.database_url) as session:
+            health = account_health(session, labels)
     records = []
     for entry in accounts.accounts:
         state = health[entry.label]

@@ -14,18 +14,14 @@ from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any, TextIO
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from recorder.cli import cli
 from recorder.cli.options import database_options
-from recorder.cli.querying import READER_IGNORES, TIME, _require_existing_sqlite_file
+from recorder.cli.querying import READER_IGNORES, TIME, read_session
 from recorder.cli.recording import _recorder, _settings, exchange_options
 from recorder.config import Settings, load_settings
-from recorder.db import database_error_line, make_read_engine, make_sessions
-from recorder.errors import StorageError
 from recorder.reports import render as reports
-from recorder.schema import require_current_schema
 from recorder.timespec import TIME_HELP, TimeZoneParam, require_order, require_showable
 
 if TYPE_CHECKING:
@@ -100,20 +96,10 @@ def sync_ledger(ledger_since: datetime | None, **values: Any) -> None:
 
 @contextmanager
 def _reading(database_url: str | None, account: str | None) -> Iterator[tuple[Settings, Session]]:
-    """The database read-only at the current schema; never migrates, never writes."""
+    """The database read-only at the current schema (querying.read_session); never migrates, never writes."""
     settings = load_settings({"database_url": database_url, "account": account}, ignore=READER_IGNORES)
-    _require_existing_sqlite_file(settings.database_url)
-    read_engine = make_read_engine(settings.database_url)
-    try:
-        with make_sessions(read_engine.engine)() as session:
-            try:
-                require_current_schema(session.connection())
-                yield settings, session
-            except SQLAlchemyError as exc:
-                raise StorageError(f"cannot read the database: {database_error_line(exc)}") from None
-        read_engine.verify_unchanged()
-    finally:
-        read_engine.close()
+    with read_session(settings.database_url) as session:
+        yield settings, session
 
 
 @cli.command()

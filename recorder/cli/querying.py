@@ -78,34 +78,41 @@ READER_IGNORES = frozenset({
 
 
 @contextmanager
-def reading(database_url: str | None, account: str | None, assets: Sequence[str]) -> Iterator[tuple[Settings, Session, list[str]]]:
-    """Open the database read-only, check its schema, the account and assets, and yield a session.
+def read_session(database_url: str) -> Iterator[Session]:
+    """A session on the database opened read-only at the current schema; never migrates, never writes.
 
-    Never migrates and never writes: a schema behind this recorder's is a one-line error
-    telling the user to run `recorder migrate`, and the database stays byte-identical.
+    A schema behind this recorder's is a one-line error telling the user to run `recorder
+    migrate`; a database error inside the block is a one-line StorageError; after the block the
+    database is checked byte-identical (before the caller renders anything).
     """
-    settings = load_settings({"database_url": database_url, "account": account}, ignore=READER_IGNORES)
-    _require_existing_sqlite_file(settings.database_url)
-    read_engine = make_read_engine(settings.database_url)
+    _require_existing_sqlite_file(database_url)
+    read_engine = make_read_engine(database_url)
     try:
         with make_sessions(read_engine.engine)() as session:
             try:
                 require_current_schema(session.connection())
-                known = queries.list_assets(session, settings.account)
-                wanted = sorted({asset.strip().upper() for asset in assets})
-                unknown = [asset for asset in wanted if asset not in known]
-                if unknown:
-                    raise click.UsageError(
-                        f"no asset {', '.join(unknown)} in account {settings.account!r}; "
-                        f"recorded assets: {', '.join(known) or 'none'}"
-                    )
-                yield settings, session, wanted
+                yield session
             except SQLAlchemyError as exc:
                 raise StorageError(f"cannot read the database: {database_error_line(exc)}") from None
-        # Checked before anything is printed: the command renders only after this returns.
         read_engine.verify_unchanged()
     finally:
         read_engine.close()
+
+
+@contextmanager
+def reading(database_url: str | None, account: str | None, assets: Sequence[str]) -> Iterator[tuple[Settings, Session, list[str]]]:
+    """Open the database read-only (see read_session), check the account and assets, and yield a session."""
+    settings = load_settings({"database_url": database_url, "account": account}, ignore=READER_IGNORES)
+    with read_session(settings.database_url) as session:
+        known = queries.list_assets(session, settings.account)
+        wanted = sorted({asset.strip().upper() for asset in assets})
+        unknown = [asset for asset in wanted if asset not in known]
+        if unknown:
+            raise click.UsageError(
+                f"no asset {', '.join(unknown)} in account {settings.account!r}; "
+                f"recorded assets: {', '.join(known) or 'none'}"
+            )
+        yield settings, session, wanted
 
 
 def _require_existing_sqlite_file(url: str) -> None:

@@ -13,17 +13,13 @@ from pathlib import Path
 
 import click
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from recorder.cli import cli, querying
 from recorder.config import load_settings
-from recorder.db import database_error_line, make_read_engine, make_sessions, sqlite_file_path
-from recorder.errors import StorageError
 from recorder.models import Account
 from recorder.queries import find_account
 from recorder.reports.render import FORMATS
-from recorder.schema import require_current_schema
 from recorder.timespec import TIME_HELP, TimeSpec, TimeZoneParam, require_order, require_showable
 
 TIME = TimeSpec()
@@ -39,26 +35,13 @@ def reading_accounts(database_url: str | None, accounts: Sequence[str]) -> Itera
     No --account means every account in the database, by label.
     """
     settings = load_settings({"database_url": database_url}, ignore=READER_IGNORES)
-    path = sqlite_file_path(settings.database_url)
-    if path is not None and not path.is_file():
-        # A read must never create a file: name the wrong path instead of "unable to open".
-        raise StorageError(f"no database at {path}: check --database-url / RECORDER_DATABASE_URL")
-    read_engine = make_read_engine(settings.database_url)
-    try:
-        with make_sessions(read_engine.engine)() as session:
-            try:
-                require_current_schema(session.connection())
-                labels = list(dict.fromkeys(label.strip() for label in accounts))
-                for label in labels:
-                    find_account(session, label)  # ConfigError naming the recorded accounts
-                if not labels:
-                    labels = list(session.scalars(select(Account.label).order_by(Account.label)))
-                yield session, labels
-            except SQLAlchemyError as exc:
-                raise StorageError(f"cannot read the database: {database_error_line(exc)}") from None
-        read_engine.verify_unchanged()
-    finally:
-        read_engine.close()
+    with querying.read_session(settings.database_url) as session:
+        labels = list(dict.fromkeys(label.strip() for label in accounts))
+        for label in labels:
+            find_account(session, label)  # ConfigError naming the recorded accounts
+        if not labels:
+            labels = list(session.scalars(select(Account.label).order_by(Account.label)))
+        yield session, labels
 
 
 def period_options(function):

@@ -15,10 +15,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.cli import cli
 from recorder.config import load_settings
-from recorder.db import database_error_line, make_read_engine, sqlite_file_path
+from recorder.db import database_error_line, make_read_engine
 from recorder.errors import StorageError
 from recorder.health import health_document, read_health
-from recorder.cli.querying import READER_IGNORES
+from recorder.cli.querying import READER_IGNORES, _require_existing_sqlite_file
 from recorder.schema import require_current_schema
 
 # The writer's settings: a reader's own interval, metrics or key-check settings change no answer.
@@ -50,9 +50,7 @@ def status(database_url: str | None, accounts: tuple[str, ...], spool_dir: str |
     database unreadable, 2 usage error.
     """
     settings = load_settings({"database_url": database_url, "spool_dir": spool_dir}, ignore=STATUS_IGNORES)
-    path = sqlite_file_path(settings.database_url)
-    if path is not None and not path.is_file():
-        raise StorageError(f"no database at {path}: check --database-url / RECORDER_DATABASE_URL")
+    _require_existing_sqlite_file(settings.database_url)
     read_engine = make_read_engine(settings.database_url)
     try:
         with read_engine.engine.connect() as connection:
