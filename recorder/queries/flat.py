@@ -141,6 +141,34 @@ def _bound(dialect: str, value: datetime) -> Any:
     return value
 
 
+def _balance_filter(
+    dialect: str,
+    params: dict[str, Any],
+    assets: Sequence[str] | None,
+    since: datetime | None,
+    until: datetime | None,
+    after_id: int | None,
+    through_id: int | None,
+) -> list[str]:
+    """The WHERE terms on balances `b` (account, assets, time range, insert-sequence range); adds their parameters."""
+    where = [f"b.account_id = {_param(dialect, 'account_id')}"]
+    if assets:
+        names = []
+        for index, asset in enumerate(assets):
+            params[f"asset{index}"] = asset
+            names.append(_param(dialect, f"asset{index}"))
+        where.append(f"b.asset IN ({', '.join(names)})")
+    for name, value, operator in (("since", since, ">="), ("until", until, "<")):
+        if value is not None:
+            params[name] = _bound(dialect, value)
+            where.append(f"b.observed_at {operator} {_param(dialect, name)}")
+    for name, value, operator in (("after_id", after_id, ">"), ("through_id", through_id, "<=")):
+        if value is not None:
+            params[name] = value
+            where.append(f"b.id {operator} {_param(dialect, name)}")
+    return where
+
+
 def history_rows(
     session: Session,
     account: str,
@@ -161,21 +189,7 @@ def history_rows(
     dialect = session.connection().dialect.name
     account_id = _account_id(session, account)
     params: dict[str, Any] = {"account_id": account_id}
-    where = [f"b.account_id = {_param(dialect, 'account_id')}"]
-    if assets:
-        names = []
-        for index, asset in enumerate(assets):
-            params[f"asset{index}"] = asset
-            names.append(_param(dialect, f"asset{index}"))
-        where.append(f"b.asset IN ({', '.join(names)})")
-    for name, value, operator in (("since", since, ">="), ("until", until, "<")):
-        if value is not None:
-            params[name] = _bound(dialect, value)
-            where.append(f"b.observed_at {operator} {_param(dialect, name)}")
-    for name, value, operator in (("after_id", after_id, ">"), ("through_id", through_id, "<=")):
-        if value is not None:
-            params[name] = value
-            where.append(f"b.id {operator} {_param(dialect, name)}")
+    where = _balance_filter(dialect, params, assets, since, until, after_id, through_id)
     values = [
         _bool("b.present"),
         *(_amount(dialect, f"b.{name}") for name in AMOUNT_FIELDS),
@@ -311,21 +325,7 @@ def change_rows(
     """
     dialect = session.connection().dialect.name
     params: dict[str, Any] = {"account_id": _account_id(session, account)}
-    where = [f"b.account_id = {_param(dialect, 'account_id')}"]
-    if assets:
-        names = []
-        for index, asset in enumerate(assets):
-            params[f"asset{index}"] = asset
-            names.append(_param(dialect, f"asset{index}"))
-        where.append(f"b.asset IN ({', '.join(names)})")
-    for name, value, operator in (("since", since, ">="), ("until", until, "<")):
-        if value is not None:
-            params[name] = _bound(dialect, value)
-            where.append(f"b.observed_at {operator} {_param(dialect, name)}")
-    for name, value, operator in (("after_id", after_id, ">"), ("through_id", through_id, "<=")):
-        if value is not None:
-            params[name] = value
-            where.append(f"b.id {operator} {_param(dialect, name)}")
+    where = _balance_filter(dialect, params, assets, since, until, after_id, through_id)
 
     def state(alias: str) -> list[str]:
         return [
