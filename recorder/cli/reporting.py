@@ -45,7 +45,7 @@ def reading_accounts(database_url: str | None, accounts: Sequence[str]) -> Itera
 
 
 def period_options(function):
-    """--database-url, --account (repeatable), --since, --until, --tz."""
+    """--database-url, --account (repeatable), --since, --until, --tz, --include-derived."""
     function = click.option(
         "--tz", "tz", type=TimeZoneParam(), default="UTC", show_default=True,
         help="Cut days at midnight in this zone and show times in it (IANA name or +02:00); JSON times stay UTC.",
@@ -57,6 +57,11 @@ def period_options(function):
                             help="Our label for the account (repeat for several) [default: every recorded account].")(function)
     function = click.option("--database-url",
                             help="SQLAlchemy URL [env RECORDER_DATABASE_URL; default: sqlite:///recorder.db].")(function)
+    function = click.option(
+        "--include-derived", is_flag=True,
+        help="Also the wallet balances `recorder backfill` derived from the income ledger before each asset's first "
+             "observation, labelled 'derived' wherever they appear (as in `history --include-derived`).",
+    )(function)
     return function
 
 
@@ -64,7 +69,7 @@ def period_options(function):
 @period_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="Output format; CSV has one 'period' row per account and asset, then its 'day' rows; JSON decimals are strings.")
-def statement(database_url, accounts, since, until, tz, fmt) -> None:
+def statement(database_url, accounts, since, until, tz, include_derived, fmt) -> None:
     """Per account and asset over [--since, --until): opening, closing, change, high, low, coverage, days.
 
     The balance as of an instant is the last state observed before it (a change observed
@@ -76,7 +81,7 @@ def statement(database_url, accounts, since, until, tz, fmt) -> None:
     require_order("--since", since, "--until", until)
     require_showable(tz, since=since, until=until)
     with reading_accounts(database_url, accounts) as (session, labels):
-        built = build_statement(session, since, until, labels, tz)
+        built = build_statement(session, since, until, labels, tz, include_derived=include_derived)
     write_statement(built, fmt, sys.stdout, tz)
 
 
@@ -85,7 +90,7 @@ def statement(database_url, accounts, since, until, tz, fmt) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="report.html", show_default=True,
               help="The HTML file to write.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
-def report(database_url, accounts, since, until, tz, out, force) -> None:
+def report(database_url, accounts, since, until, tz, include_derived, out, force) -> None:
     """One self-contained HTML file for [--since, --until): statement, charts, gaps, poll health.
 
     The file loads nothing from the network (the chart library and data are inside it) and
@@ -99,6 +104,6 @@ def report(database_url, accounts, since, until, tz, out, force) -> None:
     if out.exists() and not force:
         raise click.UsageError(f"{out} exists: choose another --out or add --force to replace it")
     with reading_accounts(database_url, accounts) as (session, labels):
-        built = build_report(session, since, until, labels, tz)
+        built = build_report(session, since, until, labels, tz, include_derived=include_derived)
     size = write_report(built, out, force=force)
     click.echo(f"wrote {out} ({size} bytes)", err=True)

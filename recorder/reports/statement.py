@@ -17,6 +17,16 @@ polls were) counts as 0 in the net change; its opening or closing balance stays 
 (recorder.ledger.reconcile.roll_forward: opening -> transfers -> realized PnL -> fees -> rebates
 -> funding -> other -> expected closing -> closing -> residual, each unknown income type named
 and flagged); None when no wallet state bounds the period.
+
+With `include_derived` (`--include-derived`, the same opt-in as `history`), the balances that
+`recorder backfill` derived from the income ledger fill in what is unknown before an asset's
+first observation, always labelled as such and never blended: an edge or day edge that would be
+'before_first_poll' takes the derived balance with status 'derived'; each day says its `source`
+('observed', 'derived', or 'derived-opening' when it opens derived and closes observed); the
+asset names its derived span; and the stretch of the period inside that span gets its own
+roll-forward, `derived_roll_forward`, whose residual is 0 by construction (the balances were
+walked back through these very entries), so it is shown as derived, never as a verified
+reconciliation. Without the option, or with no derived rows, nothing of this appears.
 """
 
 from __future__ import annotations
@@ -32,13 +42,23 @@ from sqlalchemy.orm import Session
 
 from recorder.ledger.reconcile import ROLL_FORWARD_ORDER, RollForward, roll_forward
 from recorder.queries import Gap, find_account, gaps
+from recorder.queries import derived as derived_queries
 from recorder.queries import periods
+from recorder.ledger.types import ROLL_FORWARD_GROUPS
+from recorder.queries.derived import DerivedSpan
+from recorder.queries.diffs import EXACT
 from recorder.queries.periods import BalanceMove, Extreme, PollCounts
 from recorder.queries.states import AssetState
 from recorder.reports.render import FORMATS, format_time, write_csv, write_json, write_table
 
 UTC = timezone.utc
 LARGEST_MOVES = 10
+OBSERVED, DERIVED = "observed", "derived"
+# A day that opens on a derived balance and closes on an observed one (the first observation's day).
+DERIVED_OPENING = "derived-opening"
+DERIVED_NOTE = "derived from the income ledger (recorder backfill), not observed"
+DERIVED_ROLL_FORWARD_NOTE = ("derived span: the balances were walked back from the first observation through these "
+                             "entries, so the residual is 0 by construction; not a verified reconciliation")
 
 
 @dataclass(frozen=True)
@@ -46,7 +66,9 @@ class Mark:
     """An asset at one edge of the period: the state in force there and the evidence for it.
 
     status: 'ok', 'stale' (inside a gap), 'vanished', 'unobserved' (polls, but the asset not
-    seen yet), 'before_first_poll'.
+    seen yet), 'before_first_poll', or 'derived' (only with include_derived: before the first
+    poll, a balance derived from the income ledger; `observed_at` is then the instant the
+    derived balance holds from, and the amounts the ledger cannot tell are None).
     """
 
     at: datetime
@@ -82,6 +104,8 @@ class Day:
     open: Decimal | None
     close: Decimal | None
     blind_seconds: float
+    # 'observed', 'derived', or 'derived-opening' (opens derived, closes observed).
+    source: str = OBSERVED
 
     @property
     def change(self) -> Decimal | None:
@@ -102,6 +126,10 @@ class AssetStatement:
     days: tuple[Day, ...]
     # The income ledger's breakdown of the wallet balance (recorder.ledger.reconcile.RollForward).
     roll_forward: RollForward | None = None
+    # With include_derived: the asset's derived span when it reaches into the period, and the
+    # roll-forward over the part of the period inside it (residual 0 by construction).
+    derived: DerivedSpan | None = None
+    derived_roll_forward: RollForward | None = None
 
     @property
     def net_change(self) -> Decimal | None:
@@ -146,6 +174,13 @@ class Statement:
     generated_at: datetime
     version: str
     accounts: tuple[AccountStatement, ...]
+    include_derived: bool = False
+
+    @property
+    def derived_spans(self) -> list[tuple[str, DerivedSpan]]:
+        """(account, span) of every derived span shown, for a report's list of sources."""
+        return [(account.account, asset.derived) for account in self.accounts for asset in account.assets
+                if asset.derived is not None]
 
 
 def build_statement(
@@ -158,6 +193,7 @@ def build_statement(
     generated_at: datetime | None = None,
     activity_sink: dict[str, Mapping[str, periods.Activity]] | None = None,
     chart_buckets: int | None = None,
+    include_derived: bool = False,
 ) -> Statement:
     """The statement of [since, until) for each account (in the order given), days cut in `tz`.
 
@@ -168,6 +204,7 @@ def build_statement(
     number of assets and days. `activity_sink`, when given, receives per account label the
     period's per-asset activity (recorder.queries.periods), so the HTML report's charts do not
     scan the period again for it; with `chart_buckets` (SQLite) the same scan fills in their buckets.
+    `include_derived` adds the backfilled balances, labelled (see the module docstring).
     """
     from recorder import package_version
 
@@ -178,9 +215,10 @@ def build_statement(
         raise ValueError("the period ends before it starts")
     since, until = since.astimezone(UTC), until.astimezone(UTC)
     built = tuple(
-        _account_statement(session, label, since, until, tz, activity_sink, chart_buckets) for label in accounts
+        _account_statement(session, label, since, until, tz, activity_sink, chart_buckets, include_derived)
+        for label in accounts
     )
-    return Statement(since, until, tz, generated_at or datetime.now(UTC), package_version(), built)
+    return Statement(since, until, tz, generated_at or datetime.now(UTC), package_version(), built, include_derived)
 
 
 def _account_statement(
@@ -191,6 +229,7 @@ def _account_statement(
     tz: tzinfo,
     activity_sink: dict[str, Mapping[str, periods.Activity]] | None,
     chart_buckets: int | None = None,
+    include_derived: bool = False,
 ) -> AccountStatement:
     connection = session.connection() if isinstance(session, Session) else session
     account = periods.account_id(connection, label)
@@ -218,12 +257,19 @@ def _account_statement(
     if activity_sink is not None:
         activity_sink[label] = activity
     first_poll = periods.first_ok_poll(connection, account)
+    spans = derived_queries.spans(connection, account) if include_derived else {}
     # The same for every asset: computed once, not per asset and day.
     day_blind = [sum(_overlap(gap.start, gap.end, start, end) for gap in gap_list) for start, end in zip(edges, edges[1:])]
     assets = []
     for asset, states in at_edges.items():
         opening = _mark(states[0], since, opening_poll, opening_stale)
         closing = _mark(states[-1], until, closing_poll, closing_stale)
+        span = spans.get(asset)
+        if span is not None and (span.start >= until or span.anchor_observed_at < since):
+            span = None  # the derived span does not reach into the period
+        if span is not None:
+            opening = _derived_mark(connection, account, span, opening)
+            closing = _derived_mark(connection, account, span, closing)
         rows = activity.get(asset, periods.Activity(0))
         changes = rows.changes
         if opening.balance is None and closing.balance is None and changes == 0:
@@ -237,19 +283,27 @@ def _account_statement(
                 high = Extreme(opening.balance, since)
             if low is None or opening.balance < low.value:
                 low = Extreme(opening.balance, since)
+        counted = [_counted(state, edge, first_poll) for state, edge in zip(states, edges)]
+        sources = [OBSERVED] * len(edges)
+        if span is not None:
+            for index, edge in enumerate(edges):
+                if counted[index] is None and (point := derived_queries.as_of(connection, account, span, edge)):
+                    counted[index], sources[index] = point.balance, DERIVED
         days = tuple(
             Day(
                 start.astimezone(tz).date(),
                 start,
                 end,
-                _counted(states[index], start, first_poll),
-                _counted(states[index + 1], end, first_poll),
+                counted[index],
+                counted[index + 1],
                 day_blind[index],
+                _source(counted[index], sources[index], counted[index + 1], sources[index + 1]),
             )
             for index, (start, end) in enumerate(zip(edges, edges[1:]))
         )
         rolled = roll_forward(connection, label, asset, since, until) if until > since else None
-        assets.append(AssetStatement(asset, opening, closing, high, low, changes, days, rolled))
+        derived_rolled = _derived_roll_forward(connection, account, span, since, until) if span is not None else None
+        assets.append(AssetStatement(asset, opening, closing, high, low, changes, days, rolled, span, derived_rolled))
     moves = tuple(periods.largest_moves(connection, account, since, until, activity, LARGEST_MOVES)) if until > since else ()
     return AccountStatement(label, coverage, tuple(assets), moves)
 
@@ -290,6 +344,58 @@ def _mark(state: AssetState | None, at: datetime, last_poll: datetime | None, st
         state.cross_un_pnl if present else None,
         state.available_balance if present else None,
     )
+
+
+def _derived_mark(connection: Connection, account: int, span: DerivedSpan, mark: Mark) -> Mark:
+    """The mark, or, when it is unknown (before the first poll), the derived balance in force there."""
+    if mark.status != "before_first_poll":
+        return mark
+    point = derived_queries.as_of(connection, account, span, mark.at)
+    if point is None:
+        return mark
+    return Mark(mark.at, DERIVED, point.at, None, point.balance, None, None)
+
+
+def _source(open_value: Decimal | None, open_source: str, close_value: Decimal | None, close_source: str) -> str:
+    """A day's (or the period's) source from its two edges' values: unknown values say nothing."""
+    known = {source for value, source in ((open_value, open_source), (close_value, close_source)) if value is not None}
+    if known == {DERIVED}:
+        return DERIVED
+    return DERIVED_OPENING if DERIVED in known else OBSERVED
+
+
+def _derived_roll_forward(
+    connection: Connection, account: int, span: DerivedSpan, since: datetime, until: datetime
+) -> RollForward | None:
+    """The roll-forward over the part of [since, until) inside the derived span, from stored derived rows.
+
+    Opening: the derived balance in force at `since` (or at the span's start, if later).
+    Closing: the derived balance in force at `until`, or the anchor (the first observation) when
+    the span ends inside the period. The entries counted are the ones the walk went through.
+    """
+    start = max(since, span.start)
+    opening = derived_queries.as_of(connection, account, span, start)
+    if opening is None or start >= until:
+        return None
+    if span.anchor_observed_at < until:
+        closing_balance, closing_at, end = span.anchor_balance, span.anchor_observed_at, span.anchor_update_time
+    else:
+        closing = derived_queries.as_of(connection, account, span, until)
+        if closing is None:
+            return None
+        closing_balance, closing_at, end = closing.balance, closing.at, until
+    by_type: dict[str, Decimal] = {}
+    unknown = []
+    groups = dict.fromkeys(ROLL_FORWARD_ORDER, Decimal(0))
+    sums = derived_queries.sums_by_type(connection, account, span.asset, start, until, span.anchor_update_time)
+    for income_type, (known, amount) in sums.items():
+        by_type[income_type] = amount
+        if not known:
+            unknown.append(income_type)
+        group = ROLL_FORWARD_GROUPS.get(income_type, "other")
+        groups[group] = EXACT.add(groups[group], amount)
+    return RollForward(span.asset, opening.balance, opening.at, start, closing_balance, closing_at, end, groups,
+                       by_type, tuple(unknown), Decimal(0))
 
 
 def _counted(state: AssetState | None, at: datetime, first_poll: datetime | None) -> Decimal | None:
@@ -333,7 +439,7 @@ def statement_document(statement: Statement) -> dict[str, Any]:
             {
                 "account": account.account,
                 "coverage": _coverage_document(account.coverage),
-                "assets": [_asset_document(asset) for asset in account.assets],
+                "assets": [_asset_document(asset, statement.include_derived) for asset in account.assets],
                 "largest_changes": [
                     {"asset": m.asset, "observed_at": m.observed_at, "before": m.before, "after": m.after, "change": m.delta}
                     for m in account.largest_moves
@@ -362,8 +468,8 @@ def _coverage_document(coverage: Coverage) -> dict[str, Any]:
     }
 
 
-def _mark_document(mark: Mark) -> dict[str, Any]:
-    return {
+def _mark_document(mark: Mark, include_derived: bool = False) -> dict[str, Any]:
+    document = {
         "at": mark.at,
         "status": mark.status,
         "balance": mark.balance,
@@ -373,17 +479,20 @@ def _mark_document(mark: Mark) -> dict[str, Any]:
         "observed_at": mark.observed_at,
         "last_poll_at": mark.last_poll_at,
     }
+    if include_derived:
+        document["source"] = DERIVED if mark.status == DERIVED else OBSERVED
+    return document
 
 
 def _extreme_document(extreme: Extreme | None) -> dict[str, Any] | None:
     return None if extreme is None else {"balance": extreme.value, "at": extreme.at}
 
 
-def _asset_document(asset: AssetStatement) -> dict[str, Any]:
-    return {
+def _asset_document(asset: AssetStatement, include_derived: bool = False) -> dict[str, Any]:
+    document = {
         "asset": asset.asset,
-        "opening": _mark_document(asset.opening),
-        "closing": _mark_document(asset.closing),
+        "opening": _mark_document(asset.opening, include_derived),
+        "closing": _mark_document(asset.closing, include_derived),
         "net_change": asset.net_change,
         "high": _extreme_document(asset.high),
         "low": _extreme_document(asset.low),
@@ -391,10 +500,25 @@ def _asset_document(asset: AssetStatement) -> dict[str, Any]:
         "roll_forward": roll_forward_document(asset.roll_forward),
         "days": [
             {"day": day.day.isoformat(), "start": day.start, "end": day.end, "open": day.open, "close": day.close,
-             "change": day.change, "blind_seconds": day.blind_seconds}
+             "change": day.change, "blind_seconds": day.blind_seconds,
+             **({"source": day.source} if include_derived else {})}
             for day in asset.days
         ],
     }
+    if include_derived:
+        document["derived"] = _derived_document(asset)
+    return document
+
+
+def _derived_document(asset: AssetStatement) -> dict[str, Any] | None:
+    span = asset.derived
+    if span is None:
+        return None
+    rolled = roll_forward_document(asset.derived_roll_forward)
+    if rolled is not None:
+        rolled = {**rolled, "verified": False, "note": DERIVED_ROLL_FORWARD_NOTE}
+    return {"from": span.start, "until": span.anchor_observed_at, "rows": span.rows, "note": DERIVED_NOTE,
+            "roll_forward": rolled}
 
 
 def roll_forward_document(rolled: RollForward | None) -> dict[str, Any] | None:
@@ -426,11 +550,24 @@ CSV_COLUMNS = (
 )
 
 
+# With include_derived: which data each row rests on, and the derived span's own rows.
+CSV_DERIVED_COLUMNS = (*CSV_COLUMNS, "source")
+
+
 def statement_records(statement: Statement) -> list[dict[str, Any]]:
-    """Flat rows: per account and asset one 'period' row, then one 'day' row per day."""
+    """Flat rows: per account and asset one 'period' row, then one 'day' row per day.
+
+    With include_derived every row has a `source`, and an asset whose derived span reaches into
+    the period gets a 'derived_span' row after its period row: the span's part of the period,
+    its derived opening and closing and its roll-forward (residual 0 by construction).
+    """
     records = []
+    derived = statement.include_derived
     for account in statement.accounts:
         for asset in account.assets:
+            period_source = _source(asset.opening.balance, asset.opening.status if asset.opening.status == DERIVED
+                                    else OBSERVED, asset.closing.balance,
+                                    asset.closing.status if asset.closing.status == DERIVED else OBSERVED)
             records.append({
                 "account": account.account, "asset": asset.asset, "row": "period",
                 "start": statement.since, "end": statement.until,
@@ -446,12 +583,24 @@ def statement_records(statement: Statement) -> list[dict[str, Any]]:
                 "closing_margin_balance": asset.closing.margin_balance,
                 "blind_seconds": account.coverage.blind_seconds,
                 **_roll_forward_record(asset.roll_forward),
+                **({"source": period_source} if derived else {}),
             })
+            if derived and (rolled := asset.derived_roll_forward) is not None:
+                records.append({
+                    "account": account.account, "asset": asset.asset, "row": "derived_span",
+                    "start": rolled.start, "end": rolled.closing_observed_at, "open": rolled.opening,
+                    "close": rolled.closing, "change": EXACT.subtract(rolled.closing, rolled.opening),
+                    "opening_status": DERIVED, "opening_observed_at": rolled.opening_observed_at,
+                    "closing_status": "ok" if rolled.closing_observed_at == asset.derived.anchor_observed_at else DERIVED,
+                    "closing_observed_at": rolled.closing_observed_at,
+                    **_roll_forward_record(rolled), "source": DERIVED,
+                })
             for day in asset.days:
                 records.append({
                     "account": account.account, "asset": asset.asset, "row": "day",
                     "start": day.start, "end": day.end, "open": day.open, "close": day.close,
                     "change": day.change, "blind_seconds": day.blind_seconds,
+                    **({"source": day.source} if derived else {}),
                 })
     return records
 
@@ -472,7 +621,8 @@ def write_statement(statement: Statement, fmt: str, stream: TextIO, tz: tzinfo =
     if fmt == "json":
         write_json(statement_document(statement), stream)
     elif fmt == "csv":
-        write_csv(CSV_COLUMNS, statement_records(statement), stream, tz)
+        columns = CSV_DERIVED_COLUMNS if statement.include_derived else CSV_COLUMNS
+        write_csv(columns, statement_records(statement), stream, tz)
     elif fmt == "table":
         _write_text(statement, stream, tz)
     else:
@@ -517,6 +667,16 @@ def _write_text(statement: Statement, stream: TextIO, tz: tzinfo) -> None:
             ]
             stream.write("\n")
             write_table(tuple(marks[0]), marks, stream, tz)
+            for asset in account.assets:
+                if (span := asset.derived) is not None:
+                    stream.write(
+                        f"{asset.asset}: balances before {format_time(span.anchor_observed_at, tz)} (its first observation)"
+                        f" are {DERIVED_NOTE}: {span.rows} derived from {format_time(span.start, tz)}"
+                        + "".join(f"; {edge} derived, holding from {format_time(mark.observed_at, tz)}"
+                                  for edge, mark in (("opening", asset.opening), ("closing", asset.closing))
+                                  if mark.status == DERIVED)
+                        + "\n"
+                    )
         else:
             stream.write("no asset held in the period\n")
         rolled = [
@@ -533,6 +693,15 @@ def _write_text(statement: Statement, stream: TextIO, tz: tzinfo) -> None:
                     names = ", ".join(f"{name} {format(asset.roll_forward.by_type[name], 'f')}"
                                       for name in asset.roll_forward.unknown_types)
                     stream.write(f"{asset.asset}: unknown income type (counted under other, flagged): {names}\n")
+        derived_rolled = [
+            {"asset": asset.asset, "from": r.opening_observed_at, "to": r.closing_observed_at, "opening": r.opening,
+             **{group: r.groups[group] for group in ROLL_FORWARD_ORDER}, "expected_closing": r.expected_closing,
+             "closing": r.closing, "residual": r.residual, "source": DERIVED}
+            for asset in account.assets if (r := asset.derived_roll_forward) is not None
+        ]
+        if derived_rolled:
+            stream.write(f"\nroll-forward over the derived span ({DERIVED_ROLL_FORWARD_NOTE}):\n")
+            write_table(tuple(derived_rolled[0]), derived_rolled, stream, tz)
         if coverage.gaps:
             stream.write("\ngaps:\n")
             rows = [{"start": g.start, "end": g.end, "seconds": g.seconds, "ongoing": g.open_end,
@@ -541,5 +710,6 @@ def _write_text(statement: Statement, stream: TextIO, tz: tzinfo) -> None:
         for asset in account.assets:
             stream.write(f"\n{asset.asset} by day:\n")
             rows = [{"day": day.day.isoformat(), "open": day.open, "close": day.close, "change": day.change,
-                     "blind_seconds": day.blind_seconds} for day in asset.days]
-            write_table(("day", "open", "close", "change", "blind_seconds"), rows, stream, tz)
+                     "blind_seconds": day.blind_seconds, "source": day.source} for day in asset.days]
+            columns = ("day", "open", "close", "change", "blind_seconds")
+            write_table((*columns, "source") if statement.include_derived else columns, rows, stream, tz)
