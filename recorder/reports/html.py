@@ -11,6 +11,10 @@ Charts are downsampled per pixel-wide bucket (on SQLite by the statement's own p
 period, recorder.queries.periods.period_activity; on PostgreSQL in SQL, periods.buckets): the
 lowest and highest value and the value it ended on, so every extreme of the step series
 survives and a year of minute polls never loads into memory.
+
+With include_derived the balances `recorder backfill` derived from the income ledger are a
+series of their own (dashed, "wallet balance (derived from ledger)"), bucketed the same way and
+ending where the asset's first observation takes over: never joined to the observed line.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from recorder.errors import ConfigError
+from recorder.queries import derived as derived_queries
 from recorder.queries import periods
 from recorder.reports.render import format_decimal, format_time
-from recorder.reports.statement import Statement, build_statement
+from recorder.reports.statement import DERIVED_ROLL_FORWARD_NOTE, Statement, build_statement
 
 UTC = timezone.utc
 # About the printable width of A4 in CSS pixels (190 mm at 96 dpi is 718 px): one bucket a pixel.
@@ -52,6 +57,8 @@ class Chart:
     slots: list[int]
     balance: list[str | None]
     unrealized_pnl: list[str | None]
+    # The derived wallet balance on the same slots; None when no derived span reaches the period.
+    derived: list[str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,11 +78,13 @@ def build_report(
     *,
     buckets: int = CHART_BUCKETS,
     generated_at: datetime | None = None,
+    include_derived: bool = False,
 ) -> Report:
     """The statement of [since, until) plus, per account and asset, its downsampled chart series."""
     activities: dict[str, Mapping[str, periods.Activity]] = {}
     statement = build_statement(
-        session, since, until, accounts, tz, generated_at=generated_at, activity_sink=activities, chart_buckets=buckets
+        session, since, until, accounts, tz, generated_at=generated_at, activity_sink=activities, chart_buckets=buckets,
+        include_derived=include_derived,
     )
     connection = session.connection() if isinstance(session, Session) else session
     charts = []
@@ -94,7 +103,10 @@ def _chart(
     connection: Connection, account_id: int, label: str, asset, statement: Statement, count: int, rows: periods.Activity
 ) -> Chart:
     since, until = statement.since, statement.until
-    openings = {"balance": asset.opening.balance, "cross_un_pnl": asset.opening.unrealized_pnl}
+    # A derived opening belongs to the derived series, never to the observed line.
+    observed_opening = asset.opening.status != "derived"
+    openings = {"balance": asset.opening.balance if observed_opening else None,
+                "cross_un_pnl": asset.opening.unrealized_pnl}
     by_field = rows.buckets
     if by_field is None:  # not found by the statement's scan (PostgreSQL, or no rows)
         _, by_field = periods.buckets(
@@ -115,8 +127,10 @@ def _chart(
             points[base + 2] = second
             points[base + 3] = bucket.last
         per_field[name] = points
+    if asset.derived is not None:
+        per_field["derived"] = _derived_points(connection, account_id, asset.derived, since, until, count)
     step = (until - since).total_seconds() / (count * SLOTS)
-    slots = set(per_field["balance"]) | set(per_field["cross_un_pnl"]) | {count * SLOTS}
+    slots = set().union(*per_field.values()) | {count * SLOTS}
     # A stepped line is only drawn towards a value: before an asset vanishes, repeat the value it
     # held on the slot just before, or the stretch it was held would not show.
     slots |= {slot - 1 for points in per_field.values() for slot, value in points.items() if value is None and slot > 0}
@@ -130,7 +144,42 @@ def _chart(
                 carried = points[slot]
             values.append(None if carried is None else _number_text(carried))
         columns[name] = values
-    return Chart(label, asset.asset, since.timestamp(), step, slots, columns["balance"], columns["cross_un_pnl"])
+    return Chart(label, asset.asset, since.timestamp(), step, slots, columns["balance"], columns["cross_un_pnl"],
+                 columns.get("derived"))
+
+
+def _derived_points(
+    connection: Connection, account_id: int, span: derived_queries.DerivedSpan, since: datetime, until: datetime, count: int
+) -> dict[int, Decimal | None]:
+    """The derived balance per slot, bucketed like the observed series (low, high, last per bucket).
+
+    It ends (None) after the bucket of the first observation, where the observed line begins.
+    """
+    opening = derived_queries.as_of(connection, account_id, span, since)
+    points: dict[int, Decimal | None] = {0: None if opening is None else opening.balance}
+    width = (until - since).total_seconds() / count
+    end = min(until, span.anchor_observed_at)
+
+    def flush(index: int, low: Decimal, high: Decimal, last: Decimal) -> None:
+        first, second = (low, high) if last == high else (high, low)
+        base = index * SLOTS
+        points[base + 1], points[base + 2], points[base + 3] = first, second, last
+
+    current = None
+    for point in derived_queries.points(connection, account_id, span.asset, since, end):
+        index = min(count - 1, int((point.at - since).total_seconds() / width))
+        if current is not None and current[0] != index:
+            flush(*current)
+            current = None
+        if current is None:
+            current = [index, point.balance, point.balance, point.balance]
+        else:
+            current[1], current[2], current[3] = min(current[1], point.balance), max(current[2], point.balance), point.balance
+    if current is not None:
+        flush(*current)
+    if span.anchor_observed_at < until:
+        points[(min(count - 1, int((span.anchor_observed_at - since).total_seconds() / width)) + 1) * SLOTS] = None
+    return points
 
 
 def _number_text(value: Decimal) -> str:
@@ -197,6 +246,8 @@ def render_report(report: Report) -> str:
         "[" + ",".join(map(str, chart.slots)) + "],["
         + ",".join(value if value is not None else "null" for value in chart.balance) + "],["
         + ",".join(value if value is not None else "null" for value in chart.unrealized_pnl) + "]"
+        + ("" if chart.derived is None else
+           ",[" + ",".join(value if value is not None else "null" for value in chart.derived) + "]")
         for chart in report.charts
     ]
     from markupsafe import Markup
@@ -213,6 +264,7 @@ def render_report(report: Report) -> str:
         amount=amount,
         seconds=seconds,
         share=share,
+        derived_roll_forward_note=DERIVED_ROLL_FORWARD_NOTE,
         tz_name=str(tz),
         zone=_zone(tz),
     )

@@ -277,8 +277,9 @@ def _account_statement(
         high, low = rows.extremes or periods.range_extremes(
             connection, account, asset, since, until, units=rows.balance_units, bounds=(rows.high_units, rows.low_units)
         )
-        if opening.balance is not None:
-            # The balance in force at the start counts too, held from `since`.
+        if opening.balance is not None and opening.status != DERIVED:
+            # The balance in force at the start counts too, held from `since` (high and low are
+            # of observed balances only).
             if high is None or opening.balance > high.value:
                 high = Extreme(opening.balance, since)
             if low is None or opening.balance < low.value:
