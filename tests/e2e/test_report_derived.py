@@ -80,15 +80,17 @@ def test_derived_series_is_drawn_apart_and_tick_labels_never_repeat(recorded, se
         # and with uPlot's default one, which prints '0.842' on every tick.
         flat = page.evaluate(
             "(function () { const data = [[0, 1, 2, 3], [0.84201, 0.84203, 0.84202, 0.84204]];"
-            " function plot(axis) { const el = document.createElement('div'); document.body.appendChild(el);"
-            "  return new uPlot({width: 600, height: 300, scales: {x: {time: false}}, axes: [{}, axis],"
-            "   series: [{}, {stroke: 'black'}]}, data, el); }"
-            " const ours = plot({values: recorderTickValues}), theirs = plot({});"
-            " return {ours: ours.axes[1]._values, theirs: theirs.axes[1]._values}; })()"
+            # uPlot draws in a microtask: each promise settles on the plot's own draw hook.
+            " function plot(axis) { return new Promise(function (done) {"
+            "  const el = document.createElement('div'); document.body.appendChild(el);"
+            "  new uPlot({width: 600, height: 300, scales: {x: {time: false}}, axes: [{}, axis],"
+            "   series: [{}, {stroke: 'black'}], hooks: {draw: [function (u) { done(u.axes[1]._values); }]}}, data, el); }); }"
+            " return Promise.all([plot({values: recorderTickValues}), plot({})])"
+            "  .then(function (v) { return {ours: v[0], theirs: v[1]}; }); })()"
         )
         page.drain()
     assert drawn == "1"
-    assert chart["labels"] == [None, "wallet balance", "unrealized PnL", DERIVED_LABEL] and chart["dash"] == [6, 4]
+    assert chart["labels"] == ["Time", "wallet balance", "unrealized PnL", DERIVED_LABEL] and chart["dash"] == [6, 4]
     assert DERIVED_LABEL in chart["legend"]
     derived_xs = [x for x, v in zip(chart["xs"], chart["derived"]) if v is not None]
     observed_xs = [x for x, v in zip(chart["xs"], chart["observed"]) if v is not None]
