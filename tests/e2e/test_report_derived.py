@@ -107,3 +107,29 @@ def test_derived_series_is_drawn_apart_and_tick_labels_never_repeat(recorded, se
     assert len(set(theirs)) < len(theirs), theirs  # the repetition this formatter exists for
     assert page.log.console_errors == [] and page.log.exceptions == [] and page.log.dialogs == []
     assert page.log.requests == [out.resolve().as_uri()]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_commands_take_include_derived(recorded, sessions, db_url, tmp_path):
+    import csv
+    import io
+    import subprocess
+
+    from tests.e2e.test_cli_queries import RECORDER
+
+    run_backfill(sessions, recorded["now"])
+    since, until = period(recorded)
+    times = ["--since", since.isoformat(), "--until", until.isoformat(), "--database-url", db_url]
+    plain = subprocess.run([RECORDER, "statement", *times, "--format", "csv"], capture_output=True, text=True, timeout=120)
+    derived = subprocess.run([RECORDER, "statement", *times, "--format", "csv", "--include-derived"],
+                             capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0 and derived.returncode == 0, plain.stderr + derived.stderr
+    assert "source" not in plain.stdout.splitlines()[0] and "derived" not in plain.stdout
+    rows = list(csv.DictReader(io.StringIO(derived.stdout)))
+    assert rows[0]["opening_status"] == "derived" and rows[1]["row"] == "derived_span"
+    out = tmp_path / "derived.html"
+    report = subprocess.run([RECORDER, "report", *times, "--include-derived", "--out", str(out)],
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0, report.stderr
+    html = out.read_text(encoding="utf-8")
+    assert "(derived span)" in html and "wallet balances derived from the income ledger" in html
