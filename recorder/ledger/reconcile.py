@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -727,7 +728,10 @@ def _write_intervals_csv(intervals: Iterable[Interval], stream, tz) -> int:
     - change and residual are computed once per row, not once per property access;
     - a UTC time shown in UTC skips the zone conversion, and isoformat() without the timespec
       keyword (several times faster) when it prints the microseconds anyway (they are not 0);
-    - a breakdown of one income type (most intervals) skips the generic join.
+    - a breakdown of one income type (most intervals) skips the generic join;
+    - a row with nothing the csv module would quote (no `,` `"` CR or LF in the label, asset,
+      breakdown or flags: times, amounts and the rest never hold one) is joined by hand, three
+      times faster than writerow; any other row still goes through the csv writer.
     """
     from recorder.reports.render import UTC as RENDER_UTC, format_time
 
@@ -740,6 +744,10 @@ def _write_intervals_csv(intervals: Iterable[Interval], stream, tz) -> int:
 
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(COLUMNS)
+    write = stream.write
+    needs_quoting = re.compile('[,"\r\n]').search
+    last_names: tuple = ()
+    names_plain = True
     last_end = last_observed = last_closing = None
     last_end_text = last_observed_text = last_closing_text = ""
     count = 0
@@ -766,11 +774,20 @@ def _write_intervals_csv(intervals: Iterable[Interval], stream, tz) -> int:
             change_text = format(change, "f")
             residual_text = format(subtract(change, _sum(explained.values())), "f")
         flags = i.flags
-        writer.writerow((
-            i.account, i.asset, i.kind, start_text, end_text, opened_text, observed_text,
+        account, asset = i.account, i.asset
+        if (account, asset) != last_names:
+            last_names = (account, asset)
+            names_plain = not (needs_quoting(account) or needs_quoting(asset))
+        cells = (
+            account, asset, i.kind, start_text, end_text, opened_text, observed_text,
             opening_text, closing_text, change_text, explained_cell, residual_text,
             "true" if flags else "false", ",".join(flags),
-        ))
+        )
+        if (names_plain and not needs_quoting(explained_cell) and not needs_quoting(i.kind)
+                and (not flags or not needs_quoting(cells[13]))):
+            write(",".join(cells) + "\n")
+        else:
+            writer.writerow(cells)
         last_end, last_end_text = end, end_text
         last_observed, last_observed_text = observed_at, observed_text
         last_closing, last_closing_text = closing, closing_text
