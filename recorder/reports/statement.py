@@ -695,7 +695,7 @@ def _write_text(statement: Statement, stream: TextIO, tz: tzinfo) -> None:
                                       for name in asset.roll_forward.unknown_types)
                     stream.write(f"{asset.asset}: unknown income type (counted under other, flagged): {names}\n")
         derived_rolled = [
-            {"asset": asset.asset, "from": r.opening_observed_at, "to": r.closing_observed_at, "opening": r.opening,
+            {"asset": asset.asset, "from": r.start, "to": r.closing_observed_at, "opening": r.opening,
              **{group: r.groups[group] for group in ROLL_FORWARD_ORDER}, "expected_closing": r.expected_closing,
              "closing": r.closing, "residual": r.residual, "source": DERIVED}
             for asset in account.assets if (r := asset.derived_roll_forward) is not None
