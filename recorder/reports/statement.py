@@ -41,10 +41,10 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from recorder.ledger.reconcile import ROLL_FORWARD_ORDER, RollForward, roll_forward
+from recorder.ledger.types import ROLL_FORWARD_GROUPS
 from recorder.queries import Gap, find_account, gaps
 from recorder.queries import derived as derived_queries
 from recorder.queries import periods
-from recorder.ledger.types import ROLL_FORWARD_GROUPS
 from recorder.queries.derived import DerivedSpan
 from recorder.queries.diffs import EXACT
 from recorder.queries.periods import BalanceMove, Extreme, PollCounts
