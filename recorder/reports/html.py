@@ -153,7 +153,8 @@ def _derived_points(
 ) -> dict[int, Decimal | None]:
     """The derived balance per slot, bucketed like the observed series (low, high, last per bucket).
 
-    It ends (None) after the bucket of the first observation, where the observed line begins.
+    It ends (None) after the bucket of the first observation, where the observed line begins: the
+    two series share at most that one pixel-wide bucket.
     """
     opening = derived_queries.as_of(connection, account_id, span, since)
     points: dict[int, Decimal | None] = {0: None if opening is None else opening.balance}
@@ -178,7 +179,10 @@ def _derived_points(
     if current is not None:
         flush(*current)
     if span.anchor_observed_at < until:
-        points[(min(count - 1, int((span.anchor_observed_at - since).total_seconds() / width)) + 1) * SLOTS] = None
+        anchor_bucket = min(count - 1, int((span.anchor_observed_at - since).total_seconds() / width))
+        # On the next bucket's first slot: the anchor's bucket keeps its last derived value.
+        if anchor_bucket < count - 1:
+            points[(anchor_bucket + 1) * SLOTS + 1] = None
     return points
 
 
