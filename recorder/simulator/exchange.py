@@ -29,6 +29,8 @@ from recorder.simulator.server import _Handler, _Server
 from recorder.simulator.snapshots import SNAPSHOT_PARAMS, SNAPSHOT_PATH, _snapshot_response, _WalletHistory
 from recorder.simulator.strict import _book_burst, _move_demanding
 
+# A queued place-holder: the request it meets is answered normally (inject's `after`).
+_PASS = _Fault("pass", 0.0, 0)
 _BALANCE_PATHS = frozenset({"/fapi/v2/balance", "/fapi/v3/balance"})
 _RESTRICTIONS_PATH = "/sapi/v1/account/apiRestrictions"
 
@@ -254,7 +256,7 @@ class ExchangeSimulator:
     # -- faults ---------------------------------------------------------------------------------
 
     def inject(self, fault: str, times: int = 1, *, seconds: float = 30.0, retry_after: int | str = 60,
-               location: str | None = None, endpoint: str = "balance") -> None:
+               location: str | None = None, endpoint: str = "balance", after: int = 0) -> None:
         """Make the next `times` balance (or, with endpoint="income", income) requests fail with `fault`.
 
         Faults apply before auth checks; each endpoint has its own queue, so a ledger sync never takes
@@ -263,7 +265,8 @@ class ExchangeSimulator:
         seconds: how long "stall" holds the answer, or the gap between bytes for "trickle"/"trickle-head";
         retry_after: the Retry-After header of "rate-*"/"ban-418", sent verbatim (a str may be "inf", a date);
         location: the scheme://host[:port] a "redirect-3xx" sends the client to, with the request's own path
-        and signed query appended, as a hostile redirect would.
+        and signed query appended, as a hostile redirect would;
+        after: how many requests of the endpoint are answered normally first (a fault on a later page).
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
@@ -273,8 +276,11 @@ class ExchangeSimulator:
             raise ValueError("retry_after must be one header line")
         if endpoint not in ("balance", "income"):
             raise ValueError(f"endpoint must be 'balance' or 'income', not {endpoint!r}")
+        if after < 0:
+            raise ValueError("after must be >= 0")
         with self._lock:
             queue = self._income_faults if endpoint == "income" else self._faults
+            queue.extend([_PASS] * after)
             queue.extend([_Fault(fault, seconds, retry_after, location)] * times)
 
     def clear_faults(self) -> None:
@@ -313,6 +319,8 @@ class ExchangeSimulator:
             limited = f"{ip} spot" if path.startswith("/sapi/") else ip
             response, used = self._limiter.admit(limited, _WEIGHTS.get(path, 1), now, self.weight_limit)
             fault = faults.popleft() if faults and response is None else None
+            if fault is _PASS:
+                fault = None
         if response is None:
             if fault is not None and fault.name == "stall":
                 with self._lock:

@@ -228,3 +228,102 @@ def iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.isoformat()
+
+
+# --- the archive holds every served entry exactly once after restarts and faults ---------------------
+
+DAY_MS = 86_400_000
+
+
+def trade_in_the_past(exchange: ExchangeSimulator, days: int = 30, steps: int = 400) -> int:
+    """A month of trading before the recorder starts, then a burst now; the burst's millisecond."""
+    now = exchange.server_time_ms()
+    exchange.run_past(SIM_KEY, now - days * DAY_MS, steps, days * DAY_MS // steps)
+    return exchange.book_burst(SIM_KEY, BURST)
+
+
+def served_ledger(exchange: ExchangeSimulator) -> list[tuple]:
+    return sorted((e["incomeType"], e["tranId"], e["asset"], Decimal(e["income"]), e["time"], e["symbol"], e["info"],
+                   e["tradeId"]) for e in exchange.income_entries(SIM_KEY))
+
+
+def archived(db_url: str) -> list[tuple]:
+    rows = query(db_url, select(IncomeEntry.income_type, IncomeEntry.tran_id, IncomeEntry.asset, IncomeEntry.income,
+                                IncomeEntry.time, IncomeEntry.symbol, IncomeEntry.info, IncomeEntry.trade_id))
+    return sorted((t, tran, a, Decimal(amount), ms(when), s, i, trade) for t, tran, a, amount, when, s, i, trade in rows)
+
+
+def syncs(db_url: str) -> list:
+    return query(db_url, select(LedgerSync.outcome, LedgerSync.window_start, LedgerSync.window_end,
+                                LedgerSync.error_class).order_by(LedgerSync.id))
+
+
+def coverage_stretches(env: dict[str, str]) -> list[dict[str, Any]]:
+    result = cli(env, "ledger", "--coverage", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_run_killed_mid_sync_then_restarted_archives_every_entry_once(exchange, env, db_url):
+    trade_in_the_past(exchange)
+    # A first sync walks 90 days in 7-day windows of one page each until the month of trading;
+    # the tenth request (the tenth window) is held until the service is killed.
+    exchange.inject("stall", seconds=120, endpoint="income", after=9)
+    exchange.auto_move = True
+    service = start_run(env)
+    try:
+        wait_for(lambda: exchange.stalls_begun, "the income page held")
+    finally:
+        service.send_signal(signal.SIGKILL)
+        service.communicate(timeout=30)
+    windows = syncs(db_url)
+    assert [outcome for outcome, *_ in windows] == ["ok"] * 9
+    covered_until = max(ms(end) for _, _, end, _ in windows)
+    # Nothing of the window in flight was stored: the archive is exactly what the exchange served up to it.
+    assert archived(db_url) == [row for row in served_ledger(exchange) if row[4] <= covered_until]
+    assert any(row[4] <= covered_until for row in archived(db_url))
+
+    exchange.auto_move = False
+    frozen_ms = exchange.server_time_ms()
+    restarted = start_run(env)
+    try:
+        wait_for(lambda: synced_after(db_url, frozen_ms), "the restarted service's sync to now")
+    finally:
+        stderr = stop(restarted)
+    assert restarted.returncode == 0, stderr
+    assert archived(db_url) == served_ledger(exchange)
+    assert len(archived(db_url)) == len(set(archived(db_url))) > BURST
+    (stretch,) = coverage_stretches(env)  # one covered stretch, no gap
+    assert stretch["kind"] == "covered" and ms(stretch["until"]) >= frozen_ms
+
+
+def test_faults_on_the_income_endpoint_leave_the_archive_exact(exchange, env, db_url):
+    burst_ms = trade_in_the_past(exchange)
+    # Each fault ends one sync attempt (a `failed` window, exit 1); the next resumes where the last stopped.
+    faults = [
+        ("http-503", {"after": 9}, {}),  # a 5xx on a window in the month of trading
+        ("http-503-html", {"after": 1}, {}),  # nginx's HTML error page
+        ("rate-429", {"retry_after": 1}, {}),
+        ("malformed-json", {"after": 1}, {}),
+        ("stall", {"seconds": 60}, {"RECORDER_TIMEOUT": "2"}),  # a page that never completes
+        ("truncated-json", {"after": 2}, {}),  # on a page of the burst's millisecond
+    ]
+    errors = []
+    for fault, options, extra in faults:
+        exchange.inject(fault, endpoint="income", **options)
+        result = cli({**env, **extra}, "sync-ledger")
+        assert result.returncode == 1, (fault, result.stdout, result.stderr)
+        (line,) = result.stderr.strip().splitlines()[-1:]
+        assert line.startswith("error: ") and "Traceback" not in result.stderr, (fault, result.stderr)
+        errors.append(line)
+    assert [outcome for outcome, *_ in syncs(db_url)].count("failed") == len(faults)
+    assert "HTTP 503" in errors[0] and "HTML" in errors[1] and "429" in errors[2] and "timeout" in errors[4]
+    # A -1021 is answered by a clock resync and one retry inside the same request.
+    exchange.inject("clock-1021", endpoint="income", after=1)
+    healed = cli(env, "sync-ledger")
+    assert healed.returncode == 0, healed.stderr
+    assert archived(db_url) == served_ledger(exchange)
+    assert sum(1 for row in archived(db_url) if row[4] == burst_ms) == BURST
+    (stretch,) = coverage_stretches(env)  # the failed windows left no gap once synced again
+    assert stretch["kind"] == "covered" and ms(stretch["until"]) >= burst_ms
+    assert {r.status for r in exchange.requests_log if r.path == "/fapi/v1/income"} <= {200, 400, 429, 503}
