@@ -89,7 +89,9 @@ def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Com
 
 
 def start_run(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*RECORDER, "run", "--interval", "0.2", "--ledger-interval", "10", *args], env=env,
+    # The first sync starts a little before the month of trading_in_the_past: five 7-day windows, not 13.
+    return subprocess.Popen([*RECORDER, "run", "--interval", "0.2", "--ledger-interval", "10",
+                             "--ledger-since", "31d", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -266,9 +268,9 @@ def coverage_stretches(env: dict[str, str]) -> list[dict[str, Any]]:
 
 def test_a_run_killed_mid_sync_then_restarted_archives_every_entry_once(exchange, env, db_url):
     trade_in_the_past(exchange)
-    # A first sync walks 90 days in 7-day windows of one page each until the month of trading;
-    # the tenth request (the tenth window) is held until the service is killed.
-    exchange.inject("stall", seconds=120, endpoint="income", after=9)
+    # A first sync walks the month in 7-day windows of one page each; the third request (the
+    # third window) is held until the service is killed.
+    exchange.inject("stall", seconds=120, endpoint="income", after=2)
     exchange.auto_move = True
     service = start_run(env)
     try:
@@ -277,7 +279,7 @@ def test_a_run_killed_mid_sync_then_restarted_archives_every_entry_once(exchange
         service.send_signal(signal.SIGKILL)
         service.communicate(timeout=30)
     windows = syncs(db_url)
-    assert [outcome for outcome, *_ in windows] == ["ok"] * 9
+    assert [outcome for outcome, *_ in windows] == ["ok"] * 2
     covered_until = max(ms(end) for _, _, end, _ in windows)
     # Nothing of the window in flight was stored: the archive is exactly what the exchange served up to it.
     assert archived(db_url) == [row for row in served_ledger(exchange) if row[4] <= covered_until]
@@ -301,7 +303,7 @@ def test_faults_on_the_income_endpoint_leave_the_archive_exact(exchange, env, db
     burst_ms = trade_in_the_past(exchange)
     # Each fault ends one sync attempt (a `failed` window, exit 1); the next resumes where the last stopped.
     faults = [
-        ("http-503", {"after": 9}, {}),  # a 5xx on a window in the month of trading
+        ("http-503", {"after": 2}, {}),  # a 5xx on the third window
         ("http-503-html", {"after": 1}, {}),  # nginx's HTML error page
         ("rate-429", {"retry_after": 1}, {}),
         ("malformed-json", {"after": 1}, {}),
@@ -311,7 +313,7 @@ def test_faults_on_the_income_endpoint_leave_the_archive_exact(exchange, env, db
     errors = []
     for fault, options, extra in faults:
         exchange.inject(fault, endpoint="income", **options)
-        result = cli({**env, **extra}, "sync-ledger")
+        result = cli({**env, **extra}, "sync-ledger", "--ledger-since", "31d")
         assert result.returncode == 1, (fault, result.stdout, result.stderr)
         (line,) = result.stderr.strip().splitlines()[-1:]
         assert line.startswith("error: ") and "Traceback" not in result.stderr, (fault, result.stderr)
@@ -320,7 +322,7 @@ def test_faults_on_the_income_endpoint_leave_the_archive_exact(exchange, env, db
     assert "HTTP 503" in errors[0] and "HTML" in errors[1] and "429" in errors[2] and "timeout" in errors[4]
     # A -1021 is answered by a clock resync and one retry inside the same request.
     exchange.inject("clock-1021", endpoint="income", after=1)
-    healed = cli(env, "sync-ledger")
+    healed = cli(env, "sync-ledger", "--ledger-since", "31d")
     assert healed.returncode == 0, healed.stderr
     assert archived(db_url) == served_ledger(exchange)
     assert sum(1 for row in archived(db_url) if row[4] == burst_ms) == BURST
