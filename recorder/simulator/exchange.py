@@ -178,11 +178,13 @@ class ExchangeSimulator:
     def _step(self, account: _Account, now_ms: int) -> None:
         (_move_demanding if self.demanding else _move)(account, now_ms)
 
-    def run_past(self, api_key: str, start_ms: int, steps: int, step_ms: int) -> None:
+    def run_past(self, api_key: str, start_ms: int, steps: int, step_ms: int, *,
+                 withhold_at_step: int | None = None) -> None:
         """Let a demanding account trade before now: `steps` steps from start_ms, step_ms apart.
 
         Its rows are first dated start_ms - 1 (untouched assets keep updateTime 0), so the true
-        history (`wallet_history`) begins there; every step must end before now.
+        history (`wallet_history`) begins there; every step must end before now. From step
+        `withhold_at_step` on, the next entry booked is withheld (see withhold_next_income).
         """
         if not self.demanding:
             raise ValueError("run_past needs ExchangeSimulator(demanding=True)")
@@ -195,6 +197,8 @@ class ExchangeSimulator:
                     row["updateTime"] = start_ms - 1
             account.history.clear()
             for step in range(steps):
+                if step == withhold_at_step:
+                    account.ledger.withhold_next += 1
                 _move_demanding(account, start_ms + step * step_ms)
 
     def book_burst(self, api_key: str, count: int) -> int:

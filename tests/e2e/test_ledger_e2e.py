@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import select
 
 from recorder.db import make_engine, make_sessions
-from recorder.models import Balance, IncomeEntry, LedgerSync, Poll
+from recorder.models import Balance, DerivedBalance, IncomeEntry, LedgerSync, Poll
 from recorder.simulator import ExchangeSimulator
 from recorder.simulator.strict import UNKNOWN_INCOME_TYPE
 from tests.conftest import SIM_KEY, SIM_SECRET, recorder_env
@@ -329,3 +329,92 @@ def test_faults_on_the_income_endpoint_leave_the_archive_exact(exchange, env, db
     (stretch,) = coverage_stretches(env)  # the failed windows left no gap once synced again
     assert stretch["kind"] == "covered" and ms(stretch["until"]) >= burst_ms
     assert {r.status for r in exchange.requests_log if r.path == "/fapi/v1/income"} <= {200, 400, 429, 503}
+
+
+# --- a backfilled timeline agrees with the balances the server had, and is marked derived ---------------
+
+def observe_then_backfill(exchange: ExchangeSimulator, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The first poll, a ledger sync, then `recorder backfill` over what came before the poll."""
+    first_poll = cli(env, "poll")
+    assert first_poll.returncode == 0, first_poll.stderr
+    synced = cli(env, "sync-ledger", "--ledger-since", "31d")
+    assert synced.returncode == 0, synced.stderr
+    return cli(env, "backfill", "--days", "31")
+
+
+def derived_rows(db_url: str) -> list:
+    return query(db_url, select(DerivedBalance.asset, DerivedBalance.at, DerivedBalance.balance, DerivedBalance.id)
+                 .order_by(DerivedBalance.asset, DerivedBalance.at, DerivedBalance.id.desc()))
+
+
+def test_a_backfilled_timeline_equals_the_exchanges_true_balances_and_is_marked_derived(exchange, env, db_url):
+    now = exchange.server_time_ms()
+    start_ms = now - 20 * DAY_MS
+    exchange.run_past(SIM_KEY, start_ms, 300, 20 * DAY_MS // 300)
+    result = observe_then_backfill(exchange, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    agreed = result.stdout.splitlines()[-1]
+    assert agreed.startswith("snapshot check: ") and " 0 disagree" in agreed
+    assert int(agreed.split()[2]) >= 2 * 19  # USDT and BNB on every finished day of the span
+    ((first_poll,),) = ok_polls(db_url)
+
+    history = exchange.wallet_history(SIM_KEY)
+    rows = derived_rows(db_url)
+    assert {asset for asset, *_ in rows} == {"USDT", "BNB"}
+    for asset in ("USDT", "BNB"):
+        # Within one millisecond the row stored first follows the last entry of it: that is the balance then.
+        derived = {}
+        for name, at, balance, _ in rows:
+            if name == asset:
+                derived[ms(at)] = Decimal(balance)
+        times = sorted(derived)
+        states = [(when, Decimal(balance)) for when, name, balance in history if name == asset]
+        assert times and states
+        derived_at = lambda t: derived[max(x for x in times if x <= t)]  # noqa: E731
+        # Every state the server had in the derived span is the derived balance at that instant.
+        for when, balance in states:
+            if times[0] <= when < ms(first_poll):
+                assert derived_at(when) == balance, (asset, when)
+        # The derived timeline moves only at entry times: a fill stamped up to 40 ms before the account
+        # update that books it shows there first (the ledger carries no updateTime), so between a fill
+        # and its update the derived balance is ahead; at every state the server had it is exact.
+        opening = next(line for line in result.stdout.splitlines() if line.startswith(f"{asset}: "))
+        assert Decimal(opening.split("(opening ", 1)[1].split(",", 1)[0]) == states[0][1]
+
+    # Marked derived everywhere, never mixed into the observed answers.
+    both = cli(env, "history", "--include-derived", "--format", "csv")
+    assert both.returncode == 0, both.stderr
+    lines = both.stdout.splitlines()
+    assert lines[0].endswith(",source")
+    sources = [line.rsplit(",", 1)[1] for line in lines[1:]]
+    assert sources.count("derived") == len(rows) and set(sources) == {"derived", "observed"}
+    observed = cli(env, "history", "--format", "csv").stdout.splitlines()
+    assert len(observed) - 1 == sources.count("observed") and "source" not in observed[0]
+    exported = cli(env, "export", "--what", "history", "--include-derived", "--format", "csv")
+    assert exported.returncode == 0, exported.stderr
+    assert [line.rsplit(",", 1)[1] for line in exported.stdout.splitlines()[1:]].count("derived") == len(rows)
+    before = cli(env, "balances", "--at", iso(datetime.fromtimestamp((now - 10 * DAY_MS) / 1000, timezone.utc)))
+    # Before the first poll nothing was observed, whatever was derived for then.
+    assert before.returncode == 0, before.stderr
+    assert {line.split()[1] for line in before.stdout.splitlines()[2:]} == {"before_first_poll"}
+    assert "before the first successful poll: nothing was recorded yet" in before.stderr
+
+
+def test_a_withheld_entry_in_the_backfilled_span_is_a_snapshot_disagreement_naming_day_and_amount(exchange, env, db_url):
+    now = exchange.server_time_ms()
+    start_ms = now - 20 * DAY_MS
+    exchange.run_past(SIM_KEY, start_ms, 300, 20 * DAY_MS // 300, withhold_at_step=150)
+    (withheld,) = exchange.withheld_income(SIM_KEY)
+    result = observe_then_backfill(exchange, env)
+    assert result.returncode == 3, result.stdout + result.stderr
+    amount = Decimal(withheld["income"])
+    stamps = [day * DAY_MS - 1 for day in range(start_ms // DAY_MS + 1, now // DAY_MS + 1)]
+    wrong_days = [datetime.fromtimestamp(stamp / 1000, timezone.utc).date().isoformat()
+                  for stamp in stamps if start_ms <= stamp < withheld["time"]]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("snapshot disagrees: ")]
+    assert [line.split()[3] for line in lines] == wrong_days and wrong_days
+    for line in lines:
+        assert line.split()[2] == withheld["asset"]
+        # Walking back past the missing entry leaves the derived balance off by exactly its amount.
+        assert Decimal(line.rsplit("difference ", 1)[1]) == amount
+    assert f" {len(wrong_days)} disagree" in result.stdout.splitlines()[-1]
