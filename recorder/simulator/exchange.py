@@ -64,6 +64,8 @@ class ExchangeSimulator:
         self.host = host
         # Every ledger quirk at once (simulator.strict); off, the plain market moves as it always has.
         self.demanding = demanding
+        # False: GET /fapi/v1/income ignores `page`, as Binance did before it added it (2024-10).
+        self.income_pages = True
         # Seconds every request waits before it is answered, like the round trip to Binance's
         # servers; each connection has its own handler thread, so waits overlap as they would.
         self.latency = latency
@@ -407,7 +409,7 @@ class ExchangeSimulator:
         if isinstance(account, _Response):
             return account
         with self._lock:
-            response = _income_response(account.ledger, query, self.server_time_ms())
+            response = _income_response(account.ledger, query, self.server_time_ms(), pages=self.income_pages)
         if fault is None or fault.name == "stall" or response.status != 200:
             return response
         if fault.name in _CORRUPTING:

@@ -418,3 +418,18 @@ def test_a_withheld_entry_in_the_backfilled_span_is_a_snapshot_disagreement_nami
         # Walking back past the missing entry leaves the derived balance off by exactly its amount.
         assert Decimal(line.rsplit("difference ", 1)[1]) == amount
     assert f" {len(wrong_days)} disagree" in result.stdout.splitlines()[-1]
+
+
+def test_a_server_that_ignores_page_fails_the_window_instead_of_dropping_the_rest_of_a_crowded_millisecond(
+        exchange, env, db_url):
+    burst_ms = trade_in_the_past(exchange, days=3, steps=30)
+    exchange.income_pages = False
+    ignored = cli(env, "sync-ledger", "--ledger-since", "4d")
+    assert ignored.returncode == 1
+    assert "repeats entries already read (the server ignores 'page'); not stored" in ignored.stderr
+    assert all(row[4] < burst_ms for row in archived(db_url))
+    assert [outcome for outcome, *_ in syncs(db_url)][-1] == "failed"
+    exchange.income_pages = True
+    healed = cli(env, "sync-ledger", "--ledger-since", "4d")
+    assert healed.returncode == 0, healed.stderr
+    assert archived(db_url) == served_ledger(exchange)
