@@ -376,7 +376,7 @@ class ExchangeSimulator:
             rows = _wire_rows(account)
             if self.auto_move and self.demanding:
                 # Served first, moved after: the step's fill may be stamped before this answer.
-                _move_demanding(account, self.server_time_ms())
+                _move_demanding(account, self.server_time_ms(), fill=True)
             if fault is None or fault.name == "huge-weight":
                 # Stalled and trickled answers are left out: the client has usually given up on them.
                 snapshot = ServedSnapshot(account.api_key, self.server_time_ms(), tuple(copy.deepcopy(rows)))

@@ -58,8 +58,12 @@ def _last_update(rows: list[dict[str, Any] | None]) -> int:
     return max((int(row.get("updateTime") or 0) for row in rows if row is not None), default=0)
 
 
-def _move_demanding(account: _Account, now: int) -> None:
-    """One step of a demanding account at exchange time `now` (epoch ms); draws replay from the seed."""
+def _move_demanding(account: _Account, now: int, *, fill: bool = False) -> None:
+    """One step of a demanding account at exchange time `now` (epoch ms); draws replay from the seed.
+
+    fill=True makes the step a trade whatever the draw says (the step after a served answer, so
+    that every answer has a fill stamped before the moment it was served).
+    """
     by_asset = {row.get("asset"): row for row in account.rows}
     usdt, bnb = by_asset.get("USDT"), by_asset.get("BNB")
     if usdt is None or bnb is None:
@@ -70,7 +74,7 @@ def _move_demanding(account: _Account, now: int) -> None:
     rng, ledger = account.rng, account.ledger
     account.steps += 1
     wallet, bnb_wallet = Decimal(usdt["balance"]), Decimal(bnb["balance"])
-    fill = max(_last_update([usdt, bnb]) + 1, now - rng.randint(0, _FILL_LAG_MAX_MS))
+    fill_ms = max(_last_update([usdt, bnb]) + 1, now - rng.randint(0, _FILL_LAG_MAX_MS))
     # Every draw is made whatever the outcome, so a seed replays the same moves.
     trades, pnl_units, fee_units = rng.random() < 0.5, rng.randint(-300_000, 300_000), rng.randint(100, 20_000)
     bnb_fee, bnb_fee_units = rng.random() < 0.25, rng.randint(1_000, 100_000)
@@ -82,16 +86,16 @@ def _move_demanding(account: _Account, now: int) -> None:
     drift = rng.randint(-200_000, 200_000)
     # (incomeType, asset, amount, time, tranId, symbol, tradeId), in booking order.
     entries: list[tuple[str, str, Decimal, int, int, str, str]] = []
-    if trades and wallet > 0:
+    if (trades or fill) and wallet > 0:
         trade = ledger.next_tran_id()
-        entries.append(("REALIZED_PNL", "USDT", (wallet * _units(pnl_units)).quantize(_units(1)), fill, trade,
+        entries.append(("REALIZED_PNL", "USDT", (wallet * _units(pnl_units)).quantize(_units(1)), fill_ms, trade,
                         "BTCUSDT", str(trade)))
         fee = _units(bnb_fee_units)
         if bnb_fee and bnb_wallet >= fee:
-            entries.append(("COMMISSION", "BNB", -fee, fill, trade, "BTCUSDT", str(trade)))
+            entries.append(("COMMISSION", "BNB", -fee, fill_ms, trade, "BTCUSDT", str(trade)))
             bnb_wallet -= fee
         else:
-            entries.append(("COMMISSION", "USDT", -(wallet * _units(fee_units)).quantize(_units(1)), fill, trade,
+            entries.append(("COMMISSION", "USDT", -(wallet * _units(fee_units)).quantize(_units(1)), fill_ms, trade,
                             "BTCUSDT", str(trade)))
     if funding and wallet > 0:
         for index in range(symbols):
@@ -104,7 +108,7 @@ def _move_demanding(account: _Account, now: int) -> None:
             amount = -amount
         entries.append(("TRANSFER", "USDT", amount, now, ledger.next_tran_id(), "", ""))
     if insurance:
-        entries.append(("INSURANCE_CLEAR", "USDT", -_units(insurance_units), fill, ledger.next_tran_id(),
+        entries.append(("INSURANCE_CLEAR", "USDT", -_units(insurance_units), fill_ms, ledger.next_tran_id(),
                         "ETHUSDT", ""))
     if unknown:
         entries.append((UNKNOWN_INCOME_TYPE, "USDT", _units(unknown_units), now, ledger.next_tran_id(), "", ""))

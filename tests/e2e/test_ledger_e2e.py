@@ -333,7 +333,12 @@ def test_faults_on_the_income_endpoint_leave_the_archive_exact(exchange, env, db
 # --- a backfilled timeline agrees with the balances the server had, and is marked derived ---------------
 
 def observe_then_backfill(exchange: ExchangeSimulator, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """The first poll, a ledger sync, then `recorder backfill` over what came before the poll."""
+    """The first poll, a ledger sync, then `recorder backfill` over what came before the poll.
+
+    The exchange moves right after serving the first poll, with a fill stamped before the moment
+    served: the walk back must start from the state's updateTime, not from our poll time.
+    """
+    exchange.auto_move = True
     first_poll = cli(env, "poll")
     assert first_poll.returncode == 0, first_poll.stderr
     synced = cli(env, "sync-ledger", "--ledger-since", "31d")
@@ -356,9 +361,11 @@ def test_a_backfilled_timeline_equals_the_exchanges_true_balances_and_is_marked_
     assert agreed.startswith("snapshot check: ") and " 0 disagree" in agreed
     assert int(agreed.split()[2]) >= 2 * 19  # USDT and BNB on every finished day of the span
     ((first_poll,),) = ok_polls(db_url)
-
     history = exchange.wallet_history(SIM_KEY)
     rows = derived_rows(db_url)
+    # The entries stamped between the state served and our poll were left out of the walk.
+    last_derived = max(ms(at) for _, at, _, _ in rows)
+    assert any(last_derived < e["time"] < ms(first_poll) for e in exchange.income_entries(SIM_KEY))
     assert {asset for asset, *_ in rows} == {"USDT", "BNB"}
     for asset in ("USDT", "BNB"):
         # Within one millisecond the row stored first follows the last entry of it: that is the balance then.
@@ -372,7 +379,7 @@ def test_a_backfilled_timeline_equals_the_exchanges_true_balances_and_is_marked_
         derived_at = lambda t: derived[max(x for x in times if x <= t)]  # noqa: E731
         # Every state the server had in the derived span is the derived balance at that instant.
         for when, balance in states:
-            if times[0] <= when < ms(first_poll):
+            if times[0] <= when <= times[-1]:
                 assert derived_at(when) == balance, (asset, when)
         # The derived timeline moves only at entry times: a fill stamped up to 40 ms before the account
         # update that books it shows there first (the ledger carries no updateTime), so between a fill
