@@ -274,7 +274,15 @@ class LedgerSync:
                 continue
             # A whole page in one millisecond: time cannot advance, so read that millisecond by page.
             page = 2
-            while len(self._page(window, cursor, cursor, page).entries) >= self.page_limit:
+            while True:
+                known = len(window.entries)
+                if len(self._page(window, cursor, cursor, page).entries) < self.page_limit:
+                    break
+                if len(window.entries) == known:
+                    # A server that ignores `page` (it is undocumented, and newer than the endpoint)
+                    # answers page 1 again: going on would only repeat it, and stopping would drop the rest.
+                    raise BadPayload(f"/fapi/v1/income: page {page} of the {self.page_limit}+ entries at {cursor} "
+                                     "repeats entries already read (the server ignores 'page'); not stored")
                 page += 1
             if cursor >= window.end_ms:
                 return

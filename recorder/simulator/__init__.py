@@ -13,6 +13,8 @@ Each module imports only those listed above it:
     responses   what the exchange answers: status, body, headers; JSON and HTML bodies
     income      an account's income ledger (every wallet move booked) and GET /fapi/v1/income over it
     market      accounts, their balance rows, and how a trading account's balances move
+    strict      a demanding account: every ledger quirk at once (fills before updates, bursts,
+                AUTO_EXCHANGE legs, unknown types), with its true wallet history
     rules       Binance's weights, weight limiter and bans, SIGNED checks and error messages
     faults      FAULTS, and the response each injected fault sends
     server      the HTTP server and its keep-alive handler

@@ -27,7 +27,10 @@ from recorder.simulator.responses import _Response, _error, _json
 from recorder.simulator.rules import _WEIGHTS, _authenticate, _load_public_key, _WeightLimiter
 from recorder.simulator.server import _Handler, _Server
 from recorder.simulator.snapshots import SNAPSHOT_PARAMS, SNAPSHOT_PATH, _snapshot_response, _WalletHistory
+from recorder.simulator.strict import _book_burst, _move_demanding
 
+# A queued place-holder: the request it meets is answered normally (inject's `after`).
+_PASS = _Fault("pass", 0.0, 0)
 _BALANCE_PATHS = frozenset({"/fapi/v2/balance", "/fapi/v3/balance"})
 _RESTRICTIONS_PATH = "/sapi/v1/account/apiRestrictions"
 
@@ -57,8 +60,12 @@ class ExchangeSimulator:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, clock_offset_ms: int = 0,
                  weight_limit: int = 2400, seed: int = 0, auto_move: bool = False,
-                 history_limit: int | None = None, latency: float = 0.0) -> None:
+                 history_limit: int | None = None, latency: float = 0.0, demanding: bool = False) -> None:
         self.host = host
+        # Every ledger quirk at once (simulator.strict); off, the plain market moves as it always has.
+        self.demanding = demanding
+        # False: GET /fapi/v1/income ignores `page`, as Binance did before it added it (2024-10).
+        self.income_pages = True
         # Seconds every request waits before it is answered, like the round trip to Binance's
         # servers; each connection has its own handler thread, so waits overlap as they would.
         self.latency = latency
@@ -83,6 +90,8 @@ class ExchangeSimulator:
         self._base_url: str | None = None
         # Per API key: the wallet balances the daily account snapshot reports (set_wallet_history).
         self._wallet_histories: dict[str, _WalletHistory] = {}
+        # How many injected "stall" faults have begun holding their answer (tests wait on it).
+        self._stalls_begun = 0
 
     # -- observation ---------------------------------------------------------------------------
 
@@ -166,7 +175,57 @@ class ExchangeSimulator:
         with self._lock:
             accounts = list(self._accounts.values()) if api_key is None else [self._accounts[api_key]]
             for account in accounts:
-                _move(account, self.server_time_ms())
+                self._step(account, self.server_time_ms())
+
+    def _step(self, account: _Account, now_ms: int) -> None:
+        (_move_demanding if self.demanding else _move)(account, now_ms)
+
+    def run_past(self, api_key: str, start_ms: int, steps: int, step_ms: int, *,
+                 withhold_at_step: int | None = None) -> None:
+        """Let a demanding account trade before now: `steps` steps from start_ms, step_ms apart.
+
+        Its rows are first dated start_ms - 1 (untouched assets keep updateTime 0), so the true
+        history (`wallet_history`) begins there; every step must end before now. From step
+        `withhold_at_step` on, the next entry booked is withheld (see withhold_next_income).
+        """
+        if not self.demanding:
+            raise ValueError("run_past needs ExchangeSimulator(demanding=True)")
+        if start_ms + (steps - 1) * step_ms >= self.server_time_ms():
+            raise ValueError("run_past must end before the exchange's now")
+        with self._lock:
+            account = self._accounts[api_key]
+            for row in account.rows:
+                if row.get("updateTime"):
+                    row["updateTime"] = start_ms - 1
+            account.history.clear()
+            for step in range(steps):
+                if step == withhold_at_step:
+                    account.ledger.withhold_next += 1
+                _move_demanding(account, start_ms + step * step_ms)
+
+    def book_burst(self, api_key: str, count: int) -> int:
+        """Book `count` FUNDING_FEE entries in one millisecond, moving USDT by their sum; that millisecond."""
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        with self._lock:
+            return _book_burst(self._accounts[api_key], count, self.server_time_ms())
+
+    def wallet_history(self, api_key: str) -> list[tuple[int, str, str]]:
+        """A demanding account's true wallet history: (time_ms, asset, balance) per state, oldest first."""
+        with self._lock:
+            return list(self._accounts[api_key].history)
+
+    def wallet_balance_at(self, api_key: str, asset: str, time_ms: int) -> str | None:
+        """The asset's true wallet balance at time_ms (its latest state then), None before its history."""
+        history = _WalletHistory()
+        history.replace(self.wallet_history(api_key))
+        return history.at(asset, time_ms)
+
+    @property
+    def stalls_begun(self) -> int:
+        """How many injected "stall" faults have begun holding their answer."""
+        with self._lock:
+            return self._stalls_begun
 
     # -- income ledger --------------------------------------------------------------------------
 
@@ -203,7 +262,7 @@ class ExchangeSimulator:
     # -- faults ---------------------------------------------------------------------------------
 
     def inject(self, fault: str, times: int = 1, *, seconds: float = 30.0, retry_after: int | str = 60,
-               location: str | None = None, endpoint: str = "balance") -> None:
+               location: str | None = None, endpoint: str = "balance", after: int = 0) -> None:
         """Make the next `times` balance (or, with endpoint="income", income) requests fail with `fault`.
 
         Faults apply before auth checks; each endpoint has its own queue, so a ledger sync never takes
@@ -212,7 +271,8 @@ class ExchangeSimulator:
         seconds: how long "stall" holds the answer, or the gap between bytes for "trickle"/"trickle-head";
         retry_after: the Retry-After header of "rate-*"/"ban-418", sent verbatim (a str may be "inf", a date);
         location: the scheme://host[:port] a "redirect-3xx" sends the client to, with the request's own path
-        and signed query appended, as a hostile redirect would.
+        and signed query appended, as a hostile redirect would;
+        after: how many requests of the endpoint are answered normally first (a fault on a later page).
         """
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; expected one of {sorted(FAULTS)}")
@@ -222,8 +282,11 @@ class ExchangeSimulator:
             raise ValueError("retry_after must be one header line")
         if endpoint not in ("balance", "income"):
             raise ValueError(f"endpoint must be 'balance' or 'income', not {endpoint!r}")
+        if after < 0:
+            raise ValueError("after must be >= 0")
         with self._lock:
             queue = self._income_faults if endpoint == "income" else self._faults
+            queue.extend([_PASS] * after)
             queue.extend([_Fault(fault, seconds, retry_after, location)] * times)
 
     def clear_faults(self) -> None:
@@ -262,7 +325,12 @@ class ExchangeSimulator:
             limited = f"{ip} spot" if path.startswith("/sapi/") else ip
             response, used = self._limiter.admit(limited, _WEIGHTS.get(path, 1), now, self.weight_limit)
             fault = faults.popleft() if faults and response is None else None
+            if fault is _PASS:
+                fault = None
         if response is None:
+            if fault is not None and fault.name == "stall":
+                with self._lock:
+                    self._stalls_begun += 1
             if fault is not None and fault.name == "stall" and self._stopping.wait(fault.seconds):
                 return None
             response = self._route(method, path, query, api_key, fault, target)
@@ -303,9 +371,12 @@ class ExchangeSimulator:
         if isinstance(account, _Response):
             return account
         with self._lock:
-            if self.auto_move:
+            if self.auto_move and not self.demanding:
                 _move(account, self.server_time_ms())
             rows = _wire_rows(account)
+            if self.auto_move and self.demanding:
+                # Served first, moved after: the step's fill may be stamped before this answer.
+                _move_demanding(account, self.server_time_ms(), fill=True)
             if fault is None or fault.name == "huge-weight":
                 # Stalled and trickled answers are left out: the client has usually given up on them.
                 snapshot = ServedSnapshot(account.api_key, self.server_time_ms(), tuple(copy.deepcopy(rows)))
@@ -322,7 +393,11 @@ class ExchangeSimulator:
         if isinstance(account, _Response):
             return account
         with self._lock:
-            history = self._wallet_histories.get(api_key, _WalletHistory())
+            history = self._wallet_histories.get(api_key)
+            if history is None:
+                # A demanding account's snapshots tell its true history.
+                history = _WalletHistory()
+                history.replace(account.history)
             return _snapshot_response(history, copy.deepcopy(account.rows), query, self.server_time_ms())
 
     def _income(self, query: str, api_key: str, fault: _Fault | None, target: str) -> _Response:
@@ -334,7 +409,7 @@ class ExchangeSimulator:
         if isinstance(account, _Response):
             return account
         with self._lock:
-            response = _income_response(account.ledger, query, self.server_time_ms())
+            response = _income_response(account.ledger, query, self.server_time_ms(), pages=self.income_pages)
         if fault is None or fault.name == "stall" or response.status != 200:
             return response
         if fault.name in _CORRUPTING:

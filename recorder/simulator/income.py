@@ -93,8 +93,11 @@ def _long(values: dict[str, str], name: str) -> int | None | _Response:
     return int(text)
 
 
-def _income_response(book: _IncomeBook, query: str, now_ms: int) -> _Response:
-    """GET /fapi/v1/income: Binance's parameters, defaults and errors, oldest first."""
+def _income_response(book: _IncomeBook, query: str, now_ms: int, *, pages: bool = True) -> _Response:
+    """GET /fapi/v1/income: Binance's parameters, defaults and errors, oldest first.
+
+    pages=False answers as Binance did before `page` existed (2024-10): accepted, and ignored.
+    """
     values = {unquote_plus(name): unquote_plus(value)
               for name, _, value in (part.partition("=") for part in query.split("&"))}
     numbers: dict[str, int | None] = {}
@@ -109,6 +112,8 @@ def _income_response(book: _IncomeBook, query: str, now_ms: int) -> _Response:
     page = 1 if numbers["page"] is None else numbers["page"]
     if page < 1:
         return _error(400, -1130, "Data sent for parameter 'page' is not valid.")
+    if not pages:
+        page = 1
     start, end = numbers["startTime"], numbers["endTime"]
     # Binance: with neither time, the most recent 7 days.
     if start is None and end is None:

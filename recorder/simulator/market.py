@@ -46,6 +46,8 @@ class _Account:
     restrictions: dict[str, Any] = field(default_factory=lambda: dict(READ_ONLY_RESTRICTIONS))
     # Every wallet move below is booked here too (GET /fapi/v1/income).
     ledger: _IncomeBook = field(default_factory=_IncomeBook, repr=False)
+    # A demanding account's true wallet history, (time_ms, asset, balance) per move (simulator.strict).
+    history: list[tuple[int, str, str]] = field(default_factory=list, repr=False)
 
 
 def _money(value: Decimal) -> str:
