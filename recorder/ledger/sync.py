@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from recorder import store
 from recorder.db import database_error_line
 from recorder.errors import BadPayload, ExchangeError, StorageError
+from recorder.ledger.imports import supersede_statement_entries
 from recorder.ledger.types import KNOWN_INCOME_TYPES
 from recorder.models import IncomeEntry, LedgerSync as LedgerSyncRow
 from recorder.records import FetchedIncome, IncomeRecord
@@ -304,6 +305,13 @@ class LedgerSync:
                 added = 0
                 if rows:
                     added = len(connection.execute(_INSERT_ENTRIES[connection.dialect.name], rows).all())
+                    # A statement imported before the API caught up holds these movements without
+                    # Binance's key: its copies go in the same transaction, or they would count twice.
+                    superseded = supersede_statement_entries(session, account_id, from_ms(window.start_ms),
+                                                             from_ms(window.end_ms + 1))
+                    if superseded:
+                        log.info("ledger sync account=%s: %d statement-imported entries superseded by the API's",
+                                 self.account, superseded)
                 connection.execute(_syncs.insert().values(
                     **self._sync_row(account_id, attempt_id, window, started_at, "ok"), entries_new=added,
                 ))
