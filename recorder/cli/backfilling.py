@@ -137,7 +137,8 @@ def import_command(file: Path, **values: Any) -> None:
     Reads the futures transaction history (Date(UTC),type,Amount,Asset,Symbol,Transaction ID) or
     the account statement (User_ID,UTC_Time,Account,Operation,Coin,Change,Remark; futures rows
     only). Entries already archived are skipped, so importing a file twice adds nothing; a bad
-    file stores nothing.
+    file stores nothing. An account never polled is created (label from --account, environment
+    from BINANCE_BASE_URL), so old files can be archived before the first poll.
     """
     from recorder.config import load_settings
     from recorder.ledger.imports import import_file
@@ -148,7 +149,8 @@ def import_command(file: Path, **values: Any) -> None:
         upgrade_to_head(engine)
         try:
             with make_sessions(engine, write=True).begin() as session:
-                result = import_file(session, settings.account, file, recorded_at=datetime.now(timezone.utc))
+                result = import_file(session, settings.account, file, recorded_at=datetime.now(timezone.utc),
+                                     base_url=settings.base_url)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot store the entries of {file}: {database_error_line(exc)}") from None
     finally:

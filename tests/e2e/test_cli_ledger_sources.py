@@ -76,3 +76,46 @@ def test_api_sync_supersedes_an_imported_statement_everywhere(simulator, cli_env
     again = recorder("import", str(statement), env=cli_env)
     assert again.returncode == 0 and "0 added" in again.stdout
     assert len(json.loads(recorder("ledger", "--format", "json", env=cli_env).stdout)) == len(served)
+
+
+def accounts_of(db_url: str) -> list[tuple[str, str]]:
+    from sqlalchemy import select
+
+    from recorder.db import make_engine, make_sessions
+    from recorder.models import Account
+
+    engine = make_engine(db_url)
+    try:
+        with make_sessions(engine)() as session:
+            try:
+                return [tuple(row) for row in session.execute(select(Account.label, Account.environment))]
+            except Exception:  # noqa: BLE001 - no schema yet: no account either
+                return []
+    finally:
+        engine.dispose()
+
+
+def test_import_archives_a_statement_for_an_account_never_polled(simulator, cli_env, db_url, tmp_path):
+    old = [{"time": 1_700_000_000_000 + i * 3_600_000, "incomeType": kind, "asset": "USDT", "income": amount,
+            "tradeId": ""} for i, (kind, amount) in enumerate([("TRANSFER", "500"), ("FUNDING_FEE", "-0.125"),
+                                                               ("COMMISSION", "-0.02")])]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(statement_of(old) + "1,2023-11-15 00:00:00,USD-MFutures,Fee,USDT,1e,\n", encoding="utf-8")
+    refused = recorder("import", str(bad), "--account", "archive", env=cli_env)
+    assert refused.returncode != 0 and "line 5" in refused.stderr
+    assert accounts_of(db_url) == []  # a bad file creates no account either
+
+    statement = tmp_path / "old.csv"
+    statement.write_text(statement_of(old), encoding="utf-8")
+    imported = recorder("import", str(statement), "--account", "archive", env=cli_env)
+    assert imported.returncode == 0, imported.stderr
+    assert "3 entries, 3 added" in imported.stdout
+    assert [label for label, _ in accounts_of(db_url)] == ["archive"]
+    listed = json.loads(recorder("ledger", "--account", "archive", "--format", "json", env=cli_env).stdout)
+    assert [(d["income_type"], d["income"], d["source"]) for d in listed] == [
+        ("TRANSFER", "500", "account-statement"), ("FUNDING_FEE", "-0.125", "account-statement"),
+        ("COMMISSION", "-0.02", "account-statement")]
+    # The first poll later records into the same account: the environment came from the configured URL.
+    polled = recorder("poll", "--account", "archive", env=cli_env)
+    assert polled.returncode == 0, polled.stderr
+    assert [label for label, _ in accounts_of(db_url)] == ["archive"]
