@@ -2,7 +2,7 @@
 
     plan_intervals  stretch every interval evenly when the accounts ask more weight than the budget allows
     WeightBudget    one IP's weight per calendar minute, from X-MBX-USED-WEIGHT-1M; every request
-                    drawing on the IP (balance polls today, a ledger sync later) reserves from it
+                    drawing on the IP (balance polls and ledger syncs) reserves from it
     Slot            an account's fixed poll times: phase + k * interval
     Wakeup          the run loop's only wait: the next deadline, a signal, or a worker's nudge
     LeaseBook       which accounts this process polls when several share a PostgreSQL database
@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 from sqlalchemy import Connection, Engine, text
@@ -41,21 +41,32 @@ MINUTE_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Demand:
-    """What one account asks of the budget: its label, interval and weight per poll."""
+    """What one account asks of the budget: its label, poll interval and weight per poll, and its
+    ledger sync's interval and weight per sync (none without a ledger sync)."""
 
     label: str
     interval: float
     weight: int
+    ledger_interval: float | None = None
+    # A steady-state sync is one request (one window since the last): its weight.
+    ledger_weight: int = 0
+
+    def per_minute(self) -> tuple[float, float]:
+        """(polls, ledger) weight a minute at the intervals asked for."""
+        ledger = self.ledger_weight * MINUTE_SECONDS / self.ledger_interval if self.ledger_interval else 0.0
+        return self.weight * MINUTE_SECONDS / self.interval, ledger
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The intervals the accounts are polled at, and the figures behind them."""
+    """The intervals the accounts are polled and their ledgers synced at, and the figures behind them."""
 
     intervals: dict[str, float]
-    asked_per_minute: float  # weight a minute at the intervals asked for
+    asked_per_minute: float  # weight a minute at the intervals asked for, polls and ledger syncs
     allowed_per_minute: float  # WEIGHT_SAFETY of the IP's limit
     stretch: float  # 1.0, or the factor every interval was multiplied by
+    ledger_intervals: dict[str, float] = field(default_factory=dict)  # accounts with a ledger sync only
+    polls_per_minute: float = 0.0  # the polls' weight a minute at the planned intervals
 
     @property
     def stretched(self) -> bool:
@@ -66,23 +77,33 @@ class Plan:
         """The one WARNING line announcing a stretch, with the numbers."""
         shortest = min(self.intervals.values())
         return (
-            f"{len(self.intervals)} accounts at their intervals need {self.asked_per_minute:.0f} request weight a "
+            f"{len(self.intervals)} accounts at their intervals need"
+            f"{' (polls and ledger syncs)' if self.ledger_intervals else ''}"
+            f" {self.asked_per_minute:.0f} request weight a "
             f"minute, but this IP's budget allows {self.allowed_per_minute:.0f} ({WEIGHT_SAFETY:.0%} of "
             f"{self.allowed_per_minute / WEIGHT_SAFETY:.0f}): every interval is stretched x{self.stretch:.3f}, "
             f"the shortest to {shortest:g}s, the fastest the budget allows"
+            + (", and the ledger syncs' likewise" if self.ledger_intervals else "")
         )
 
 
 def plan_intervals(demands: Sequence[Demand], weight_limit: int) -> Plan:
-    """Keep the asked intervals when they fit the budget; otherwise stretch all by one factor until they do."""
-    asked = sum(demand.weight * MINUTE_SECONDS / demand.interval for demand in demands)
+    """Keep the asked intervals when polls and ledger syncs fit the budget together; otherwise
+    stretch all of them, polls and syncs, by one factor until they do."""
+    polls = sum(demand.per_minute()[0] for demand in demands)
+    asked = polls + sum(demand.per_minute()[1] for demand in demands)
     allowed = weight_limit * WEIGHT_SAFETY
     stretch = max(1.0, asked / allowed)
-    if stretch == 1.0:
-        return Plan({d.label: d.interval for d in demands}, asked, allowed, 1.0)
-    # Rounded up to the millisecond: a rounded-down interval would ask a little more than allowed.
-    intervals = {d.label: math.ceil(d.interval * stretch * 1000) / 1000 for d in demands}
-    return Plan(intervals, asked, allowed, stretch)
+
+    def stretched(interval: float) -> float:
+        # Rounded up to the millisecond: a rounded-down interval would ask a little more than allowed.
+        return interval if stretch == 1.0 else math.ceil(interval * stretch * 1000) / 1000
+
+    return Plan(
+        {d.label: stretched(d.interval) for d in demands}, asked, allowed, stretch,
+        ledger_intervals={d.label: stretched(d.ledger_interval) for d in demands if d.ledger_interval},
+        polls_per_minute=polls / stretch,
+    )
 
 
 class WeightBudget:
@@ -113,15 +134,19 @@ class WeightBudget:
             # Binance's window is the calendar minute: a new minute starts at zero.
             self._minute, self._reported, self._unreported = minute, 0, 0
 
-    def reserve(self, weight: int) -> float:
-        """Reserve `weight` now and return 0.0, or return the seconds to wait before asking again."""
+    def reserve(self, weight: int, *, leave: float = 0.0) -> float:
+        """Reserve `weight` now and return 0.0, or return the seconds to wait before asking again.
+
+        `leave`: weight this request must leave free in the minute (a ledger sync leaves the
+        polls' share, so catching up months of ledger never delays a poll).
+        """
         with self._lock:
             now = self._wall_clock()
             if now < self._held_until:
                 return self._held_until - now
             now_ms = self._now_ms()
             self._roll(now_ms)
-            if self._reported + self._unreported + weight <= self.ceiling:
+            if self._reported + self._unreported + weight <= self.ceiling - leave:
                 self._unreported += weight
                 return 0.0
             # Just past the minute's turn on the exchange clock, spread so the waiters do not

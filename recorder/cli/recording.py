@@ -227,22 +227,33 @@ def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
     The income ledger is synced beside the polls every --ledger-interval (see `recorder ledger`).
     """
     from recorder.cli.ledgering import ledger_jobs
-    from recorder.service import run
+    from recorder.exchange import REQUEST_WEIGHT
+    from recorder.scheduling import MINUTE_SECONDS, WeightBudget
+    from recorder.service import JobPlan, run
 
     config_file = values.pop("config_file") or load_settings(ignore=ALL_BUT_CONFIG).config_file
     if config_file:
         from recorder.service import run_accounts_file
 
         _refuse_account_options(values)
-        result = run_accounts_file(config_file, os.environ, values)
+
+        def jobs_for(recorder: Recorder, settings: Settings, plan: JobPlan) -> list[Any]:
+            return ledger_jobs(recorder, settings, enabled=True, since=ledger_since, budget=plan.budget,
+                               leave=plan.leave, interval=plan.interval, phase=plan.phase)
+
+        result = run_accounts_file(config_file, os.environ, values, jobs_for=None if no_ledger else jobs_for)
         _exit_after_run(result.exit_code, result.abandoned_poll)
     settings = _settings(values)
     _check_key(settings)
     recorder = _recorder(settings)
     server = _serve_metrics(settings, recorder)
-    jobs = ledger_jobs(recorder, settings, enabled=not no_ledger, since=ledger_since)
+    # One budget for the polls and the ledger sync; the sync leaves the polls' minute share free.
+    budget = WeightBudget(settings.weight_limit)
+    polls_per_minute = REQUEST_WEIGHT[settings.balance_path] * MINUTE_SECONDS / settings.interval
+    leave = max(0.0, min(polls_per_minute, budget.ceiling - REQUEST_WEIGHT["/fapi/v1/income"]))
+    jobs = ledger_jobs(recorder, settings, enabled=not no_ledger, since=ledger_since, budget=budget, leave=leave)
     try:
-        result = run(recorder, settings.interval, extra_jobs=jobs)
+        result = run(recorder, settings.interval, extra_jobs=jobs, budget=budget)
     finally:
         if server is not None:
             server.stop()
