@@ -77,13 +77,11 @@ class Plan:
         """The one WARNING line announcing a stretch, with the numbers."""
         shortest = min(self.intervals.values())
         return (
-            f"{len(self.intervals)} accounts at their intervals need"
-            f"{' (polls and ledger syncs)' if self.ledger_intervals else ''}"
-            f" {self.asked_per_minute:.0f} request weight a "
-            f"minute, but this IP's budget allows {self.allowed_per_minute:.0f} ({WEIGHT_SAFETY:.0%} of "
-            f"{self.allowed_per_minute / WEIGHT_SAFETY:.0f}): every interval is stretched x{self.stretch:.3f}, "
-            f"the shortest to {shortest:g}s, the fastest the budget allows"
-            + (", and the ledger syncs' likewise" if self.ledger_intervals else "")
+            f"{len(self.intervals)} accounts at their intervals need {self.asked_per_minute:.0f} request weight a "
+            f"minute{' (polls and ledger syncs)' if self.ledger_intervals else ''}, but this IP's budget allows "
+            f"{self.allowed_per_minute:.0f} ({WEIGHT_SAFETY:.0%} of {self.allowed_per_minute / WEIGHT_SAFETY:.0f}): "
+            f"every interval is stretched x{self.stretch:.3f}, the shortest to {shortest:g}s, the fastest the budget "
+            f"allows" + (", and the ledger syncs' likewise" if self.ledger_intervals else "")
         )
 
 
