@@ -42,11 +42,12 @@ def backfill(days: int, assets: tuple[str, ...], no_snapshot_check: bool, **valu
 
     Walks each asset's archived income entries back from its first recorded balance and stores
     the result as derived rows (never mixed with observed ones: see `history --include-derived`).
-    Stops where the archive stops being complete, and says so. Re-running replaces the derived
+    Stops where the archive stops being complete (a gap in the ledger sync's coverage, see
+    `ledger --coverage`, or before the first synced or imported entry), and says where and why. Re-running replaces the derived
     rows. Then compares each of the last 30 days with Binance's daily snapshot: exit 3 when a day
     disagrees.
     """
-    from recorder.ledger.backfill import LedgerCoverage, backfill as derive
+    from recorder.ledger.backfill import archive_coverage, backfill as derive
 
     settings = _settings(values)
     now = datetime.now(timezone.utc)
@@ -58,10 +59,11 @@ def backfill(days: int, assets: tuple[str, ...], no_snapshot_check: bool, **valu
         try:
             wanted = sorted({asset.strip().upper() for asset in assets})
             with sessions.begin() as session:
-                # The ledger sync's coverage (its sync log) is not on this branch yet: the archived
-                # entries themselves are the coverage until it is wired in here.
+                # Never across a stretch the ledger sync (or an imported file) did not cover: a
+                # balance derived over it would be invented.
+                coverage = archive_coverage(session, settings.account)
                 result = derive(session, settings.account, since=since, derived_at=now, assets=wanted or None,
-                                coverage=LedgerCoverage())
+                                coverage=coverage)
                 missing = sorted(set(wanted) - {asset.asset for asset in result.assets})
                 if missing:
                     # Raised inside the transaction: nothing of this run is kept.
@@ -72,6 +74,8 @@ def backfill(days: int, assets: tuple[str, ...], no_snapshot_check: bool, **valu
         if not result.assets:
             click.echo(f"nothing to backfill: account {settings.account!r} has no recorded balance yet")
             return
+        for note in coverage.notes:
+            click.echo(f"note: {note}")
         for asset in result.assets:
             click.echo(_asset_line(asset))
         if no_snapshot_check:
