@@ -12,8 +12,8 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from datetime import datetime, tzinfo
+from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
 import click

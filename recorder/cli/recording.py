@@ -214,17 +214,20 @@ def poll(**values: Any) -> None:
     "README. Its accounts carry their own credentials, endpoint and interval.",
 )
 @operations_options
-@click.option("--no-ledger", is_flag=True, help="Do not sync the income ledger (GET /fapi/v1/income).")
+@click.option("--no-ledger", is_flag=True,
+              help="Do not sync the income ledger (GET /fapi/v1/income); with --config, of any account.")
 @click.option(
     "--ledger-interval",
     type=float,
-    help="Seconds between income-ledger syncs, 10 to 86400 [env RECORDER_LEDGER_INTERVAL; default 300].",
+    help="Seconds between income-ledger syncs, 10 to 86400 [env RECORDER_LEDGER_INTERVAL; default 300]; with "
+    "--config, of every account whose file entry sets no ledger_interval.",
 )
 @click.option("--ledger-since", type=TIME, help=f"Where the first ledger sync starts [default: 90 days ago]: {TIME_HELP}.")
 def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
     """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on.
 
-    The income ledger is synced beside the polls every --ledger-interval (see `recorder ledger`).
+    The income ledger is synced beside the polls every --ledger-interval (see `recorder ledger`),
+    of every account with --config.
     """
     from recorder.cli.ledgering import ledger_jobs
     from recorder.exchange import REQUEST_WEIGHT
