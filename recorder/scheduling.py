@@ -1,6 +1,7 @@
 """Many accounts inside one per-IP weight budget: the plan, the budget, the slots, the wait; leases on PostgreSQL.
 
-    plan_intervals  stretch every interval evenly when the accounts ask more weight than the budget allows
+    plan_intervals  polls first: when the accounts ask more weight than the budget allows, the ledger
+                    syncs give way down to once a day, then the poll intervals are stretched evenly
     WeightBudget    one IP's weight per calendar minute, from X-MBX-USED-WEIGHT-1M; every request
                     drawing on the IP (balance polls and ledger syncs) reserves from it
     Slot            an account's fixed poll times: phase + k * interval
@@ -30,6 +31,7 @@ from types import FrameType
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from recorder.errors import ConfigError
 from recorder.locks import advisory_key
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,11 @@ class Demand:
         return self.weight * MINUTE_SECONDS / self.interval, ledger
 
 
+# The ledger's floor when the polls leave it less: each account's ledger synced once a day. Binance
+# keeps the ledger three months, so a day's lag loses nothing; the balance polls are the record.
+LEDGER_FLOOR_SECONDS = 86_400.0
+
+
 @dataclass(frozen=True)
 class Plan:
     """The intervals the accounts are polled and their ledgers synced at, and the figures behind them."""
@@ -64,44 +71,132 @@ class Plan:
     intervals: dict[str, float]
     asked_per_minute: float  # weight a minute at the intervals asked for, polls and ledger syncs
     allowed_per_minute: float  # WEIGHT_SAFETY of the IP's limit
-    stretch: float  # 1.0, or the factor every interval was multiplied by
+    stretch: float  # 1.0, or the factor every poll interval was multiplied by
     ledger_intervals: dict[str, float] = field(default_factory=dict)  # accounts with a ledger sync only
     polls_per_minute: float = 0.0  # the polls' weight a minute at the planned intervals
+    ledger_stretch: float = 1.0  # 1.0, or the factor the ledger intervals were multiplied by (polls first)
+    asked_polls_per_minute: float = 0.0
+    asked_ledger_intervals: dict[str, float] = field(default_factory=dict)
+    ledger_floor_per_minute: float = 0.0  # what the ledger keeps when the polls are stretched
 
     @property
     def stretched(self) -> bool:
-        """True when the budget cannot carry the intervals asked for."""
+        """True when the budget cannot carry the poll intervals asked for."""
         return self.stretch > 1.0
 
+    @property
+    def ledger_stretched(self) -> bool:
+        """True when the polls keep their intervals but the ledger syncs take only what they leave."""
+        return not self.stretched and self.ledger_stretch > 1.0
+
+    def _budget(self) -> str:
+        return f"{self.allowed_per_minute:.0f} ({WEIGHT_SAFETY:.0%} of {self.allowed_per_minute / WEIGHT_SAFETY:.0f})"
+
     def warning(self) -> str:
-        """The one WARNING line announcing a stretch, with the numbers."""
+        """The one WARNING line announcing a stretch of the polls, with the numbers."""
         shortest = min(self.intervals.values())
+        if not self.ledger_intervals:
+            return (
+                f"{len(self.intervals)} accounts at their intervals need {self.asked_per_minute:.0f} request weight a "
+                f"minute, but this IP's budget allows {self._budget()}: every interval is stretched "
+                f"x{self.stretch:.3f}, the shortest to {shortest:g}s, the fastest the budget allows"
+            )
+        asked_ledger = self.asked_per_minute - self.asked_polls_per_minute
         return (
-            f"{len(self.intervals)} accounts at their intervals need {self.asked_per_minute:.0f} request weight a "
-            f"minute{' (polls and ledger syncs)' if self.ledger_intervals else ''}, but this IP's budget allows "
-            f"{self.allowed_per_minute:.0f} ({WEIGHT_SAFETY:.0%} of {self.allowed_per_minute / WEIGHT_SAFETY:.0f}): "
-            f"every interval is stretched x{self.stretch:.3f}, the shortest to {shortest:g}s, the fastest the budget "
-            f"allows" + (", and the ledger syncs' likewise" if self.ledger_intervals else "")
+            f"{len(self.intervals)} accounts at their intervals need {self.asked_polls_per_minute:.0f} request weight "
+            f"a minute for their polls and {asked_ledger:.0f} for their ledger syncs, but this IP's budget allows "
+            f"{self._budget()}: the ledger syncs keep only their floor, each account's once a day "
+            f"({self.ledger_floor_per_minute:.0f} a minute), and every poll interval is stretched x{self.stretch:.3f}, "
+            f"the shortest to {shortest:g}s, the fastest the budget allows"
+        )
+
+    def announcement(self) -> str | None:
+        """The start-up WARNING line when the plan departs from the intervals asked, else None."""
+        if self.stretched:
+            return self.warning()
+        return self.ledger_notice() if self.ledger_stretched else None
+
+    def ledger_notice(self) -> str:
+        """The one WARNING line announcing that the ledger syncs, not the polls, give way."""
+        polls = set(self.intervals.values())
+        kept = f"{min(polls):g} s polls" if len(polls) == 1 else f"polls (the shortest every {min(polls):g} s)"
+        asked_ledger = self.asked_per_minute - self.asked_polls_per_minute
+        return (
+            f"ledger syncs every {min(self.ledger_intervals.values()):,g} s instead of "
+            f"{min(self.asked_ledger_intervals.values()):,g} s (x{self.ledger_stretch:.3f}) so {len(self.intervals)} "
+            f"accounts keep their {kept} inside this IP's budget: polls {self.asked_polls_per_minute:.0f} + ledger "
+            f"{asked_ledger:.0f} request weight a minute asked, {self._budget()} allowed, the ledger takes the "
+            f"{self.allowed_per_minute - self.asked_polls_per_minute:.0f} the polls leave"
         )
 
 
 def plan_intervals(demands: Sequence[Demand], weight_limit: int) -> Plan:
-    """Keep the asked intervals when polls and ledger syncs fit the budget together; otherwise
-    stretch all of them, polls and syncs, by one factor until they do."""
+    """Polls first, the ledger takes what is left.
+
+    P, L: the polls' and ledger syncs' weight a minute at the intervals asked; B: the budget;
+    F: the ledger floor (every syncing account once a day, never less than one request's room a
+    minute: a request's weight is not split over minutes).
+      P + L <= B        every interval as asked
+      P + F <= B        polls as asked; the ledger intervals stretched by one factor (none past
+                        the floor) so the ledger takes the B - P the polls leave
+      otherwise         ledgers at the floor; polls stretched by P / (B - F), the fastest the budget allows
+    Raises ConfigError when the floor alone does not fit the budget.
+    """
     polls = sum(demand.per_minute()[0] for demand in demands)
-    asked = polls + sum(demand.per_minute()[1] for demand in demands)
+    ledger = sum(demand.per_minute()[1] for demand in demands)
     allowed = weight_limit * WEIGHT_SAFETY
-    stretch = max(1.0, asked / allowed)
-
-    def stretched(interval: float) -> float:
-        # Rounded up to the millisecond: a rounded-down interval would ask a little more than allowed.
-        return interval if stretch == 1.0 else math.ceil(interval * stretch * 1000) / 1000
-
-    return Plan(
-        {d.label: stretched(d.interval) for d in demands}, asked, allowed, stretch,
-        ledger_intervals={d.label: stretched(d.ledger_interval) for d in demands if d.ledger_interval},
-        polls_per_minute=polls / stretch,
+    syncing = [d for d in demands if d.ledger_interval]
+    asked_ledger = {d.label: d.ledger_interval for d in syncing}
+    floor = (
+        max(sum(d.ledger_weight * MINUTE_SECONDS / LEDGER_FLOOR_SECONDS for d in syncing),
+            max(d.ledger_weight for d in syncing))
+        if syncing else 0.0
     )
+    common = {"asked_polls_per_minute": polls, "asked_ledger_intervals": asked_ledger}
+    # The floor's one request a minute counts here too: a ledger asked once a day still needs that room.
+    if polls + max(ledger, floor) <= allowed:
+        return Plan({d.label: d.interval for d in demands}, polls + ledger, allowed, 1.0,
+                    ledger_intervals=dict(asked_ledger), polls_per_minute=polls, **common)
+    if floor >= allowed:
+        raise ConfigError(
+            f"this IP's weight budget ({allowed:.0f} a minute) cannot carry {len(syncing)} accounts' ledger syncs even "
+            f"once a day ({floor:.0f} a minute); run them with --no-ledger or spread the accounts over more IPs"
+        )
+    if polls + floor <= allowed:
+        factor = _ledger_stretch(syncing, allowed - polls)
+        return Plan(
+            {d.label: d.interval for d in demands}, polls + ledger, allowed, 1.0,
+            ledger_intervals={d.label: min(_round_up(d.ledger_interval * factor), LEDGER_FLOOR_SECONDS)
+                              for d in syncing},
+            polls_per_minute=polls, ledger_stretch=factor, ledger_floor_per_minute=floor, **common,
+        )
+    stretch = polls / (allowed - floor)
+    return Plan(
+        {d.label: _round_up(d.interval * stretch) for d in demands}, polls + ledger, allowed, stretch,
+        ledger_intervals={d.label: LEDGER_FLOOR_SECONDS for d in syncing},
+        polls_per_minute=polls / stretch, ledger_stretch=LEDGER_FLOOR_SECONDS / min(asked_ledger.values()) if syncing
+        else 1.0, ledger_floor_per_minute=floor, **common,
+    )
+
+
+def _round_up(interval: float) -> float:
+    # To the millisecond, up: a rounded-down interval would ask a little more than allowed.
+    return math.ceil(interval * 1000) / 1000
+
+
+def _ledger_stretch(syncing: Sequence[Demand], room: float) -> float:
+    """The one factor that brings the ledger syncs' weight a minute down to `room`, an interval the
+    factor would carry past the floor staying at the floor (and its weight counted there)."""
+    at_floor: set[str] = set()
+    while True:
+        left = room - sum(d.ledger_weight * MINUTE_SECONDS / LEDGER_FLOOR_SECONDS for d in syncing if d.label in at_floor)
+        rest = sum(d.per_minute()[1] for d in syncing if d.label not in at_floor)
+        factor = rest / left
+        # The shortest asked interval never reaches the floor (room >= the floor), so `rest` stays > 0.
+        past = {d.label for d in syncing if d.label not in at_floor and d.ledger_interval * factor > LEDGER_FLOOR_SECONDS}
+        if not past:
+            return factor
+        at_floor |= past
 
 
 class WeightBudget:
@@ -135,8 +230,10 @@ class WeightBudget:
     def reserve(self, weight: int, *, leave: float = 0.0) -> float:
         """Reserve `weight` now and return 0.0, or return the seconds to wait before asking again.
 
-        `leave`: weight this request must leave free in the minute (a ledger sync leaves the
-        polls' share, so catching up months of ledger never delays a poll).
+        `leave`: weight a minute this request must leave to others spread evenly over the minute
+        (a ledger sync leaves the polls' share): what is left of the minute keeps its part of it
+        free, so catching up months of ledger never delays a poll, yet the ledger may use at any
+        moment of the minute whatever the polls will not.
         """
         with self._lock:
             now = self._wall_clock()
@@ -144,7 +241,8 @@ class WeightBudget:
                 return self._held_until - now
             now_ms = self._now_ms()
             self._roll(now_ms)
-            if self._reported + self._unreported + weight <= self.ceiling - leave:
+            still_needed = leave * (60_000 - now_ms % 60_000) / 60_000
+            if self._reported + self._unreported + weight <= self.ceiling - still_needed:
                 self._unreported += weight
                 return 0.0
             # Just past the minute's turn on the exchange clock, spread so the waiters do not

@@ -374,7 +374,7 @@ class JobPlan:
     """Where an account's periodic job sits in `run --config`'s shared schedule and budget."""
 
     budget: WeightBudget
-    interval: float  # the planned interval (stretched with the polls' when the budget is short)
+    interval: float  # the planned interval (stretched when the polls leave the ledger less than it asks)
     phase: float
     leave: float  # weight a minute the job leaves free for the polls (plan.polls_per_minute)
 
@@ -727,8 +727,8 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
          for s in settings],
         process.weight_limit,
     )
-    if plan.stretched:
-        log.warning("%s", plan.warning())
+    if announcement := plan.announcement():
+        log.warning("%s", announcement)
     engine = make_engine(process.database_url)
     upgrade_to_head(engine)
     shared = engine.dialect.name == "postgresql"
@@ -755,7 +755,7 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
         budget = WeightBudget(process.weight_limit)
         jobs: list[tuple[Member, PeriodicJob]] = []
         if jobs_for is not None:
-            # Whatever the polls leave, never less than one request's room: the plan made both fit.
+            # The polls' planned share stays theirs; the plan left the ledger at least one request's room.
             leave = max(0.0, min(plan.polls_per_minute, budget.ceiling - ledger_weight))
             for index, (member, one) in enumerate(zip(members, settings)):
                 interval = plan.ledger_intervals[one.account]

@@ -230,8 +230,8 @@ def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
     of every account with --config.
     """
     from recorder.cli.ledgering import ledger_jobs
-    from recorder.exchange import REQUEST_WEIGHT
-    from recorder.scheduling import MINUTE_SECONDS, WeightBudget
+    from recorder.exchange import INCOME_PATH, REQUEST_WEIGHT
+    from recorder.scheduling import Demand, WeightBudget, plan_intervals
     from recorder.service import JobPlan, run
 
     config_file = values.pop("config_file") or load_settings(ignore=ALL_BUT_CONFIG).config_file
@@ -247,16 +247,23 @@ def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
         result = run_accounts_file(config_file, os.environ, values, jobs_for=None if no_ledger else jobs_for)
         _exit_after_run(result.exit_code, result.abandoned_poll)
     settings = _settings(values)
+    # The fleet's rule for one account: polls first, the ledger sync takes what they leave.
+    ledger_weight = REQUEST_WEIGHT[INCOME_PATH]
+    plan = plan_intervals([Demand(settings.account, settings.interval, REQUEST_WEIGHT[settings.balance_path],
+                                  None if no_ledger else settings.ledger_interval, ledger_weight)],
+                          settings.weight_limit)
+    if announcement := plan.announcement():
+        log.warning("%s", announcement)
     _check_key(settings)
     recorder = _recorder(settings)
     server = _serve_metrics(settings, recorder)
     # One budget for the polls and the ledger sync; the sync leaves the polls' minute share free.
     budget = WeightBudget(settings.weight_limit)
-    polls_per_minute = REQUEST_WEIGHT[settings.balance_path] * MINUTE_SECONDS / settings.interval
-    leave = max(0.0, min(polls_per_minute, budget.ceiling - REQUEST_WEIGHT["/fapi/v1/income"]))
-    jobs = ledger_jobs(recorder, settings, enabled=not no_ledger, since=ledger_since, budget=budget, leave=leave)
+    leave = max(0.0, min(plan.polls_per_minute, budget.ceiling - ledger_weight))
+    jobs = ledger_jobs(recorder, settings, enabled=not no_ledger, since=ledger_since, budget=budget, leave=leave,
+                       interval=plan.ledger_intervals.get(settings.account))
     try:
-        result = run(recorder, settings.interval, extra_jobs=jobs, budget=budget)
+        result = run(recorder, plan.intervals[settings.account], extra_jobs=jobs, budget=budget)
     finally:
         if server is not None:
             server.stop()
