@@ -8,7 +8,7 @@ import subprocess
 from sqlalchemy import select
 
 from recorder.db import make_engine, make_sessions
-from recorder.models import Account, IncomeEntry, LedgerSync
+from recorder.models import Account, IncomeEntry, LedgerSync, PollSchedule
 from tests.e2e.test_cli_recording import RECORDER, stop, wait_until
 from tests.e2e.test_fleet import ACCOUNTS, fleet, polls_by_label
 
@@ -116,3 +116,49 @@ def test_two_processes_sync_only_the_ledgers_they_hold(simulator, postgres_db_ur
     # No window failed, e.g. on two syncs of one account writing at once.
     _, outcomes = archive(db_url)
     assert all(set(found) == {"ok"} for found in outcomes.values()), outcomes
+
+
+def test_polls_that_fit_keep_their_interval_and_the_ledger_gives_way(db_url, tmp_path):
+    from recorder.simulator import ExchangeSimulator
+
+    # A strict server at 1,200 a minute: 3 accounts polled every 1 s on v3 ask 900, their ledgers every
+    # 10 s another 540; 90% of 1,200 is 1,080, so the ledgers get the 180 the polls leave: x3, every 30 s.
+    with ExchangeSimulator(weight_limit=1200) as simulator:
+        path, env = fleet(simulator, db_url, tmp_path, extra="weight_limit = 1200")
+        trade_every_account(simulator, 10)
+        # From an hour ago: one request a first sync, so each account's fits the 180 (a 90-day catch-up
+        # of the three, 39 requests, would take the ledger's share six minutes).
+        process = subprocess.Popen([*RECORDER, "run", "--config", path, "--ledger-interval", "10",
+                                    "--ledger-since", "1h"], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            # Each account's first sync comes up within one stretched interval (30 s), and is let
+            # through wherever in the minute it lands.
+            wait_until(lambda: all(archive(db_url)[0].get(label) == served(simulator, label)
+                                   for label, _, _ in ACCOUNTS),
+                       "every account's ledger synced", 120)
+            wait_until(lambda: all(len(polls_by_label(db_url).get(label, [])) >= 10 for label, _, _ in ACCOUNTS),
+                       "ten polls of every account", 60)
+        finally:
+            stderr = stop(process)
+        refused = [record for record in simulator.requests_log if record.status in (418, 429)]
+    assert process.returncode == 0, stderr
+    assert refused == []
+    warnings = [line for line in stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1, stderr
+    assert warnings[0].endswith(
+        "ledger syncs every 30 s instead of 10 s (x3.000) so 3 accounts keep their 1 s polls inside this IP's "
+        "budget: polls 900 + ledger 540 request weight a minute asked, 1080 (90% of 1200) allowed, the ledger "
+        "takes the 180 the polls leave"
+    )
+    engine = make_engine(db_url)
+    try:
+        with make_sessions(engine)() as session:
+            schedules = session.execute(select(Account.label, PollSchedule.interval_ms)
+                                        .join(PollSchedule, PollSchedule.account_id == Account.id)).all()
+    finally:
+        engine.dispose()
+    # The schedule the readers judge gaps by is the one asked for, not a stretched one.
+    assert sorted(schedules) == [("alpha", 1000), ("beta", 1000), ("gamma", 1000)]
+    polls = polls_by_label(db_url)
+    assert all(poll.outcome == "ok" for label in polls for poll in polls[label])
