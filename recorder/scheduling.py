@@ -146,7 +146,7 @@ def plan_intervals(demands: Sequence[Demand], weight_limit: int) -> Plan:
     ledger = sum(demand.per_minute()[1] for demand in demands)
     allowed = weight_limit * WEIGHT_SAFETY
     syncing = [d for d in demands if d.ledger_interval]
-    asked_ledger = {d.label: d.ledger_interval for d in syncing}
+    asked_ledger = {d.label: d.ledger_interval or LEDGER_FLOOR_SECONDS for d in syncing}
     floor = (
         max(sum(d.ledger_weight * MINUTE_SECONDS / LEDGER_FLOOR_SECONDS for d in syncing),
             max(d.ledger_weight for d in syncing))
@@ -159,14 +159,14 @@ def plan_intervals(demands: Sequence[Demand], weight_limit: int) -> Plan:
                     ledger_intervals=dict(asked_ledger), polls_per_minute=polls, **common)
     if floor >= allowed:
         raise ConfigError(
-            f"this IP's weight budget ({allowed:.0f} a minute) cannot carry {len(syncing)} accounts' ledger syncs even "
+            f"this IP's weight budget ({allowed:g} a minute) cannot carry {len(syncing)} accounts' ledger syncs even "
             f"once a day ({floor:.0f} a minute); run them with --no-ledger or spread the accounts over more IPs"
         )
     if polls + floor <= allowed:
         factor = _ledger_stretch(syncing, allowed - polls)
         return Plan(
             {d.label: d.interval for d in demands}, polls + ledger, allowed, 1.0,
-            ledger_intervals={d.label: min(_round_up(d.ledger_interval * factor), LEDGER_FLOOR_SECONDS)
+            ledger_intervals={d.label: min(_round_up(asked_ledger[d.label] * factor), LEDGER_FLOOR_SECONDS)
                               for d in syncing},
             polls_per_minute=polls, ledger_stretch=factor, ledger_floor_per_minute=floor, **common,
         )
@@ -187,13 +187,15 @@ def _round_up(interval: float) -> float:
 def _ledger_stretch(syncing: Sequence[Demand], room: float) -> float:
     """The one factor that brings the ledger syncs' weight a minute down to `room`, an interval the
     factor would carry past the floor staying at the floor (and its weight counted there)."""
+    asked = {d.label: (d.ledger_interval or LEDGER_FLOOR_SECONDS, d.ledger_weight * MINUTE_SECONDS) for d in syncing}
     at_floor: set[str] = set()
     while True:
-        left = room - sum(d.ledger_weight * MINUTE_SECONDS / LEDGER_FLOOR_SECONDS for d in syncing if d.label in at_floor)
-        rest = sum(d.per_minute()[1] for d in syncing if d.label not in at_floor)
+        left = room - sum(weight / LEDGER_FLOOR_SECONDS for label, (_, weight) in asked.items() if label in at_floor)
+        rest = sum(weight / interval for label, (interval, weight) in asked.items() if label not in at_floor)
         factor = rest / left
         # The shortest asked interval never reaches the floor (room >= the floor), so `rest` stays > 0.
-        past = {d.label for d in syncing if d.label not in at_floor and d.ledger_interval * factor > LEDGER_FLOOR_SECONDS}
+        past = {label for label, (interval, _) in asked.items()
+                if label not in at_floor and interval * factor > LEDGER_FLOOR_SECONDS}
         if not past:
             return factor
         at_floor |= past

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from recorder.scheduling import WeightBudget
 from tests.integration.test_ledger_sync import archived, make_sync, served, trade
+from tests.unit.test_scheduling import WallClock
 
 
 def test_every_page_reserves_from_the_shared_budget_and_settles_from_the_header(simulator, sessions):
@@ -25,7 +26,8 @@ def test_every_page_reserves_from_the_shared_budget_and_settles_from_the_header(
 
 def test_a_sync_leaves_the_polls_share_and_goes_on_next_time(simulator, sessions):
     trade(simulator)
-    budget = WeightBudget(200)  # ceiling 180
+    clock = WallClock(1_800_000_000.0)  # a minute's turn: the polls still need all their share of it
+    budget = WeightBudget(200, wall_clock=clock)  # ceiling 180
     leave = 100  # the polls' share of a minute: 80 left for the ledger, two pages
 
     sync = make_sync(simulator, sessions, weight_budget=lambda cost: budget.reserve(cost, leave=leave),
@@ -34,7 +36,7 @@ def test_a_sync_leaves_the_polls_share_and_goes_on_next_time(simulator, sessions
     assert first.paused and first.requests == 2 and first.windows == 2
     # The polls still find their share free this minute.
     assert [budget.reserve(10) for _ in range(leave // 10)] == [0.0] * (leave // 10)
-    budget._roll(budget._now_ms() + 60_000)  # the next minute
+    clock.now += 60  # the next minute
     while sync.sync_once().paused:
-        budget._roll(budget._now_ms() + 60_000)
+        clock.now += 60
     assert archived(sessions) == served(simulator)
