@@ -121,10 +121,12 @@ class Plan:
         polls = set(self.intervals.values())
         kept = f"{min(polls):g} s polls" if len(polls) == 1 else f"polls (the shortest every {min(polls):g} s)"
         asked_ledger = self.asked_per_minute - self.asked_polls_per_minute
+        count = len(self.intervals)
+        who = f"{count} accounts keep their" if count != 1 else "1 account keeps its"
         return (
             f"ledger syncs every {min(self.ledger_intervals.values()):,g} s instead of "
-            f"{min(self.asked_ledger_intervals.values()):,g} s (x{self.ledger_stretch:.3f}) so {len(self.intervals)} "
-            f"accounts keep their {kept} inside this IP's budget: polls {self.asked_polls_per_minute:.0f} + ledger "
+            f"{min(self.asked_ledger_intervals.values()):,g} s (x{self.ledger_stretch:.3f}) so {who} {kept} inside "
+            f"this IP's budget: polls {self.asked_polls_per_minute:.0f} + ledger "
             f"{asked_ledger:.0f} request weight a minute asked, {self._budget()} allowed, the ledger takes the "
             f"{self.allowed_per_minute - self.asked_polls_per_minute:.0f} the polls leave"
         )

@@ -40,7 +40,11 @@ def archive(db_url: str) -> tuple[dict[str, set], dict[str, list[str]]]:
 
 
 def served(simulator, label: str) -> set:
-    return {(r["incomeType"], r["tranId"], r["asset"]) for r in simulator.income_entries(f"api-key-{label}")}
+    return served_key(simulator, f"api-key-{label}")
+
+
+def served_key(simulator, api_key: str) -> set:
+    return {(r["incomeType"], r["tranId"], r["asset"]) for r in simulator.income_entries(api_key)}
 
 
 def trade_every_account(simulator, steps: int = 40) -> None:
@@ -162,3 +166,34 @@ def test_polls_that_fit_keep_their_interval_and_the_ledger_gives_way(db_url, tmp
     assert sorted(schedules) == [("alpha", 1000), ("beta", 1000), ("gamma", 1000)]
     polls = polls_by_label(db_url)
     assert all(poll.outcome == "ok" for label in polls for poll in polls[label])
+
+
+def test_one_account_run_follows_the_same_plan(simulator, db_url, tmp_path):
+    from tests.conftest import SIM_KEY, recorder_env
+
+    # Polls every 1 s on v3 ask 300 a minute, the ledger every 10 s 180; 90% of 400 is 360: the
+    # polls keep their second and the ledger takes the 60 left, every 30 s.
+    env = recorder_env(simulator, db_url, tmp_path / "spool", RECORDER_INTERVAL="1", RECORDER_WEIGHT_LIMIT="400",
+                       RECORDER_BALANCE_ENDPOINT="v3", RECORDER_LEDGER_INTERVAL="10", RECORDER_ACCOUNT="main")
+    for _ in range(10):
+        simulator.step(SIM_KEY)
+    process = subprocess.Popen([*RECORDER, "run", "--ledger-since", "1h"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: archive(db_url)[0].get("main") == served_key(simulator, SIM_KEY), "the ledger synced", 60)
+        wait_until(lambda: len(polls_by_label(db_url).get("main", [])) >= 5, "five polls", 60)
+    finally:
+        stderr = stop(process)
+    assert process.returncode == 0, stderr
+    warnings = [line for line in stderr.splitlines() if " WARNING " in line]
+    assert len(warnings) == 1 and warnings[0].endswith(
+        "ledger syncs every 30 s instead of 10 s (x3.000) so 1 account keeps its 1 s polls inside this IP's "
+        "budget: polls 300 + ledger 180 request weight a minute asked, 360 (90% of 400) allowed, the ledger takes "
+        "the 60 the polls leave"
+    ), stderr
+    engine = make_engine(db_url)
+    try:
+        with make_sessions(engine)() as session:
+            assert set(session.scalars(select(PollSchedule.interval_ms))) == {1000}
+    finally:
+        engine.dispose()
