@@ -703,9 +703,10 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
     one. PostgreSQL: the accounts are shared by every process running this file on the
     database, through leases (recorder.scheduling.LeaseBook).
 
-    `jobs_for(recorder, settings, plan)`: each account's periodic jobs (its ledger sync, at its
-    settings' ledger_interval), planned into the same budget as the polls and spread over their
-    interval; a job runs only while this process holds the account.
+    `jobs_for(recorder, settings, plan)`: each account's periodic jobs (its ledger sync), planned
+    into the same budget after the polls (plan_intervals: polls first, the ledger interval
+    stretched when they leave it less than it asks) and spread over their interval; a job runs
+    only while this process holds the account.
     """
     from recorder.accounts import load_accounts_file, process_settings
     from recorder.db import make_engine, make_sessions
