@@ -77,7 +77,7 @@ class Plan:
     ledger_stretch: float = 1.0  # 1.0, or the factor the ledger intervals were multiplied by (polls first)
     asked_polls_per_minute: float = 0.0
     asked_ledger_intervals: dict[str, float] = field(default_factory=dict)
-    ledger_floor_per_minute: float = 0.0  # what the ledger keeps when the polls are stretched
+    ledger_floor_per_minute: float = 0.0  # the ledger's floor (once a day each, at least one request)
 
     @property
     def stretched(self) -> bool:
@@ -154,11 +154,15 @@ def plan_intervals(demands: Sequence[Demand], weight_limit: int) -> Plan:
             max(d.ledger_weight for d in syncing))
         if syncing else 0.0
     )
-    common = {"asked_polls_per_minute": polls, "asked_ledger_intervals": asked_ledger}
+
+    def plan(intervals: dict[str, float], stretch: float, ledger_intervals: dict[str, float], planned_polls: float,
+             ledger_stretch: float = 1.0) -> Plan:
+        return Plan(intervals, polls + ledger, allowed, stretch, ledger_intervals, planned_polls, ledger_stretch,
+                    polls, asked_ledger, floor)
+
     # The floor's one request a minute counts here too: a ledger asked once a day still needs that room.
     if polls + max(ledger, floor) <= allowed:
-        return Plan({d.label: d.interval for d in demands}, polls + ledger, allowed, 1.0,
-                    ledger_intervals=dict(asked_ledger), polls_per_minute=polls, **common)
+        return plan({d.label: d.interval for d in demands}, 1.0, dict(asked_ledger), polls)
     if floor >= allowed:
         raise ConfigError(
             f"this IP's weight budget ({allowed:g} a minute) cannot carry {len(syncing)} accounts' ledger syncs even "
@@ -166,18 +170,16 @@ def plan_intervals(demands: Sequence[Demand], weight_limit: int) -> Plan:
         )
     if polls + floor <= allowed:
         factor = _ledger_stretch(syncing, allowed - polls)
-        return Plan(
-            {d.label: d.interval for d in demands}, polls + ledger, allowed, 1.0,
-            ledger_intervals={d.label: min(_round_up(asked_ledger[d.label] * factor), LEDGER_FLOOR_SECONDS)
-                              for d in syncing},
-            polls_per_minute=polls, ledger_stretch=factor, ledger_floor_per_minute=floor, **common,
+        return plan(
+            {d.label: d.interval for d in demands}, 1.0,
+            {d.label: min(_round_up(asked_ledger[d.label] * factor), LEDGER_FLOOR_SECONDS) for d in syncing},
+            polls, factor,
         )
     stretch = polls / (allowed - floor)
-    return Plan(
-        {d.label: _round_up(d.interval * stretch) for d in demands}, polls + ledger, allowed, stretch,
-        ledger_intervals={d.label: LEDGER_FLOOR_SECONDS for d in syncing},
-        polls_per_minute=polls / stretch, ledger_stretch=LEDGER_FLOOR_SECONDS / min(asked_ledger.values()) if syncing
-        else 1.0, ledger_floor_per_minute=floor, **common,
+    return plan(
+        {d.label: _round_up(d.interval * stretch) for d in demands}, stretch,
+        {d.label: LEDGER_FLOOR_SECONDS for d in syncing}, polls / stretch,
+        LEDGER_FLOOR_SECONDS / min(asked_ledger.values()) if syncing else 1.0,
     )
 
 
