@@ -4,6 +4,7 @@
     [defaults]                                          # optional: shared by every account
     endpoint = "v3"
     interval = 60
+    ledger_interval = 600                               # income-ledger syncs (recorder run)
     [[accounts]]
     label = "alice"
     api_key_env = "ALICE_API_KEY"                       # credentials only by reference:
@@ -32,7 +33,7 @@ from recorder.config import Settings, validated_settings
 from recorder.errors import ConfigError
 
 # Keys an account (or [defaults]) may set, beside its label and credential sources.
-EXCHANGE_KEYS = ("endpoint", "base_url", "interval", "recv_window", "timeout")
+EXCHANGE_KEYS = ("endpoint", "base_url", "interval", "recv_window", "timeout", "ledger_interval")
 CREDENTIAL_KEYS = ("api_key_env", "api_secret_env", "api_secret_file", "private_key_path", "private_key_passphrase_env")
 # Process-wide keys at the top of the file; the environment and the command line override them.
 PROCESS_KEYS = ("database_url", "spool_dir", "weight_limit")
@@ -83,6 +84,8 @@ class AccountEntry:
         """
         raw: dict[str, Any] = {name: getattr(process, name) for name in PROCESS_KEYS}
         raw.update({name: getattr(process, name) for name in OPERATIONS_KEYS if getattr(process, name) is not None})
+        # --ledger-interval / RECORDER_LEDGER_INTERVAL for every account, unless the file sets it for this one.
+        raw["ledger_interval"] = process.ledger_interval
         raw.update(self.exchange)
         raw["account"] = self.label
         raw["api_key"] = self._variable(environ, self.api_key_env, "api_key_env")
@@ -220,7 +223,7 @@ def _check_value(lines: _Lines, table: int | str | None, key: str, value: Any) -
     """Validate one value with config.py's rules; the error names the file, line and key."""
     if isinstance(value, (dict, list)) or (isinstance(value, bool) and key != "endpoint"):
         raise ConfigError(f"{lines.where(table, key)}: {_key_name(table, key)} must be a {_kind(key)}, not {type(value).__name__}")
-    if key in ("interval", "timeout", "recv_window", "weight_limit") and not isinstance(value, (int, float)):
+    if key in ("interval", "timeout", "recv_window", "weight_limit", "ledger_interval") and not isinstance(value, (int, float)):
         raise ConfigError(f"{lines.where(table, key)}: {_key_name(table, key)} must be a {_kind(key)}, not {value!r}")
     try:
         validated_settings({key: value})
@@ -229,7 +232,7 @@ def _check_value(lines: _Lines, table: int | str | None, key: str, value: Any) -
 
 
 def _kind(key: str) -> str:
-    return "number" if key in ("interval", "timeout", "recv_window", "weight_limit") else "string"
+    return "number" if key in ("interval", "timeout", "recv_window", "weight_limit", "ledger_interval") else "string"
 
 
 def _key_name(table: int | str | None, key: str) -> str:
@@ -309,16 +312,22 @@ OPERATIONS_ENVIRONMENT = {"RECORDER_METRICS_ADDR": "metrics_addr",
                           "RECORDER_REQUIRE_READ_ONLY_KEY": "require_read_only_key",
                           "BINANCE_SPOT_BASE_URL": "spot_base_url"}
 OPERATIONS_KEYS = tuple(OPERATIONS_ENVIRONMENT.values())
+# The ledger sync's interval: from the environment and the command line for every account; a
+# `ledger_interval` in the file's [defaults] or an account's table is more specific and wins.
+LEDGER_ENVIRONMENT = {"RECORDER_LEDGER_INTERVAL": "ledger_interval"}
 
 
 def process_settings(accounts: AccountsFile, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
-    """Database, spool folder and weight limit: the file's values, then the environment's, then the command line's."""
+    """Database, spool folder and weight limit: the file's values, then the environment's, then the command line's.
+
+    Also the operations settings and the default ledger interval, from the environment and the command line.
+    """
     raw = dict(accounts.process)
-    for variable, name in (PROCESS_ENVIRONMENT | OPERATIONS_ENVIRONMENT).items():
+    for variable, name in (PROCESS_ENVIRONMENT | OPERATIONS_ENVIRONMENT | LEDGER_ENVIRONMENT).items():
         if environ.get(variable, "") != "":
             raw[name] = environ[variable]
     raw.update({
         name: value for name, value in overrides.items()
-        if name in PROCESS_KEYS + OPERATIONS_KEYS and value is not None
+        if name in (*PROCESS_KEYS, *OPERATIONS_KEYS, *LEDGER_ENVIRONMENT.values()) and value is not None
     })
     return validated_settings(raw)

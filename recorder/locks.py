@@ -23,6 +23,10 @@ from recorder.pidlock import hold_pid_lock
 from recorder.spool import MAX_NAME_BYTES, label_filename
 
 
+class LockHeld(ConfigError):
+    """Another process holds the lock now."""
+
+
 def sqlite_lock_path(database: str, account: str) -> Path | None:
     """The lock file of `account` on the SQLite file `database` (None for an in-memory database).
 
@@ -94,10 +98,7 @@ class WriterLock:
             ) from None
         holder = hold_pid_lock(descriptor)
         if holder is not None:
-            raise ConfigError(
-                f"another recorder (pid {holder}) is already recording account {self.account!r} "
-                f"into this database (lock {path}): stop it first, or use another --account"
-            )
+            raise LockHeld(self._refusal(f"another recorder (pid {holder})", f"lock {path}"))
         self._file = descriptor
         self.generation += 1
 
@@ -123,12 +124,14 @@ class WriterLock:
             connection.invalidate()
             connection.close()
             who = f"another recorder ({holder})" if holder else "another recorder"
-            raise ConfigError(
-                f"{who} is already recording account {self.account!r} into this PostgreSQL "
-                "database (advisory lock held): stop it first, or use another --account"
-            )
+            raise LockHeld(self._refusal(who, "advisory lock held"))
         self._connection = connection
         self.generation += 1
+
+    def _refusal(self, who: str, where: str) -> str:
+        place = "this PostgreSQL database" if self.path is None else "this database"
+        return (f"{who} is already recording account {self.account!r} into {place} ({where}): "
+                "stop it first, or use another --account")
 
     def _advisory_holder(self, connection: Connection) -> str | None:
         """`pid N on HOST` of the session holding our advisory lock, when it is a recorder."""
@@ -163,3 +166,31 @@ class WriterLock:
             except SQLAlchemyError:
                 pass  # the server is gone, and the lock with it
             self._connection = None
+
+
+class LedgerLock(WriterLock):
+    """The account's income-ledger sync, one at a time: held only while a sync runs.
+
+    Apart from the writer lock, so `recorder sync-ledger` can run beside the `recorder run`
+    recording the same account (whose ledger job takes this lock too): entries are stored
+    insert-if-absent and each window commits whole, so only two syncs at the same moment,
+    fetching the same windows twice, are worth preventing.
+    """
+
+    def __init__(self, engine: Engine, account: str) -> None:
+        super().__init__(engine, account)
+        if self.path is not None:
+            # A folder of their own: no label's writer lock file can share a name with a ledger lock.
+            self.path = self.path.parent / "ledger" / self.path.name
+        digest = hashlib.sha256(f"recorder-ledger:{account}".encode()).digest()
+        self._advisory_key = int.from_bytes(digest[:8], "big", signed=True)
+
+    def _lock_file(self, path: Path) -> None:
+        try:
+            path.parent.parent.mkdir(mode=0o700, exist_ok=True)
+        except OSError:
+            pass  # super() names the folder it cannot use
+        super()._lock_file(path)
+
+    def _refusal(self, who: str, where: str) -> str:
+        return f"{who} is syncing the income ledger of account {self.account!r} right now ({where})"

@@ -1,8 +1,9 @@
 """Many accounts inside one per-IP weight budget: the plan, the budget, the slots, the wait; leases on PostgreSQL.
 
-    plan_intervals  stretch every interval evenly when the accounts ask more weight than the budget allows
+    plan_intervals  polls first: when the accounts ask more weight than the budget allows, the ledger
+                    syncs give way down to once a day, then the poll intervals are stretched evenly
     WeightBudget    one IP's weight per calendar minute, from X-MBX-USED-WEIGHT-1M; every request
-                    drawing on the IP (balance polls today, a ledger sync later) reserves from it
+                    drawing on the IP (balance polls and ledger syncs) reserves from it
     Slot            an account's fixed poll times: phase + k * interval
     Wakeup          the run loop's only wait: the next deadline, a signal, or a worker's nudge
     LeaseBook       which accounts this process polls when several share a PostgreSQL database
@@ -24,12 +25,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from recorder.errors import ConfigError
 from recorder.locks import advisory_key
 
 log = logging.getLogger(__name__)
@@ -41,48 +43,166 @@ MINUTE_SECONDS = 60.0
 
 @dataclass(frozen=True)
 class Demand:
-    """What one account asks of the budget: its label, interval and weight per poll."""
+    """What one account asks of the budget: its label, poll interval and weight per poll, and its
+    ledger sync's interval and weight per sync (none without a ledger sync)."""
 
     label: str
     interval: float
     weight: int
+    ledger_interval: float | None = None
+    # A steady-state sync is one request (one window since the last): its weight.
+    ledger_weight: int = 0
+
+    def per_minute(self) -> tuple[float, float]:
+        """(polls, ledger) weight a minute at the intervals asked for."""
+        ledger = self.ledger_weight * MINUTE_SECONDS / self.ledger_interval if self.ledger_interval else 0.0
+        return self.weight * MINUTE_SECONDS / self.interval, ledger
+
+
+# The ledger's floor when the polls leave it less: each account's ledger synced once a day. Binance
+# keeps the ledger three months, so a day's lag loses nothing; the balance polls are the record.
+LEDGER_FLOOR_SECONDS = 86_400.0
 
 
 @dataclass(frozen=True)
 class Plan:
-    """The intervals the accounts are polled at, and the figures behind them."""
+    """The intervals the accounts are polled and their ledgers synced at, and the figures behind them."""
 
     intervals: dict[str, float]
-    asked_per_minute: float  # weight a minute at the intervals asked for
+    asked_per_minute: float  # weight a minute at the intervals asked for, polls and ledger syncs
     allowed_per_minute: float  # WEIGHT_SAFETY of the IP's limit
-    stretch: float  # 1.0, or the factor every interval was multiplied by
+    stretch: float  # 1.0, or the factor every poll interval was multiplied by
+    ledger_intervals: dict[str, float] = field(default_factory=dict)  # accounts with a ledger sync only
+    polls_per_minute: float = 0.0  # the polls' weight a minute at the planned intervals
+    ledger_stretch: float = 1.0  # 1.0, or the factor the ledger intervals were multiplied by (polls first)
+    asked_polls_per_minute: float = 0.0
+    asked_ledger_intervals: dict[str, float] = field(default_factory=dict)
+    ledger_floor_per_minute: float = 0.0  # the ledger's floor (once a day each, at least one request)
 
     @property
     def stretched(self) -> bool:
-        """True when the budget cannot carry the intervals asked for."""
+        """True when the budget cannot carry the poll intervals asked for."""
         return self.stretch > 1.0
 
+    @property
+    def ledger_stretched(self) -> bool:
+        """True when the polls keep their intervals but the ledger syncs take only what they leave."""
+        return not self.stretched and self.ledger_stretch > 1.0
+
+    def _budget(self) -> str:
+        return f"{self.allowed_per_minute:.0f} ({WEIGHT_SAFETY:.0%} of {self.allowed_per_minute / WEIGHT_SAFETY:.0f})"
+
     def warning(self) -> str:
-        """The one WARNING line announcing a stretch, with the numbers."""
+        """The one WARNING line announcing a stretch of the polls, with the numbers."""
         shortest = min(self.intervals.values())
+        if not self.ledger_intervals:
+            return (
+                f"{len(self.intervals)} accounts at their intervals need {self.asked_per_minute:.0f} request weight a "
+                f"minute, but this IP's budget allows {self._budget()}: every interval is stretched "
+                f"x{self.stretch:.3f}, the shortest to {shortest:g}s, the fastest the budget allows"
+            )
+        asked_ledger = self.asked_per_minute - self.asked_polls_per_minute
         return (
-            f"{len(self.intervals)} accounts at their intervals need {self.asked_per_minute:.0f} request weight a "
-            f"minute, but this IP's budget allows {self.allowed_per_minute:.0f} ({WEIGHT_SAFETY:.0%} of "
-            f"{self.allowed_per_minute / WEIGHT_SAFETY:.0f}): every interval is stretched x{self.stretch:.3f}, "
+            f"{len(self.intervals)} accounts at their intervals need {self.asked_polls_per_minute:.0f} request weight "
+            f"a minute for their polls and {asked_ledger:.0f} for their ledger syncs, but this IP's budget allows "
+            f"{self._budget()}: the ledger syncs keep only their floor, each account's once a day "
+            f"({self.ledger_floor_per_minute:.0f} a minute), and every poll interval is stretched x{self.stretch:.3f}, "
             f"the shortest to {shortest:g}s, the fastest the budget allows"
+        )
+
+    def announcement(self) -> str | None:
+        """The start-up WARNING line when the plan departs from the intervals asked, else None."""
+        if self.stretched:
+            return self.warning()
+        return self.ledger_notice() if self.ledger_stretched else None
+
+    def ledger_notice(self) -> str:
+        """The one WARNING line announcing that the ledger syncs, not the polls, give way."""
+        polls = set(self.intervals.values())
+        kept = f"{min(polls):g} s polls" if len(polls) == 1 else f"polls (the shortest every {min(polls):g} s)"
+        asked_ledger = self.asked_per_minute - self.asked_polls_per_minute
+        count = len(self.intervals)
+        who = f"{count} accounts keep their" if count != 1 else "1 account keeps its"
+        return (
+            f"ledger syncs every {min(self.ledger_intervals.values()):,g} s instead of "
+            f"{min(self.asked_ledger_intervals.values()):,g} s (x{self.ledger_stretch:.3f}) so {who} {kept} inside "
+            f"this IP's budget: polls {self.asked_polls_per_minute:.0f} + ledger "
+            f"{asked_ledger:.0f} request weight a minute asked, {self._budget()} allowed, the ledger takes the "
+            f"{self.allowed_per_minute - self.asked_polls_per_minute:.0f} the polls leave"
         )
 
 
 def plan_intervals(demands: Sequence[Demand], weight_limit: int) -> Plan:
-    """Keep the asked intervals when they fit the budget; otherwise stretch all by one factor until they do."""
-    asked = sum(demand.weight * MINUTE_SECONDS / demand.interval for demand in demands)
+    """Polls first, the ledger takes what is left.
+
+    P, L: the polls' and ledger syncs' weight a minute at the intervals asked; B: the budget;
+    F: the ledger floor (every syncing account once a day, never less than one request's room a
+    minute: a request's weight is not split over minutes).
+      P + L <= B        every interval as asked
+      P + F <= B        polls as asked; the ledger intervals stretched by one factor (none past
+                        the floor) so the ledger takes the B - P the polls leave
+      otherwise         ledgers at the floor; polls stretched by P / (B - F), the fastest the budget allows
+    Raises ConfigError when the floor alone does not fit the budget.
+    """
+    polls = sum(demand.per_minute()[0] for demand in demands)
+    ledger = sum(demand.per_minute()[1] for demand in demands)
     allowed = weight_limit * WEIGHT_SAFETY
-    stretch = max(1.0, asked / allowed)
-    if stretch == 1.0:
-        return Plan({d.label: d.interval for d in demands}, asked, allowed, 1.0)
-    # Rounded up to the millisecond: a rounded-down interval would ask a little more than allowed.
-    intervals = {d.label: math.ceil(d.interval * stretch * 1000) / 1000 for d in demands}
-    return Plan(intervals, asked, allowed, stretch)
+    syncing = [d for d in demands if d.ledger_interval]
+    asked_ledger = {d.label: d.ledger_interval or LEDGER_FLOOR_SECONDS for d in syncing}
+    floor = (
+        max(sum(d.ledger_weight * MINUTE_SECONDS / LEDGER_FLOOR_SECONDS for d in syncing),
+            max(d.ledger_weight for d in syncing))
+        if syncing else 0.0
+    )
+
+    def plan(intervals: dict[str, float], stretch: float, ledger_intervals: dict[str, float], planned_polls: float,
+             ledger_stretch: float = 1.0) -> Plan:
+        return Plan(intervals, polls + ledger, allowed, stretch, ledger_intervals, planned_polls, ledger_stretch,
+                    polls, asked_ledger, floor)
+
+    # The floor's one request a minute counts here too: a ledger asked once a day still needs that room.
+    if polls + max(ledger, floor) <= allowed:
+        return plan({d.label: d.interval for d in demands}, 1.0, dict(asked_ledger), polls)
+    if floor >= allowed:
+        raise ConfigError(
+            f"this IP's weight budget ({allowed:g} a minute) cannot carry {len(syncing)} accounts' ledger syncs even "
+            f"once a day ({floor:.0f} a minute); run them with --no-ledger or spread the accounts over more IPs"
+        )
+    if polls + floor <= allowed:
+        factor = _ledger_stretch(syncing, allowed - polls)
+        return plan(
+            {d.label: d.interval for d in demands}, 1.0,
+            {d.label: min(_round_up(asked_ledger[d.label] * factor), LEDGER_FLOOR_SECONDS) for d in syncing},
+            polls, factor,
+        )
+    stretch = polls / (allowed - floor)
+    return plan(
+        {d.label: _round_up(d.interval * stretch) for d in demands}, stretch,
+        {d.label: LEDGER_FLOOR_SECONDS for d in syncing}, polls / stretch,
+        LEDGER_FLOOR_SECONDS / min(asked_ledger.values()) if syncing else 1.0,
+    )
+
+
+def _round_up(interval: float) -> float:
+    # To the millisecond, up: a rounded-down interval would ask a little more than allowed.
+    return math.ceil(interval * 1000) / 1000
+
+
+def _ledger_stretch(syncing: Sequence[Demand], room: float) -> float:
+    """The one factor that brings the ledger syncs' weight a minute down to `room`, an interval the
+    factor would carry past the floor staying at the floor (and its weight counted there)."""
+    asked = {d.label: (d.ledger_interval or LEDGER_FLOOR_SECONDS, d.ledger_weight * MINUTE_SECONDS) for d in syncing}
+    at_floor: set[str] = set()
+    while True:
+        left = room - sum(weight / LEDGER_FLOOR_SECONDS for label, (_, weight) in asked.items() if label in at_floor)
+        rest = sum(weight / interval for label, (interval, weight) in asked.items() if label not in at_floor)
+        factor = rest / left
+        # The shortest asked interval never reaches the floor (room >= the floor), so `rest` stays > 0.
+        past = {label for label, (interval, _) in asked.items()
+                if label not in at_floor and interval * factor > LEDGER_FLOOR_SECONDS}
+        if not past:
+            return factor
+        at_floor |= past
 
 
 class WeightBudget:
@@ -113,15 +233,22 @@ class WeightBudget:
             # Binance's window is the calendar minute: a new minute starts at zero.
             self._minute, self._reported, self._unreported = minute, 0, 0
 
-    def reserve(self, weight: int) -> float:
-        """Reserve `weight` now and return 0.0, or return the seconds to wait before asking again."""
+    def reserve(self, weight: int, *, leave: float = 0.0) -> float:
+        """Reserve `weight` now and return 0.0, or return the seconds to wait before asking again.
+
+        `leave`: weight a minute this request must leave to others spread evenly over the minute
+        (a ledger sync leaves the polls' share): what is left of the minute keeps its part of it
+        free, so catching up months of ledger never delays a poll, yet the ledger may use at any
+        moment of the minute whatever the polls will not.
+        """
         with self._lock:
             now = self._wall_clock()
             if now < self._held_until:
                 return self._held_until - now
             now_ms = self._now_ms()
             self._roll(now_ms)
-            if self._reported + self._unreported + weight <= self.ceiling:
+            still_needed = leave * (60_000 - now_ms % 60_000) / 60_000
+            if self._reported + self._unreported + weight <= self.ceiling - still_needed:
                 self._unreported += weight
                 return 0.0
             # Just past the minute's turn on the exchange clock, spread so the waiters do not

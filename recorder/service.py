@@ -22,7 +22,7 @@ from recorder.config import Settings, environment_of
 from recorder.db import database_error_line
 from recorder.errors import (ConfigError, ExchangeError, RateLimited, RecorderError, RejectedPoll, SpoolError,
                              StorageError)
-from recorder.exchange import REQUEST_WEIGHT, SERVER_TIME_PATH, BinanceFuturesClient
+from recorder.exchange import INCOME_PATH, REQUEST_WEIGHT, SERVER_TIME_PATH, BinanceFuturesClient
 from recorder.locks import WriterLock
 from recorder.records import FetchedBalances
 from recorder.scheduling import (Demand, LeaseBook, Slot, Wakeup, WeightBudget, lease_seconds, plan_intervals,
@@ -364,16 +364,32 @@ class PeriodicJob:
     name: str
     interval: float
     call: Callable[[], object]
+    # None: first at start, then every `interval`. Else at its slots `phase + k * interval`
+    # (wall clock), so many accounts' jobs spread over the interval instead of all at start.
+    phase: float | None = None
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Where an account's periodic job sits in `run --config`'s shared schedule and budget."""
+
+    budget: WeightBudget
+    interval: float  # the planned interval (stretched when the polls leave the ledger less than it asks)
+    phase: float
+    leave: float  # weight a minute the job leaves free for the polls (plan.polls_per_minute)
 
 
 def run(recorder: Recorder, interval: float, *, stop_after: float | None = None,
-        extra_jobs: Sequence[PeriodicJob] = ()) -> RunResult:
+        extra_jobs: Sequence[PeriodicJob] = (), budget: WeightBudget | None = None) -> RunResult:
     """Poll one account every `interval` seconds, the first poll at once, and run each of `extra_jobs`
-    on its own interval, until SIGTERM/SIGINT (or `stop_after` s)."""
+    on its own interval, until SIGTERM/SIGINT (or `stop_after` s).
+
+    `budget`: the IP's weight budget, the one the jobs (the ledger sync) reserve from too.
+    """
     started = time.time()
     member = Member(recorder, Slot(phase=started, interval=interval), weight=_poll_weight(recorder))
     log.info("recording account=%s every %gs; stop with Ctrl-C or SIGTERM", recorder.account, interval)
-    return run_accounts([member], budget=WeightBudget(recorder.client.weight_limit), first_at=started,
+    return run_accounts([member], budget=budget or WeightBudget(recorder.client.weight_limit), first_at=started,
                         stop_after=stop_after, single=True, extra_jobs=[(member, job) for job in extra_jobs])
 
 
@@ -429,9 +445,12 @@ def run_accounts(
         heap.append((due, index, index))
     if leases is not None:
         heap.append((now, -1, -1))
-    # A job's heap index is -2 - its position in extra_jobs; it first runs after the first polls.
-    for position in range(len(extra_jobs)):
-        heap.append((first_at if first_at is not None else now, len(members) + 1 + position, -2 - position))
+    # A job's heap index is -2 - its position in extra_jobs; it first runs after the first polls,
+    # or at its first slot when it has a phase.
+    job_slots = [None if job.phase is None else Slot(job.phase, job.interval) for _, job in extra_jobs]
+    for position, job_slot in enumerate(job_slots):
+        due = job_slot.next_after(now - 1e-6) if job_slot is not None else first_at if first_at is not None else now
+        heap.append((due, len(members) + 1 + position, -2 - position))
     heapq.heapify(heap)
     sequence = [len(members) + 1 + len(extra_jobs)]
 
@@ -485,12 +504,25 @@ def run_accounts(
         try:
             job.call()
         except ConfigError as error:
-            log.error("stopping: %s: %s", job.name, error)
-            wakeup.stop("a configuration error")
-            stop_code[0] = 1
+            if single:
+                log.error("stopping: %s: %s", job.name, error)
+                wakeup.stop("a configuration error")
+                stop_code[0] = 1
+            else:
+                log.error("account %s stopped until restart: %s: %s", member.recorder.account, job.name, error)
+                member.stopped = True
+                if all(m.stopped for m in members):
+                    stop_code[0] = 1
+                    wakeup.stop("every account stopped on a configuration error")
+        except RateLimited as error:
+            # The job's request drew on the IP like a poll: every account waits.
+            if error.retry_after:
+                budget.hold(error.retry_after)
         except RecorderError:
             pass  # already logged and recorded by the job; its next run goes on
         finally:
+            if close_between_polls:
+                member.recorder.client.close()
             with in_flight:
                 member.busy = member.job_running = False
                 running[0] -= 1
@@ -531,6 +563,14 @@ def run_accounts(
                     continue
                 if index <= -2:
                     owner, job = extra_jobs[-2 - index]
+                    job_slot = job_slots[-2 - index]
+                    following = job_slot.next_after(now) if job_slot is not None else now + job.interval
+                    if owner.stopped or (
+                        leases is not None and (owner.recorder.account not in leases.held or not leases.valid())
+                    ):
+                        # Only the process holding the account's lease writes for it, its ledger included.
+                        push(following, index)
+                        continue
                     with in_flight:
                         if owner.busy:
                             # Its account is polling: run right after, not a whole interval later.
@@ -538,8 +578,10 @@ def run_accounts(
                             continue
                         owner.busy = owner.job_running = True
                         running[0] += 1
+                    if budget.offset_ms is not None and owner.recorder.client.clock_offset_ms is None:
+                        owner.recorder.client.adopt_clock_offset(budget.offset_ms)
                     pool.submit(run_job, owner, job).add_done_callback(lambda future, m=owner: cancelled(future, m))
-                    push(now + job.interval, index)
+                    push(following, index)
                     continue
                 member = members[index]
                 if member.stopped:
@@ -652,12 +694,19 @@ POLL_WORKERS = 8
 
 
 def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[str, Any], *,
-                      stop_after: float | None = None) -> RunResult:
+                      stop_after: float | None = None,
+                      jobs_for: Callable[[Recorder, Settings, JobPlan], Sequence[PeriodicJob]] | None = None,
+                      ) -> RunResult:
     """`recorder run --config FILE`: poll every account of the file inside one weight budget.
 
     SQLite: this process polls every account, each under its writer lock, as `run` does for
     one. PostgreSQL: the accounts are shared by every process running this file on the
     database, through leases (recorder.scheduling.LeaseBook).
+
+    `jobs_for(recorder, settings, plan)`: each account's periodic jobs (its ledger sync), planned
+    into the same budget after the polls (plan_intervals: polls first, the ledger interval
+    stretched when they leave it less than it asks) and spread over their interval; a job runs
+    only while this process holds the account.
     """
     from recorder.accounts import load_accounts_file, process_settings
     from recorder.db import make_engine, make_sessions
@@ -672,11 +721,15 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
     for one in settings:
         one.require_credentials()
     _check_keys(settings)
+    ledger_weight = REQUEST_WEIGHT[INCOME_PATH]
     plan = plan_intervals(
-        [Demand(s.account, s.interval, REQUEST_WEIGHT[s.balance_path]) for s in settings], process.weight_limit
+        [Demand(s.account, s.interval, REQUEST_WEIGHT[s.balance_path],
+                ledger_interval=s.ledger_interval if jobs_for is not None else None, ledger_weight=ledger_weight)
+         for s in settings],
+        process.weight_limit,
     )
-    if plan.stretched:
-        log.warning("%s", plan.warning())
+    if announcement := plan.announcement():
+        log.warning("%s", announcement)
     engine = make_engine(process.database_url)
     upgrade_to_head(engine)
     shared = engine.dialect.name == "postgresql"
@@ -699,6 +752,17 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
                 recorder.spool = Spool(spool_dir_for(process.spool_dir, identity, one.account),
                                        database_id=identity, account=one.account, exclusive=True)
             members.append(Member(recorder, slot, weight=_poll_weight(recorder)))
+
+        budget = WeightBudget(process.weight_limit)
+        jobs: list[tuple[Member, PeriodicJob]] = []
+        if jobs_for is not None:
+            # The polls' planned share stays theirs; the plan left the ledger at least one request's room.
+            leave = max(0.0, min(plan.polls_per_minute, budget.ceiling - ledger_weight))
+            for index, (member, one) in enumerate(zip(members, settings)):
+                interval = plan.ledger_intervals[one.account]
+                # Half a step off the polls' spread, so an account's sync and its poll rarely fall due together.
+                job_plan = JobPlan(budget, interval, (index + 0.5) / len(members) * interval, leave)
+                jobs.extend((member, job) for job in jobs_for(member.recorder, one, job_plan))
 
         metrics = _poll_metrics(process)
 
@@ -735,9 +799,9 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
             "shared with every recorder running it on this database" if shared else "this process polls all",
         )
         try:
-            return run_accounts(members, budget=WeightBudget(process.weight_limit), leases=leases, on_lease=on_lease,
+            return run_accounts(members, budget=budget, leases=leases, on_lease=on_lease,
                                 workers=POLL_WORKERS, stop_after=stop_after,
-                                close_between_polls=len(members) > KEEP_ALIVE_MAX_ACCOUNTS)
+                                close_between_polls=len(members) > KEEP_ALIVE_MAX_ACCOUNTS, extra_jobs=jobs)
         finally:
             if server is not None:
                 server.stop()

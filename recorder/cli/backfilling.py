@@ -42,11 +42,12 @@ def backfill(days: int, assets: tuple[str, ...], no_snapshot_check: bool, **valu
 
     Walks each asset's archived income entries back from its first recorded balance and stores
     the result as derived rows (never mixed with observed ones: see `history --include-derived`).
-    Stops where the archive stops being complete, and says so. Re-running replaces the derived
+    Stops where the archive stops being complete (a gap in the ledger sync's coverage, see
+    `ledger --coverage`, or before the first synced or imported entry), and says where and why. Re-running replaces the derived
     rows. Then compares each of the last 30 days with Binance's daily snapshot: exit 3 when a day
     disagrees.
     """
-    from recorder.ledger.backfill import LedgerCoverage, backfill as derive
+    from recorder.ledger.backfill import archive_coverage, backfill as derive
 
     settings = _settings(values)
     now = datetime.now(timezone.utc)
@@ -58,10 +59,11 @@ def backfill(days: int, assets: tuple[str, ...], no_snapshot_check: bool, **valu
         try:
             wanted = sorted({asset.strip().upper() for asset in assets})
             with sessions.begin() as session:
-                # The ledger sync's coverage (its sync log) is not on this branch yet: the archived
-                # entries themselves are the coverage until it is wired in here.
+                # Never across a stretch the ledger sync (or an imported file) did not cover: a
+                # balance derived over it would be invented.
+                coverage = archive_coverage(session, settings.account)
                 result = derive(session, settings.account, since=since, derived_at=now, assets=wanted or None,
-                                coverage=LedgerCoverage())
+                                coverage=coverage)
                 missing = sorted(set(wanted) - {asset.asset for asset in result.assets})
                 if missing:
                     # Raised inside the transaction: nothing of this run is kept.
@@ -72,6 +74,8 @@ def backfill(days: int, assets: tuple[str, ...], no_snapshot_check: bool, **valu
         if not result.assets:
             click.echo(f"nothing to backfill: account {settings.account!r} has no recorded balance yet")
             return
+        for note in coverage.notes:
+            click.echo(f"note: {note}")
         for asset in result.assets:
             click.echo(_asset_line(asset))
         if no_snapshot_check:
@@ -137,7 +141,8 @@ def import_command(file: Path, **values: Any) -> None:
     Reads the futures transaction history (Date(UTC),type,Amount,Asset,Symbol,Transaction ID) or
     the account statement (User_ID,UTC_Time,Account,Operation,Coin,Change,Remark; futures rows
     only). Entries already archived are skipped, so importing a file twice adds nothing; a bad
-    file stores nothing.
+    file stores nothing. An account never polled is created (label from --account, environment
+    from BINANCE_BASE_URL), so old files can be archived before the first poll.
     """
     from recorder.config import load_settings
     from recorder.ledger.imports import import_file
@@ -148,7 +153,8 @@ def import_command(file: Path, **values: Any) -> None:
         upgrade_to_head(engine)
         try:
             with make_sessions(engine, write=True).begin() as session:
-                result = import_file(session, settings.account, file, recorded_at=datetime.now(timezone.utc))
+                result = import_file(session, settings.account, file, recorded_at=datetime.now(timezone.utc),
+                                     base_url=settings.base_url)
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot store the entries of {file}: {database_error_line(exc)}") from None
     finally:

@@ -7,10 +7,13 @@ and the `run` job load the sync where they use it.
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, tzinfo
+from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
 import click
@@ -19,15 +22,19 @@ from sqlalchemy.orm import Session
 from recorder.cli import cli
 from recorder.cli.options import database_options
 from recorder.cli.querying import READER_IGNORES, TIME, read_session
-from recorder.cli.recording import _recorder, _settings, exchange_options
+from recorder.cli.recording import _settings, exchange_options
 from recorder.config import Settings, load_settings
 from recorder.reports import render as reports
 from recorder.timespec import TIME_HELP, TimeZoneParam, require_order, require_showable
 
 if TYPE_CHECKING:
     from recorder.ledger.sync import LedgerSync
+    from recorder.locks import LedgerLock
     from recorder.queries.ledger import Coverage
+    from recorder.scheduling import WeightBudget
     from recorder.service import PeriodicJob, Recorder
+
+log = logging.getLogger(__name__)
 
 LEDGER_COLUMNS = ("time", "income_type", "asset", "income", "running_balance", "symbol", "tran_id", "trade_id",
                   "info", "known_type", "source")
@@ -43,15 +50,18 @@ def ledger_since_option(function: Any) -> Any:
     )(function)
 
 
-def ledger_sync_for(recorder: Recorder, since: datetime | None, *, may_pause: bool = True) -> LedgerSync:
+def ledger_sync_for(recorder: Recorder, since: datetime | None, *, may_pause: bool = True,
+                    budget: WeightBudget | None = None, leave: float = 0.0) -> LedgerSync:
     """The ledger sync of the recorder's account, sharing its client, database and writer lock.
 
     Without `may_pause` a full weight budget ends the sync instead of waiting for the next minute:
-    in `run` the sync holds the polls' in-flight lock, and a poll may still fit where a page does not.
+    in `run` the sync holds the account's client, and a poll may still fit where a page does not.
+    With `budget` (run's, shared with the polls) each page reserves its weight there, leaving
+    `leave` a minute to the polls, and settles it from the answer's weight header.
     """
     from recorder.ledger.sync import MAX_PAUSE_SECONDS, LedgerSync
 
-    return LedgerSync(
+    sync = LedgerSync(
         client=recorder.client,
         sessions=recorder.sessions,
         account=recorder.account,
@@ -60,15 +70,44 @@ def ledger_sync_for(recorder: Recorder, since: datetime | None, *, may_pause: bo
         before_write=recorder.lock.ensure if recorder.lock is not None else None,
         max_pause=MAX_PAUSE_SECONDS if may_pause else 0.0,
     )
+    if budget is not None:
+        sync.weight_budget = lambda cost: budget.reserve(cost, leave=leave)
+        sync.settle_weight = budget.settle
+    return sync
 
 
-def ledger_jobs(recorder: Recorder, settings: Settings, *, enabled: bool, since: datetime | None) -> list[PeriodicJob]:
-    """The run loop's ledger job (none with --no-ledger)."""
+def ledger_jobs(recorder: Recorder, settings: Settings, *, enabled: bool, since: datetime | None,
+                budget: WeightBudget | None = None, leave: float = 0.0, interval: float | None = None,
+                phase: float | None = None) -> list[PeriodicJob]:
+    """The run loop's ledger job (none with --no-ledger): every `interval` (default the account's
+    --ledger-interval), at `phase` + k * interval when given, under the account's ledger lock."""
+    from recorder.locks import LedgerLock
     from recorder.service import PeriodicJob
 
     if not enabled:
         return []
-    return [PeriodicJob("ledger", settings.ledger_interval, ledger_sync_for(recorder, since, may_pause=False).sync_once)]
+    sync = ledger_sync_for(recorder, since, may_pause=False, budget=budget, leave=leave)
+    lock = LedgerLock(recorder.sessions.kw["bind"], recorder.account)
+    return [PeriodicJob("ledger", interval or settings.ledger_interval, partial(_locked_sync, sync, lock), phase)]
+
+
+def _locked_sync(sync: LedgerSync, lock: LedgerLock) -> object:
+    """One sync holding the account's ledger lock; skipped while a `sync-ledger` holds it."""
+    from recorder.locks import LockHeld
+
+    try:
+        lock.acquire()
+    except LockHeld as held:
+        log.info("ledger sync account=%s skipped this time: %s", sync.account, held)
+        return None
+    try:
+        return sync.sync_once()
+    finally:
+        lock.release()
+
+
+# How long `sync-ledger` waits for a sync of `recorder run` on the same account to finish.
+LEDGER_LOCK_WAIT_SECONDS = 120.0
 
 
 @cli.command("sync-ledger")
@@ -78,20 +117,56 @@ def sync_ledger(ledger_since: datetime | None, **values: Any) -> None:
     """Sync the income ledger once now (for cron); exit 0 on success, 1 with a one-line error on failure.
 
     Fetches GET /fapi/v1/income from the newest covered time (or the last 90 days) to now and stores
-    every entry once; `recorder run` does the same every --ledger-interval.
+    every entry once; `recorder run` does the same every --ledger-interval. Works beside a running
+    `recorder run` of the same account: it waits for run's own sync if one is under way.
     """
+    from recorder.db import make_engine, make_sessions
+    from recorder.exchange import BinanceFuturesClient
+    from recorder.ledger.sync import LedgerSync
+    from recorder.locks import LedgerLock
+    from recorder.schema import upgrade_to_head
+
     settings = _settings(values)
-    recorder = _recorder(settings)
+    engine = make_engine(settings.database_url)
     try:
-        result = ledger_sync_for(recorder, ledger_since).sync_once()
+        upgrade_to_head(engine)
+        # Not the writer lock: `recorder run` may hold it. The ledger lock keeps two syncs of the
+        # account from fetching the same windows at once; entries are insert-if-absent anyway.
+        lock = LedgerLock(engine, settings.account)
+        _acquire_waiting(lock)
+        client = BinanceFuturesClient.from_settings(settings)
+        try:
+            sync = LedgerSync(client=client, sessions=make_sessions(engine, write=True), account=settings.account,
+                              since=ledger_since, before_write=lock.ensure)
+            result = sync.sync_once()
+        finally:
+            client.close()
+            lock.release()
     finally:
-        recorder.client.close()
-        if recorder.lock is not None:
-            recorder.lock.release()
+        engine.dispose()
     state = "paused by the weight budget" if result.paused else "ok"
     covered = result.covered_until.isoformat() if result.covered_until else "-"
     click.echo(f"ledger sync {state}: {result.entries_new} new of {result.entries_fetched} fetched in "
                f"{result.windows} window(s), covered until {covered}")
+
+
+def _acquire_waiting(lock: LedgerLock) -> None:
+    """Take the ledger lock, waiting while another sync of the account (run's job) holds it."""
+    from recorder.locks import LockHeld
+
+    deadline = time.monotonic() + LEDGER_LOCK_WAIT_SECONDS
+    announced = False
+    while True:
+        try:
+            lock.acquire()
+            return
+        except LockHeld as held:
+            if time.monotonic() >= deadline:
+                raise LockHeld(f"{held}; gave up after waiting {LEDGER_LOCK_WAIT_SECONDS:g}s") from None
+            if not announced:
+                log.info("waiting for the ledger sync under way to finish: %s", held)
+                announced = True
+            time.sleep(0.2)
 
 
 @contextmanager

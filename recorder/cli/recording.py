@@ -214,35 +214,56 @@ def poll(**values: Any) -> None:
     "README. Its accounts carry their own credentials, endpoint and interval.",
 )
 @operations_options
-@click.option("--no-ledger", is_flag=True, help="Do not sync the income ledger (GET /fapi/v1/income).")
+@click.option("--no-ledger", is_flag=True,
+              help="Do not sync the income ledger (GET /fapi/v1/income); with --config, of any account.")
 @click.option(
     "--ledger-interval",
     type=float,
-    help="Seconds between income-ledger syncs, 10 to 86400 [env RECORDER_LEDGER_INTERVAL; default 300].",
+    help="Seconds between income-ledger syncs, 10 to 86400 [env RECORDER_LEDGER_INTERVAL; default 300]; with "
+    "--config, of every account whose file entry sets no ledger_interval.",
 )
 @click.option("--ledger-since", type=TIME, help=f"Where the first ledger sync starts [default: 90 days ago]: {TIME_HELP}.")
 def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
     """Record continuously until SIGTERM or Ctrl-C; a failed poll is recorded and the next tick goes on.
 
-    The income ledger is synced beside the polls every --ledger-interval (see `recorder ledger`).
+    The income ledger is synced beside the polls every --ledger-interval (see `recorder ledger`),
+    of every account with --config.
     """
     from recorder.cli.ledgering import ledger_jobs
-    from recorder.service import run
+    from recorder.exchange import INCOME_PATH, REQUEST_WEIGHT
+    from recorder.scheduling import Demand, WeightBudget, plan_intervals
+    from recorder.service import JobPlan, run
 
     config_file = values.pop("config_file") or load_settings(ignore=ALL_BUT_CONFIG).config_file
     if config_file:
         from recorder.service import run_accounts_file
 
         _refuse_account_options(values)
-        result = run_accounts_file(config_file, os.environ, values)
+
+        def jobs_for(recorder: Recorder, settings: Settings, plan: JobPlan) -> list[Any]:
+            return ledger_jobs(recorder, settings, enabled=True, since=ledger_since, budget=plan.budget,
+                               leave=plan.leave, interval=plan.interval, phase=plan.phase)
+
+        result = run_accounts_file(config_file, os.environ, values, jobs_for=None if no_ledger else jobs_for)
         _exit_after_run(result.exit_code, result.abandoned_poll)
     settings = _settings(values)
+    # The fleet's rule for one account: polls first, the ledger sync takes what they leave.
+    ledger_weight = REQUEST_WEIGHT[INCOME_PATH]
+    plan = plan_intervals([Demand(settings.account, settings.interval, REQUEST_WEIGHT[settings.balance_path],
+                                  None if no_ledger else settings.ledger_interval, ledger_weight)],
+                          settings.weight_limit)
+    if announcement := plan.announcement():
+        log.warning("%s", announcement)
     _check_key(settings)
     recorder = _recorder(settings)
     server = _serve_metrics(settings, recorder)
-    jobs = ledger_jobs(recorder, settings, enabled=not no_ledger, since=ledger_since)
+    # One budget for the polls and the ledger sync; the sync leaves the polls' minute share free.
+    budget = WeightBudget(settings.weight_limit)
+    leave = max(0.0, min(plan.polls_per_minute, budget.ceiling - ledger_weight))
+    jobs = ledger_jobs(recorder, settings, enabled=not no_ledger, since=ledger_since, budget=budget, leave=leave,
+                       interval=plan.ledger_intervals.get(settings.account))
     try:
-        result = run(recorder, settings.interval, extra_jobs=jobs)
+        result = run(recorder, plan.intervals[settings.account], extra_jobs=jobs, budget=budget)
     finally:
         if server is not None:
             server.stop()

@@ -25,11 +25,11 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from decimal import Decimal
 from typing import Any, Protocol
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from recorder.models import Balance, DerivedBalance, IncomeEntry
@@ -43,13 +43,56 @@ AGREE, DISAGREE, NOT_DERIVED = "agree", "disagree", "not-derived"
 class LedgerCoverage:
     """What the income archive is known to hold for an account.
 
-    `complete_from`: from this instant on every entry is archived (None: unknown, so the
-    account's earliest entry is taken as the start). `holes`: spans known to be missing, as
-    (start, end); the walk never crosses one.
+    `complete_from`: from this instant on every entry is archived, but for the holes (None:
+    unknown, so the account's earliest entry is taken as the start). `holes`: spans known to be
+    missing, as (start, end), end None for "everything after start"; the walk never crosses one.
+    `notes`: how the coverage was judged, for the output.
     """
 
     complete_from: datetime | None = None
-    holes: tuple[tuple[datetime, datetime], ...] = ()
+    holes: tuple[tuple[datetime, datetime | None], ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def archive_coverage(session: Session, account: str) -> LedgerCoverage:
+    """The account's coverage: the ledger sync's (view ledger_coverage) joined with the imported files'.
+
+    Imports keep no record of a file's span, only each entry's source, so the entries of each
+    imported kind are taken to cover the time from their first to their last entry; `notes` says so.
+    """
+    account_id = _account_id(session, account)
+    stretches = [
+        (_moment(start), _moment(end)) for start, end in session.execute(
+            text("SELECT covered_from, covered_until FROM ledger_coverage WHERE account_id = :id"), {"id": account_id}
+        )
+    ]
+    notes = []
+    for source, first, last in session.execute(
+        select(IncomeEntry.source, func.min(IncomeEntry.time), func.max(IncomeEntry.time))
+        .where(IncomeEntry.account_id == account_id, IncomeEntry.source != "api")
+        .group_by(IncomeEntry.source).order_by(IncomeEntry.source)
+    ):
+        first, last = _moment(first), _moment(last)
+        stretches.append((first, last))
+        notes.append(f"entries imported from {source} files are taken to cover {_iso(first)} to {_iso(last)}, "
+                     "their first to last entry (an import records no file span)")
+    if not stretches:
+        return LedgerCoverage(notes=tuple(notes))
+    merged: list[tuple[datetime, datetime]] = []
+    for start, end in sorted(stretches):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    holes: list[tuple[datetime, datetime | None]] = [(a[1], b[0]) for a, b in zip(merged, merged[1:])]
+    holes.append((merged[-1][1], None))
+    return LedgerCoverage(complete_from=merged[0][0], holes=tuple(holes), notes=tuple(notes))
+
+
+def _moment(value: datetime | str) -> datetime:
+    """A time from the view: SQLite hands back its UTC text, PostgreSQL a datetime."""
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -186,7 +229,10 @@ def _start(
         start = earliest_entry
         stopped = f"the archived income entries start at {_iso(start)}"
     for hole_start, hole_end in coverage.holes:
-        if hole_start < anchor_time and hole_end > start:
+        if hole_end is None and hole_start < anchor_time:
+            return None, (f"the ledger archive covers nothing after {_iso(hole_start)}, before the first "
+                          f"observation at {_iso(anchor_time)}: a balance derived across that would be invented")
+        if hole_end is not None and hole_start < anchor_time and hole_end > start:
             start = hole_end
             stopped = f"the ledger archive has a gap from {_iso(hole_start)} to {_iso(hole_end)}"
     if start > anchor_time:

@@ -39,6 +39,7 @@ from recorder.errors import RecorderError
 from recorder.ledger.types import KNOWN_INCOME_TYPES
 from recorder.models import IncomeEntry
 from recorder.queries.states import _account_id
+from recorder.store import ensure_account
 
 FUTURES_EXPORT, ACCOUNT_STATEMENT = "futures-export", "account-statement"
 FUTURES_EXPORT_HEADER = ("Date(UTC)", "type", "Amount", "Asset", "Symbol", "Transaction ID")
@@ -119,10 +120,19 @@ class ImportResult:
     unknown_types: tuple[str, ...]
 
 
-def import_file(session: Session, account: str, path: Path, *, recorded_at: datetime) -> ImportResult:
-    """Parse `path` whole, then add its entries that are not archived yet; the caller commits."""
+def import_file(session: Session, account: str, path: Path, *, recorded_at: datetime,
+                base_url: str | None = None) -> ImportResult:
+    """Parse `path` whole, then add its entries that are not archived yet; the caller commits.
+
+    With `base_url` an account never polled is created (its environment from the URL), so old
+    statements can be archived before the first poll; without it the account must exist.
+    """
     kind, entries, other_accounts = read_file(path)
-    account_id = _account_id(session, account)
+    if base_url is None:
+        account_id = _account_id(session, account)
+    else:
+        # After the parse: a bad file creates no account either.
+        account_id = ensure_account(session, account, base_url, recorded_at).id
     if kind == FUTURES_EXPORT:
         new, duplicates = _new_by_key(session, account_id, entries)
     else:

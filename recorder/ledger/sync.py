@@ -12,9 +12,10 @@ Paging by time (binance-api.md section 6, ledger.md): a full page's last `time` 
 is all one millisecond is read on with Binance's `page` parameter for that millisecond alone.
 
 Weight: before each request `weight_budget(30)` says how long to wait for it to fit this IP's
-budget (by default the client's own headroom rule, shared with the balance polls); a wait up to
-`max_pause` is slept, a longer one ends the attempt early, as does a 429/418 (the client then
-refuses to send until its Retry-After has passed).
+budget (by default the client's own headroom rule; in `recorder run` the WeightBudget the balance
+polls reserve from, which then counts the request as reserved until `settle_weight(30, header)`
+reports the exchange's figure); a wait up to `max_pause` is slept, a longer one ends the attempt
+early, as does a 429/418 (the client then refuses to send until its Retry-After has passed).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from recorder import store
 from recorder.db import database_error_line
 from recorder.errors import BadPayload, ExchangeError, StorageError
+from recorder.ledger.imports import supersede_statement_entries
 from recorder.ledger.types import KNOWN_INCOME_TYPES
 from recorder.models import IncomeEntry, LedgerSync as LedgerSyncRow
 from recorder.records import FetchedIncome, IncomeRecord
@@ -79,6 +81,7 @@ class IncomeClient(Protocol):
     """What a sync needs of the exchange client (BinanceFuturesClient)."""
 
     base_url: str
+    last_used_weight: int | None
     last_reported_weight: int | None
 
     def fetch_income(self, start_ms: int, end_ms: int, limit: int = ..., *, page: int | None = ...) -> FetchedIncome: ...
@@ -140,6 +143,8 @@ class LedgerSync:
     clock: Clock = utcnow
     # Seconds to wait before a request of a given weight fits; default: the client's own rule.
     weight_budget: WeightBudget | None = None
+    # Told after each request the budget let through: (its weight, the IP's used weight the answer reported).
+    settle_weight: Callable[[int, int | None], None] | None = None
     # Where a first sync starts; default (and never older than) what Binance keeps.
     since: datetime | None = None
     # Called before every write, e.g. the writer lock's ensure().
@@ -253,7 +258,11 @@ class LedgerSync:
             raise BadPayload(f"/fapi/v1/income: more than {MAX_PAGES_PER_WINDOW} pages in one window; not stored")
         self._wait_for_budget()
         window.requests += 1
-        fetched = self.client.fetch_income(start_ms, end_ms, self.page_limit, page=page)
+        try:
+            fetched = self.client.fetch_income(start_ms, end_ms, self.page_limit, page=page)
+        finally:
+            if self.settle_weight is not None:
+                self.settle_weight(INCOME_WEIGHT, self.client.last_used_weight)
         window.pages += 1
         window.used_weight = fetched.used_weight
         for entry in fetched.entries:
@@ -312,6 +321,13 @@ class LedgerSync:
                 added = 0
                 if rows:
                     added = len(connection.execute(_INSERT_ENTRIES[connection.dialect.name], rows).all())
+                    # A statement imported before the API caught up holds these movements without
+                    # Binance's key: its copies go in the same transaction, or they would count twice.
+                    superseded = supersede_statement_entries(session, account_id, from_ms(window.start_ms),
+                                                             from_ms(window.end_ms + 1))
+                    if superseded:
+                        log.info("ledger sync account=%s: %d statement-imported entries superseded by the API's",
+                                 self.account, superseded)
                 connection.execute(_syncs.insert().values(
                     **self._sync_row(account_id, attempt_id, window, started_at, "ok"), entries_new=added,
                 ))
