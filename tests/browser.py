@@ -29,24 +29,42 @@ START_TIMEOUT = 120.0
 CALL_TIMEOUT = 120.0
 
 
+# Machine-wide, like apt itself: parallel workers (and other test runs) install Chromium once.
+INSTALL_LOCK = Path("/var/lock/recorder-tests-chromium-install.lock")
+# apt waits this long for another apt or dpkg (not ours) to let go of its locks.
+APT_LOCK_WAIT_SECONDS = 600
+
+
 def require_chromium() -> str:
     """The Chromium binary: installed with apt-get when missing and running as root, else skip (fail under CI)."""
     if Path(CHROMIUM).exists():
         return CHROMIUM
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        result = subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            subprocess.run(["apt-get", "update"], capture_output=True, env=env)
-            result = subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, text=True, env=env)
+        with open(INSTALL_LOCK, "a") as lock:
+            # Held while installing: the other workers wait here, then find the binary.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if Path(CHROMIUM).exists():
+                return CHROMIUM
+            problem = _apt_install_chromium()
         if Path(CHROMIUM).exists():
             return CHROMIUM
-        problem = f"apt-get install chromium failed: {result.stderr.strip().splitlines()[-1:]}"
     else:
         problem = f"{CHROMIUM} is missing and installing it needs root (apt-get install -y chromium)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(problem)
     pytest.skip(problem)
+
+
+def _apt_install_chromium() -> str:
+    """Install Chromium (updating the package lists when the first try fails); the problem in one line."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    wait = f"DPkg::Lock::Timeout={APT_LOCK_WAIT_SECONDS}"
+    install = ["apt-get", "-o", wait, "install", "-y", "chromium"]
+    result = subprocess.run(install, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        subprocess.run(["apt-get", "-o", wait, "update"], capture_output=True, env=env)
+        result = subprocess.run(install, capture_output=True, text=True, env=env)
+    return f"apt-get install chromium failed: {result.stderr.strip().splitlines()[-1:]}"
 
 
 def _above_nine(fd: int) -> int:

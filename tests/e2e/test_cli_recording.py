@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from recorder.cli import COMMAND_MODULES
 from recorder.db import make_engine, make_sessions
 from recorder.exchange import RETRY_ATTEMPTS
 from recorder.models import Balance, Poll
@@ -201,14 +202,22 @@ def test_migrate_then_alembic_agree_on_head(db_url, tmp_path):
     assert "No new upgrade operations detected" in check.stdout + check.stderr
 
 
-def test_every_command_has_help():
+def test_every_command_is_in_the_lazy_table():
+    from recorder.cli import COMMAND_MODULES, cli, load_all_commands
+
+    load_all_commands()  # commands are registered lazily
+    assert sorted(cli.commands) == sorted(COMMAND_MODULES)
+
+
+# One test per command (not one loop): parallel workers share the subprocess start-ups.
+@pytest.mark.parametrize("name", sorted(COMMAND_MODULES))
+def test_every_command_has_help(name):
     from recorder.cli import cli, load_all_commands
 
     load_all_commands()  # commands are registered lazily
-    for name, command in cli.commands.items():
-        assert command.help, f"{name} has no help"
-        result = subprocess.run([*RECORDER, name, "--help"], capture_output=True, text=True)
-        assert result.returncode == 0 and "Usage: recorder " + name in result.stdout
+    assert cli.commands[name].help, f"{name} has no help"
+    result = subprocess.run([*RECORDER, name, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "Usage: recorder " + name in result.stdout
 
 
 @pytest.mark.parametrize(
