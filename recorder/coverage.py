@@ -25,9 +25,9 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
 from recorder.config import DEFAULT_INTERVAL_SECONDS
 from recorder.db_types import UtcDateTime
-from recorder.models import POLL_OK, PollGap, PollSchedule, Poll
+from recorder.tables import POLL_OK, poll_gaps, poll_schedules, polls
 
-_POLLS, _SCHEDULES, _GAPS = Poll.__table__, PollSchedule.__table__, PollGap.__table__
+_POLLS, _SCHEDULES, _GAPS = polls, poll_schedules, poll_gaps
 
 
 @dataclass(frozen=True)

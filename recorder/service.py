@@ -11,11 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from recorder import coverage, store
 from recorder.config import Settings, environment_of
@@ -30,6 +29,11 @@ from recorder.scheduling import (Demand, LeaseBook, Slot, Wakeup, WeightBudget, 
 from recorder.spool import CorruptEntry, ForeignEntry, PollFailure, Spool, SpooledPoll
 from recorder.storable import UnstorableValue, clean_text, storable_fetched, with_notes
 from recorder.store import ERROR_MESSAGE_LIMIT, PollOutcome, describe_failure
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from recorder.db import WriteSessions
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,8 @@ class Recorder:
     """
 
     client: BinanceFuturesClient
-    sessions: sessionmaker[Session]
+    # write_sessions() (Core, as the service uses it) or an ORM sessionmaker (library use, tests).
+    sessions: WriteSessions | sessionmaker[Session]
     account: str
     clock: Clock = utcnow
     spool: Spool | None = None
@@ -660,7 +665,7 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
     database, through leases (recorder.scheduling.LeaseBook).
     """
     from recorder.accounts import load_accounts_file, process_settings
-    from recorder.db import make_engine, make_sessions
+    from recorder.db import make_engine, write_sessions
     from recorder.identity import database_id
     from recorder.schema import upgrade_to_head
     from recorder.spool import spool_dir_for
@@ -683,7 +688,7 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
     if not shared:
         _allow_open_files(2 * len(settings) + 256)
     identity = database_id(engine)
-    sessions = make_sessions(engine, write=True)
+    sessions = write_sessions(engine)
     slots = spread_slots([plan.intervals[s.account] for s in settings])
     members: list[Member] = []
     locks: list[WriterLock] = []

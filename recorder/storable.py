@@ -7,7 +7,7 @@ and a spooled poll that can never be stored would block every later one. So:
 
 - text loses its control characters (replaced visibly by `\\xNN` escapes: NUL, newlines,
   ESC, lone surrogates) and is cut to its column's length (`String(n)`; our own limit for
-  `Text`), bounds read from the model's column types;
+  `Text`), bounds read from the tables' column types (recorder.tables);
 - an integer outside its column's range on this backend is stored as NULL, and the reason
   (`[used weight 9999... out of range, stored as NULL]`) is appended to the row's
   `error_message`, also on an ok poll;
@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Integer, SmallInteger, String, Table
 
-from recorder.models import AMOUNT_FIELDS, Account, Balance
+from recorder.tables import AMOUNT_FIELDS, accounts, balances
 from recorder.records import FetchedBalances
 
 # The bound of a Text column (the poll log's error message): one readable line, not a dump.
@@ -165,4 +165,4 @@ def check_amount(value: Any, field: str, asset: str = "") -> None:
     raise UnstorableValue(f"{field} of {asset} {problem}" if asset else f"{field} {problem}")
 
 
-_ACCOUNTS, _BALANCES = Account.__table__, Balance.__table__
+_ACCOUNTS, _BALANCES = accounts, balances

@@ -22,23 +22,26 @@ import importlib
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
-from sqlalchemy.orm import Session
 
 from recorder import coverage
 from recorder.config import BALANCE_ENDPOINTS, environment_of
 from recorder.errors import ConfigError, ExchangeError, RecorderError
-from recorder.models import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, Account, Balance, BalanceHead, Poll
+from recorder.tables import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, accounts, balance_heads, balances, polls
 from recorder.records import FetchedBalances
 from recorder.spool import PollFailure, SpooledPoll
 from recorder.storable import TEXT_LIMIT, UnstorableValue, storable_fetched, storable_row
 
+if TYPE_CHECKING:
+    # Annotations only: the service writes on Core connections and never imports the ORM.
+    from sqlalchemy.orm import Session
+
 ERROR_MESSAGE_LIMIT = TEXT_LIMIT
 
-_accounts, _polls, _balances, _heads = (model.__table__ for model in (Account, Poll, Balance, BalanceHead))
+_accounts, _polls, _balances, _heads = accounts, polls, balances, balance_heads
 
 # The hot path's statements are built once: building them per poll (coercing every column
 # and clause again) cost about a third of an idle poll's database time on SQLite.

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from recorder.cli import cli
 from recorder.cli.options import database_options
+from recorder.cli.ledger_job import ledger_sync_for
 from recorder.cli.querying import READER_IGNORES, TIME, read_session
 from recorder.cli.recording import _recorder, _settings, exchange_options
 from recorder.config import Settings, load_settings
@@ -25,9 +26,7 @@ from recorder.reports import render as reports
 from recorder.timespec import TIME_HELP, TimeZoneParam, require_order, require_showable
 
 if TYPE_CHECKING:
-    from recorder.ledger.sync import LedgerSync
     from recorder.queries.ledger import Coverage
-    from recorder.service import PeriodicJob, Recorder
 
 LEDGER_COLUMNS = ("time", "income_type", "asset", "income", "running_balance", "symbol", "tran_id", "trade_id",
                   "info", "known_type", "source")
@@ -41,34 +40,6 @@ def ledger_since_option(function: Any) -> Any:
         type=TIME,
         help=f"Where the first ledger sync starts [default: 90 days ago, all Binance keeps; never older]: {TIME_HELP}.",
     )(function)
-
-
-def ledger_sync_for(recorder: Recorder, since: datetime | None, *, may_pause: bool = True) -> LedgerSync:
-    """The ledger sync of the recorder's account, sharing its client, database and writer lock.
-
-    Without `may_pause` a full weight budget ends the sync instead of waiting for the next minute:
-    in `run` the sync holds the polls' in-flight lock, and a poll may still fit where a page does not.
-    """
-    from recorder.ledger.sync import MAX_PAUSE_SECONDS, LedgerSync
-
-    return LedgerSync(
-        client=recorder.client,
-        sessions=recorder.sessions,
-        account=recorder.account,
-        clock=recorder.clock,
-        since=since,
-        before_write=recorder.lock.ensure if recorder.lock is not None else None,
-        max_pause=MAX_PAUSE_SECONDS if may_pause else 0.0,
-    )
-
-
-def ledger_jobs(recorder: Recorder, settings: Settings, *, enabled: bool, since: datetime | None) -> list[PeriodicJob]:
-    """The run loop's ledger job (none with --no-ledger)."""
-    from recorder.service import PeriodicJob
-
-    if not enabled:
-        return []
-    return [PeriodicJob("ledger", settings.ledger_interval, ledger_sync_for(recorder, since, may_pause=False).sync_once)]
 
 
 @cli.command("sync-ledger")

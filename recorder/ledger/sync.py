@@ -25,21 +25,23 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from recorder import store
 from recorder.db import database_error_line
 from recorder.errors import BadPayload, ExchangeError, StorageError
 from recorder.ledger.types import KNOWN_INCOME_TYPES
-from recorder.models import IncomeEntry, LedgerSync as LedgerSyncRow
 from recorder.records import FetchedIncome, IncomeRecord
 from recorder.storable import clean_text
 from recorder.store import ERROR_MESSAGE_LIMIT
+from recorder.tables import income_entries, ledger_syncs
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ MAX_PAGES_PER_WINDOW = 10_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
-_entries, _syncs = IncomeEntry.__table__, LedgerSyncRow.__table__
+_entries, _syncs = income_entries, ledger_syncs
 _INSERT_ENTRIES = {
     name: dialect.insert(_entries)
     .on_conflict_do_nothing(index_elements=["account_id", "income_type", "tran_id", "asset"])
