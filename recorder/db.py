@@ -20,6 +20,7 @@ from sqlalchemy.engine import URL, Result, make_url
 
 from recorder.db_types import decimal_text
 from recorder.errors import StorageError
+from recorder.prepared import run_driver_sql
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -267,10 +268,9 @@ def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, busy_time
 
 
 def _begin_sqlite_transaction(connection: Any) -> None:
-    if connection.get_execution_options().get("sqlite_begin_immediate"):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        connection.exec_driver_sql("BEGIN")
+    # On the driver's cursor (recorder.prepared): exec_driver_sql's execution context cost as
+    # much CPU as one of the poll's statements.
+    run_driver_sql(connection, "BEGIN IMMEDIATE" if connection.get_execution_options().get("sqlite_begin_immediate") else "BEGIN")
 
 
 # --- SQLite decimal functions ------------------------------------------------------------
