@@ -147,14 +147,11 @@ def _cursor(connection: Connection) -> Any:
 
 
 def _before(connection: Connection, cursor: Any, sql: str, parameters: Any, many: bool) -> None:
-    listeners = connection.dispatch.before_cursor_execute
-    if listeners:
-        for listener in listeners:
-            listener(connection, cursor, sql, parameters, None, many)
+    # The flags SQLAlchemy's own execution checks: asking the dispatcher alone cost more.
+    if connection._has_events or connection.engine._has_events:
+        connection.dispatch.before_cursor_execute(connection, cursor, sql, parameters, None, many)
 
 
 def _after(connection: Connection, cursor: Any, sql: str, parameters: Any, many: bool) -> None:
-    listeners = connection.dispatch.after_cursor_execute
-    if listeners:
-        for listener in listeners:
-            listener(connection, cursor, sql, parameters, None, many)
+    if connection._has_events or connection.engine._has_events:
+        connection.dispatch.after_cursor_execute(connection, cursor, sql, parameters, None, many)

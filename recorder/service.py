@@ -418,7 +418,9 @@ def run_accounts(
     slow or hung account holds one worker and delays no other. Every poll first reserves its
     weight from `budget`; without room it waits for the next minute instead of earning a 429.
     With `leases`, only the accounts this process leases are polled; `on_lease(member, held)`
-    runs when one is gained or given up.
+    runs when one is gained or given up. With `single` (one account, `run`), the polls run on
+    the calling thread and only the extra jobs use the pool; a SIGTERM then ends the loop once
+    the current poll is over, which the HTTP deadline bounds.
     """
     wakeup = Wakeup()
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(members))), thread_name_prefix="poll")
@@ -570,8 +572,14 @@ def run_accounts(
                 with in_flight:
                     member.busy = True
                     running[0] += 1
-                pool.submit(poll, member).add_done_callback(lambda future, m=member: cancelled(future, m))
                 push(member.slot.next_after(max(now, due)), index)
+                if single:
+                    # One account: the poll runs here, without a hand-off to a worker and back
+                    # (two thread wake-ups a poll). A signal still stops the loop after this poll;
+                    # the HTTP deadline bounds a hung request.
+                    poll(member)
+                else:
+                    pool.submit(poll, member).add_done_callback(lambda future, m=member: cancelled(future, m))
     finally:
         reason = wakeup.stop_reason or "interrupted"
         wakeup.close()

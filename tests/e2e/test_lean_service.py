@@ -19,6 +19,8 @@ logging.getLogger("recorder.ledger.sync").addHandler(StopAfterLedgerSync())
 imported = lambda prefix: sorted(name for name in sys.modules if name == prefix or name.startswith(prefix + "."))
 atexit.register(lambda: print("imported:", imported("sqlalchemy.orm") + imported("recorder.models")
                               + imported("recorder.queries") + imported("alembic"), flush=True))
+dialects = lambda: sorted({name.split(".")[2] for name in sys.modules if name.startswith("sqlalchemy.dialects.")})
+atexit.register(lambda: print("dialects:", dialects(), flush=True))
 sys.argv = ["recorder", "run", "--interval", "1"]
 from recorder.cli import main
 main()
@@ -26,10 +28,15 @@ main()
 
 
 def test_run_polls_and_syncs_the_ledger_without_the_orm(simulator, cli_env, engine):
-    """The write path is Core only (recorder.tables): a service never carries the ORM's memory."""
+    """The write path is Core only (recorder.tables) and loads one dialect: a service never carries the
+    ORM's memory, nor the other database's dialect."""
     result = subprocess.run(
         [sys.executable, "-c", _RUN_UNTIL_LEDGER_SYNCED], env=cli_env, capture_output=True, text=True, timeout=120
     )
     assert "poll ok account=default" in result.stderr, result.stderr
     assert "ledger sync ok account=default" in result.stderr, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "imported: []"
+    # atexit runs the last registered first.
+    dialects, imported = result.stdout.strip().splitlines()[-2:]
+    assert imported == "imported: []"
+    # Only the database's own SQLAlchemy dialect (each one costs megabytes for the service's life).
+    assert dialects == f"dialects: {[engine.dialect.name]}"
