@@ -15,6 +15,7 @@ Connection.execute instead.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,7 +30,8 @@ class Prepared:
     def __init__(self, statement: ClauseElement, keys: Sequence[str] | None = None) -> None:
         self.statement = statement
         self.keys = list(keys) if keys is not None else None
-        self._compiled: dict[Dialect, _Compiled | None] = {}
+        # Per dialect object (one per engine): what compiles depends on the server's version too.
+        self._compiled: weakref.WeakKeyDictionary[Dialect, _Compiled | None] = weakref.WeakKeyDictionary()
 
     def execute(self, connection: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run with `values`; the rows it returns (RETURNING or SELECT), processed, else []."""
