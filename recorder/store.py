@@ -31,10 +31,10 @@ from recorder import coverage
 from recorder.config import BALANCE_ENDPOINTS, environment_of
 from recorder.errors import ConfigError, ExchangeError, RecorderError
 from recorder.prepared import Prepared
-from recorder.tables import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, accounts, balance_heads, balances, polls
 from recorder.records import FetchedBalances
 from recorder.spool import PollFailure, SpooledPoll
 from recorder.storable import TEXT_LIMIT, UnstorableValue, storable_fetched, storable_row
+from recorder.tables import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, accounts, balance_heads, balances, polls
 
 if TYPE_CHECKING:
     # Annotations only: the service writes on Core connections and never imports the ORM.

@@ -17,8 +17,8 @@ import click
 from sqlalchemy.orm import Session
 
 from recorder.cli import cli
-from recorder.cli.options import database_options
 from recorder.cli.ledger_job import ledger_sync_for
+from recorder.cli.options import database_options
 from recorder.cli.querying import READER_IGNORES, TIME, read_session
 from recorder.cli.recording import _recorder, _settings, exchange_options
 from recorder.config import Settings, load_settings
