@@ -98,8 +98,9 @@ class _Compiled:
 
     def execute(self, connection: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         parameters = self.parameters(values)
-        cursor = _cursor(connection)
+        cursor = None
         try:
+            cursor = _cursor(connection)
             _before(connection, cursor, self.sql, parameters, False)
             cursor.execute(self.sql, parameters)
             rows = cursor.fetchall() if cursor.description is not None else []
@@ -107,7 +108,7 @@ class _Compiled:
         except connection.dialect.loaded_dbapi.Error as exc:
             connection._handle_dbapi_exception(exc, self.sql, parameters, cursor, None)
         finally:
-            cursor.close()
+            _close(cursor)
         processors = self.result_processors
         if not rows or processors is None or not any(processors):
             return [tuple(row) for row in rows]
@@ -118,34 +119,45 @@ class _Compiled:
 
     def executemany(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         parameters = [self.parameters(values) for values in rows]
-        cursor = _cursor(connection)
+        cursor = None
         try:
+            cursor = _cursor(connection)
             _before(connection, cursor, self.sql, parameters, True)
             cursor.executemany(self.sql, parameters)
             _after(connection, cursor, self.sql, parameters, True)
         except connection.dialect.loaded_dbapi.Error as exc:
             connection._handle_dbapi_exception(exc, self.sql, parameters, cursor, None)
         finally:
-            cursor.close()
+            _close(cursor)
 
 
 def run_driver_sql(connection: Connection, sql: str) -> None:
     """Run a parameterless statement (BEGIN IMMEDIATE) on the driver's cursor, as Prepared does."""
-    cursor = _cursor(connection)
+    cursor = None
     try:
+        cursor = _cursor(connection)
         _before(connection, cursor, sql, (), False)
         cursor.execute(sql)
         _after(connection, cursor, sql, (), False)
     except connection.dialect.loaded_dbapi.Error as exc:
         connection._handle_dbapi_exception(exc, sql, (), cursor, None)
     finally:
-        cursor.close()
+        _close(cursor)
 
 
 def _cursor(connection: Connection) -> Any:
     # Connection.connection checks the connection is open and usable (it raises SQLAlchemy's
     # own errors for a closed or invalidated one), as Connection.execute does first.
     return connection.connection.cursor()
+
+
+def _close(cursor: Any) -> None:
+    # A cursor of a connection that just broke may refuse to close; the connection is dropped anyway.
+    if cursor is not None:
+        try:
+            cursor.close()
+        except Exception:  # noqa: BLE001 - the statement's own error is the one that matters
+            pass
 
 
 def _before(connection: Connection, cursor: Any, sql: str, parameters: Any, many: bool) -> None:

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from sqlalchemy import BigInteger, Integer, SmallInteger, String, Table
@@ -96,21 +97,36 @@ def storable_row(
     row = dict(values)
     notes: list[str] = []
     for name, value in values.items():
-        column_type = table.c[name].type
-        if isinstance(value, str) and isinstance(column_type, String):
-            row[name] = clean_text(value)[: text_limit(table, name)]
-        elif isinstance(column_type, Integer) and value is not None:
-            if isinstance(value, bool) or not isinstance(value, int):
-                row[name] = None
-                notes.append(f"[{name.replace('_', ' ')} {clean_text(repr(value))[:40]} is not an integer, stored as NULL]")
-                continue
-            low, high = integer_range(table, name, dialect)
-            if not low <= value <= high:
-                row[name] = None
-                notes.append(f"[{name.replace('_', ' ')} {show_integer(value)} out of range, stored as NULL]")
+        if value is None:
+            continue
+        rule = _column_rule(table, name, dialect)
+        if rule is None:
+            continue
+        kind, low, high = rule
+        if kind == "text":
+            if isinstance(value, str):
+                row[name] = clean_text(value)[:high]
+        elif isinstance(value, bool) or not isinstance(value, int):
+            row[name] = None
+            notes.append(f"[{name.replace('_', ' ')} {clean_text(repr(value))[:40]} is not an integer, stored as NULL]")
+        elif not low <= value <= high:
+            row[name] = None
+            notes.append(f"[{name.replace('_', ' ')} {show_integer(value)} out of range, stored as NULL]")
     if note_column is not None and notes:
         row[note_column] = with_notes(row.get(note_column), notes, text_limit(table, note_column))
     return row
+
+
+@cache
+def _column_rule(table: Table, name: str, dialect: str) -> tuple[str, int, int] | None:
+    """What storable_row checks in column `name` ("text", 0, its length; "integer", its range), read
+    from the column's type once: the poll row goes through this on every poll."""
+    column_type = table.c[name].type
+    if isinstance(column_type, String):
+        return ("text", 0, text_limit(table, name))
+    if isinstance(column_type, Integer):
+        return ("integer", *integer_range(table, name, dialect))
+    return None
 
 
 def with_notes(message: str | None, notes: Iterable[str], limit: int) -> str:
@@ -128,7 +144,7 @@ def storable_fetched(fetched: FetchedBalances) -> FetchedBalances:
     The alias and asset names are cleaned here, before they are compared with what the
     database holds, so a name with a control character keeps matching its stored self.
     """
-    alias_limit, asset_limit = text_limit(_ACCOUNTS, "account_alias"), text_limit(_BALANCES, "asset")
+    alias_limit, asset_limit = _ALIAS_LIMIT, _ASSET_LIMIT
     assets = []
     for asset in fetched.assets:
         name = clean_text(asset.asset)[:asset_limit]
@@ -166,3 +182,4 @@ def check_amount(value: Any, field: str, asset: str = "") -> None:
 
 
 _ACCOUNTS, _BALANCES = accounts, balances
+_ALIAS_LIMIT, _ASSET_LIMIT = text_limit(_ACCOUNTS, "account_alias"), text_limit(_BALANCES, "asset")
