@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import re
+import signal
 import socket
 import threading
 import time
@@ -849,9 +850,15 @@ class _Deadline:
     """One request's deadline: when it passes, the request's socket is shut down.
 
     Socket timeouts bound each recv(), not a request: a status line, headers or body trickling
-    a byte just inside the read timeout would hold a poll for minutes. The watchdog thread shuts
-    the socket down at the deadline, which wakes a blocked recv() at once. It shuts down a
-    duplicate of the descriptor, so an SSL object is never touched from two threads.
+    a byte just inside the read timeout would hold a poll for minutes. At the deadline the
+    socket is shut down, which wakes a blocked recv() at once. It shuts down a duplicate of the
+    descriptor, so an SSL object is never touched from outside its own call.
+
+    On the main thread (one account: `recorder run` polls there) the deadline is a SIGALRM
+    armed only while the request runs: the kernel's timer costs two setitimer() calls a
+    request, where handing the deadline to the watchdog thread woke it twice a poll and made
+    the two threads trade the GIL (~14 futex calls a poll). Elsewhere, or when SIGALRM
+    belongs to someone else, the watchdog thread keeps the deadline.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -860,11 +867,18 @@ class _Deadline:
         self.expired = False
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
+        self._alarm = False
 
     def start(self) -> None:
         """Start the clock (monotonic)."""
         self.ends_at = time.monotonic() + self.seconds
-        _WATCHDOG.add(self)
+        if _alarm_available():
+            global _ALARMED
+            _ALARMED = self
+            self._alarm = True
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        else:
+            _WATCHDOG.add(self)
 
     def watch(self, sock: socket.socket | None) -> None:
         """Shut `sock` down when the deadline passes, or now if it has passed."""
@@ -874,6 +888,15 @@ class _Deadline:
             duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type)
         except OSError:
             return  # already closed: nothing left to interrupt
+        if self._alarm:
+            # The alarm's handler runs on this thread, between two of these lines, never
+            # concurrently: no lock (taking one here could deadlock against the handler).
+            previous, self._socket = self._socket, duplicate
+            if previous is not None:
+                previous.close()
+            if self.expired:
+                _shut_down(duplicate)
+            return
         with self._lock:
             previous, self._socket = self._socket, duplicate
             if previous is not None:
@@ -882,19 +905,55 @@ class _Deadline:
                 _shut_down(duplicate)
 
     def expire(self) -> None:
-        """The deadline has passed: shut the socket down (the watchdog calls this)."""
+        """The deadline has passed: shut the socket down (the watchdog or the alarm calls this)."""
+        if self._alarm:
+            self.expired = True
+            if self._socket is not None:
+                _shut_down(self._socket)
+            return
         with self._lock:
             self.expired = True
             if self._socket is not None:
                 _shut_down(self._socket)
 
     def finish(self) -> None:
-        """Leave the watchdog and let go of the socket."""
+        """Disarm the deadline and let go of the socket."""
+        if self._alarm:
+            global _ALARMED
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            _ALARMED = None
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
+            return
         _WATCHDOG.remove(self)
         with self._lock:
             if self._socket is not None:
                 self._socket.close()
                 self._socket = None
+
+
+# The main thread's request whose deadline SIGALRM enforces, if one is running.
+_ALARMED: _Deadline | None = None
+
+
+def _on_alarm(_signum: int, _frame: Any) -> None:
+    deadline = _ALARMED
+    if deadline is not None:
+        deadline.expire()
+
+
+def _alarm_available() -> bool:
+    """Whether this request's deadline can be a SIGALRM: main thread, and SIGALRM is ours or unused."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    handler = signal.getsignal(signal.SIGALRM)
+    if handler is _on_alarm:
+        return True
+    if handler is not signal.SIG_DFL:
+        return False  # someone else's alarm: leave it alone
+    signal.signal(signal.SIGALRM, _on_alarm)
+    return True
 
 
 class _Watchdog:
