@@ -851,8 +851,8 @@ class _Deadline:
 
     Socket timeouts bound each recv(), not a request: a status line, headers or body trickling
     a byte just inside the read timeout would hold a poll for minutes. At the deadline the
-    socket is shut down, which wakes a blocked recv() at once. It shuts down a duplicate of the
-    descriptor, so an SSL object is never touched from outside its own call.
+    socket is shut down, which wakes a blocked recv() at once. The watchdog thread shuts down a
+    duplicate of the descriptor, so an SSL object is never touched from two threads.
 
     On the main thread (one account: `recorder run` polls there) the deadline is a SIGALRM
     armed only while the request runs: the kernel's timer costs two setitimer() calls a
@@ -884,19 +884,18 @@ class _Deadline:
         """Shut `sock` down when the deadline passes, or now if it has passed."""
         if sock is None:
             return
+        if self._alarm:
+            # The alarm's handler runs on this thread, between two of these lines, never
+            # during an SSL call's own work: no duplicate descriptor is needed, and no lock
+            # (taking one here could deadlock against the handler).
+            self._socket = sock
+            if self.expired:
+                _shut_down(sock)
+            return
         try:
             duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type)
         except OSError:
             return  # already closed: nothing left to interrupt
-        if self._alarm:
-            # The alarm's handler runs on this thread, between two of these lines, never
-            # concurrently: no lock (taking one here could deadlock against the handler).
-            previous, self._socket = self._socket, duplicate
-            if previous is not None:
-                previous.close()
-            if self.expired:
-                _shut_down(duplicate)
-            return
         with self._lock:
             previous, self._socket = self._socket, duplicate
             if previous is not None:
@@ -922,9 +921,7 @@ class _Deadline:
             global _ALARMED
             signal.setitimer(signal.ITIMER_REAL, 0)
             _ALARMED = None
-            if self._socket is not None:
-                self._socket.close()
-                self._socket = None
+            self._socket = None  # the connection's own socket: the pool keeps or closes it
             return
         _WATCHDOG.remove(self)
         with self._lock:
@@ -1008,7 +1005,9 @@ _WATCHDOG = _Watchdog()
 
 def _shut_down(sock: socket.socket) -> None:
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        # The plain socket's shutdown(2), also for an SSLSocket: its own shutdown() would
+        # drop the SSL object under a read that is still running.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass  # the peer or the pool closed it first
 
