@@ -942,7 +942,7 @@ def _on_alarm(_signum: int, _frame: Any) -> None:
 
 def _alarm_available() -> bool:
     """Whether this request's deadline can be a SIGALRM: main thread, and SIGALRM is ours or unused."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.get_ident() != threading.main_thread().ident:
         return False
     handler = signal.getsignal(signal.SIGALRM)
     if handler is _on_alarm:
