@@ -167,9 +167,16 @@ def storable_fetched(fetched: FetchedBalances) -> FetchedBalances:
 def check_amount(value: Any, field: str, asset: str = "") -> None:
     """Raise UnstorableValue unless `value` (`field` of `asset`) is a finite Decimal of sane size."""
     if isinstance(value, Decimal) and value.is_finite():
-        text = str(value)
-        if len(text) < 100 and "E" not in text:
-            return  # plain notation and short: every real amount (40 checks a poll, kept cheap)
+        # Fast paths for every real amount (40 checks a poll); anything else takes the exact rule below.
+        if value.is_zero():
+            # A zero's digits are just "0", so its exponent is adjusted(): "0.00000000" prints as
+            # 0E-8 and would miss the plain-notation test, yet it is most of a poll's amounts.
+            if -AMOUNT_DIGITS_LIMIT <= value.adjusted() < AMOUNT_DIGITS_LIMIT:
+                return
+        else:
+            text = str(value)
+            if len(text) < 100 and "E" not in text:
+                return  # plain notation and short
         exponent = int(value.as_tuple().exponent)
         if value.adjusted() < AMOUNT_DIGITS_LIMIT and -exponent <= AMOUNT_DIGITS_LIMIT:
             return
