@@ -1,5 +1,10 @@
 """The client's prepared GET (a template per path, the query swapped in) is what Session.request would send."""
 
+import http.server
+import json
+import threading
+import time
+
 import pytest
 import requests
 
@@ -27,3 +32,52 @@ def test_each_request_is_its_own_copy():
     assert first.url.endswith("?timestamp=1&signature=a") and second.url.endswith("?timestamp=2&signature=b")
     first.headers["X-Probe"] = "1"
     assert "X-Probe" not in second.headers
+
+
+class _RecordingProxy(http.server.BaseHTTPRequestHandler):
+    """A plain HTTP proxy stand-in: records each request line and answers Binance's /fapi/v1/time."""
+
+    lines: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        type(self).lines.append(self.requestline)
+        body = json.dumps({"serverTime": int(time.time() * 1000)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def proxy():
+    _RecordingProxy.lines = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingProxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _RecordingProxy.lines
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_a_proxy_from_the_environment_still_carries_a_remote_hosts_requests(proxy, monkeypatch):
+    proxy_url, lines = proxy
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    client = BinanceFuturesClient(base_url="http://fapi.binance.invalid", api_key="k", api_secret="s")
+    client.sync_clock()
+    client.sync_clock()
+    assert lines == ["GET http://fapi.binance.invalid/fapi/v1/time HTTP/1.1"] * 2
+
+
+def test_a_loopback_exchange_ignores_the_environments_proxy(proxy, monkeypatch):
+    proxy_url, lines = proxy
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens: used, it would fail
+    client = BinanceFuturesClient(base_url=proxy_url, api_key="k", api_secret="s")
+    client.sync_clock()
+    assert lines == ["GET /fapi/v1/time HTTP/1.1"]
