@@ -25,9 +25,10 @@ from sqlalchemy import Connection, bindparam, delete, func, insert, select
 
 from recorder.config import DEFAULT_INTERVAL_SECONDS
 from recorder.db_types import UtcDateTime
-from recorder.models import POLL_OK, PollGap, PollSchedule, Poll
+from recorder.prepared import Prepared
+from recorder.tables import POLL_OK, poll_gaps, poll_schedules, polls
 
-_POLLS, _SCHEDULES, _GAPS = Poll.__table__, PollSchedule.__table__, PollGap.__table__
+_POLLS, _SCHEDULES, _GAPS = polls, poll_schedules, poll_gaps
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ _IN_FORCE = (
     .limit(1)
     .subquery()
 )
-_NEIGHBOURS = select(
+_NEIGHBOURS = Prepared(select(
     select(_POLLS.c.finished_at)
     .where(_POLLS.c.account_id == _ACCOUNT, _POLLS.c.outcome == POLL_OK, _POLLS.c.finished_at < _AT)
     .order_by(_POLLS.c.finished_at.desc())
@@ -83,7 +84,7 @@ _NEIGHBOURS = select(
     .label("next"),
     select(_IN_FORCE.c.started_at).scalar_subquery().label("schedule_at"),
     select(_IN_FORCE.c.tolerance_ms).scalar_subquery().label("tolerance_ms"),
-)
+))
 _SCHEDULES_OVER = (
     select(_SCHEDULES.c.started_at, _SCHEDULES.c.interval_ms, _SCHEDULES.c.tolerance_ms, _SCHEDULES.c.source)
     .where(
@@ -156,16 +157,17 @@ def note_ok_poll(connection: Connection, account_id: int, finished_at: datetime)
     A poll that arrives out of order (older than a stored successful poll) splits the gap it
     lands in: the old gap is deleted and both halves are judged again.
     """
-    row = connection.execute(_NEIGHBOURS, {"account_id": account_id, "at": finished_at}).one()
-    previous, following = row.previous, row.next
+    ((previous, following, schedule_at, tolerance_ms),) = _NEIGHBOURS.execute(
+        connection, {"account_id": account_id, "at": finished_at}
+    )
     if following is not None:
         connection.execute(_DELETE_GAP, {"account_id": account_id, "at": following})
         _store_gap_if_late(connection, account_id, finished_at, following)
     if previous is None:
         return
-    if following is None and (row.schedule_at is None or row.schedule_at <= previous):
+    if following is None and (schedule_at is None or schedule_at <= previous):
         # The usual case: no schedule was declared since the previous poll.
-        tolerance = timedelta(milliseconds=row.tolerance_ms) if row.tolerance_ms is not None else DEFAULT_SCHEDULE.tolerance
+        tolerance = timedelta(milliseconds=tolerance_ms) if tolerance_ms is not None else DEFAULT_SCHEDULE.tolerance
         if finished_at - previous > tolerance:
             connection.execute(
                 _INSERT_GAP,

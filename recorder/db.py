@@ -7,18 +7,23 @@ import fcntl
 import os
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, Result, make_url
 
 from recorder.db_types import decimal_text
 from recorder.errors import StorageError
+from recorder.prepared import run_driver_sql
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 # Enough digits that no sum of Binance amounts (8 decimals, < 10^20) is ever rounded.
 _EXACT = decimal.Context(prec=200, traps=[InvalidOperation, decimal.Overflow])
@@ -189,14 +194,60 @@ def database_error_line(exc: BaseException) -> str:
 
 
 def make_sessions(engine: Engine, *, write: bool = False) -> sessionmaker[Session]:
-    """A session factory; `write=True` takes SQLite's write lock at BEGIN.
+    """An ORM session factory, for the read side; `write=True` takes SQLite's write lock at BEGIN.
 
-    A deferred transaction that reads and then writes can fail with "database is locked"
-    without waiting for the busy timeout when another writer got in between; BEGIN
-    IMMEDIATE waits for the lock up front instead.
+    The write path uses write_sessions() instead, which needs no ORM. A deferred transaction
+    that reads and then writes can fail with "database is locked" without waiting for the busy
+    timeout when another writer got in between; BEGIN IMMEDIATE waits for the lock up front.
     """
-    bind = engine.execution_options(sqlite_begin_immediate=True) if write else engine
-    return sessionmaker(bind=bind, expire_on_commit=False)
+    # Imported here: the service never calls this, and sqlalchemy.orm costs it ~6 MB for life.
+    from sqlalchemy.orm import sessionmaker
+
+    return sessionmaker(bind=_writer_bind(engine) if write else engine, expire_on_commit=False)
+
+
+def write_sessions(engine: Engine) -> WriteSessions:
+    """The write path's transactions (BEGIN IMMEDIATE on SQLite) on Core connections, without the ORM."""
+    return WriteSessions(_writer_bind(engine))
+
+
+def _writer_bind(engine: Engine) -> Engine:
+    return engine.execution_options(sqlite_begin_immediate=True)
+
+
+class CoreSession:
+    """A Core connection inside a transaction, answering the Session calls the write path makes."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def connection(self) -> Connection:
+        return self._connection
+
+    def execute(self, statement: Any, parameters: Any = None) -> Result[Any]:
+        return self._connection.execute(statement, parameters)
+
+    def scalar(self, statement: Any, parameters: Any = None) -> Any:
+        return self._connection.scalar(statement, parameters)
+
+
+class WriteSessions:
+    """What the write path (the poll, its schedule, the ledger sync) needs of a sessionmaker.
+
+    `begin()` is one transaction on a Core connection; `kw["bind"]` is the engine, as on a
+    sessionmaker, so code written against either keeps working.
+    """
+
+    def __init__(self, bind: Engine) -> None:
+        self.bind = bind
+        self.kw = {"bind": bind}
+
+    @contextmanager
+    def begin(self) -> Iterator[CoreSession]:
+        with self.bind.begin() as connection:
+            yield CoreSession(connection)
 
 
 def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, busy_timeout_ms: int) -> None:
@@ -217,10 +268,9 @@ def _configure_sqlite_connection(dbapi_connection: sqlite3.Connection, busy_time
 
 
 def _begin_sqlite_transaction(connection: Any) -> None:
-    if connection.get_execution_options().get("sqlite_begin_immediate"):
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
-        connection.exec_driver_sql("BEGIN")
+    # On the driver's cursor (recorder.prepared): exec_driver_sql's execution context cost as
+    # much CPU as one of the poll's statements.
+    run_driver_sql(connection, "BEGIN IMMEDIATE" if connection.get_execution_options().get("sqlite_begin_immediate") else "BEGIN")
 
 
 # --- SQLite decimal functions ------------------------------------------------------------

@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import re
+import signal
 import socket
 import threading
 import time
@@ -71,6 +72,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 # Of an error answer only the head is read: enough for Binance's {"code", "msg"} or an HTML title.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 _BODY_CHUNK_BYTES = 64 * 1024
+_MAX_TEMPLATES = 16
 # The longest wait an answer can impose (Retry-After, a ban's end, auth backoff). A longer one is
 # more likely a broken or hostile value than an instruction, and would silence the recorder for good.
 MAX_WAIT_SECONDS = 3600.0
@@ -182,6 +184,8 @@ class BinanceFuturesClient:
         # keeps it, or stores NULL with the reason when its column cannot hold it.
         self.last_reported_weight: int | None = None
         self._weight_minute: int | None = None
+        # A prepared GET per base URL and path (a handful), see _prepared().
+        self._templates: dict[str, requests.PreparedRequest] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BinanceFuturesClient:
@@ -414,11 +418,13 @@ class BinanceFuturesClient:
         reusable = False
         try:
             deadline.start()
-            response = self._session.get(
-                (base_url or self.base_url) + path_and_query,
-                timeout=(min(CONNECT_TIMEOUT_SECONDS, seconds), seconds),
-                stream=True,
-                allow_redirects=False,
+            request = self._prepared(base_url or self.base_url, path_and_query)
+            session = self._session
+            # What Session.request adds to send(): proxies, CA bundle and cert from the environment
+            # (when the session trusts it) merged with the session's own settings.
+            settings = session.merge_environment_settings(request.url, {}, True, None, None)
+            response = session.send(
+                request, timeout=(min(CONNECT_TIMEOUT_SECONDS, seconds), seconds), allow_redirects=False, **settings
             )
             status = response.status_code
             content = b"" if 300 <= status < 400 else _read_body(response, path, deadline)
@@ -442,6 +448,24 @@ class BinanceFuturesClient:
                     # redirected or interim (1xx) answer the stream's position is not trustworthy.
                     response.raw.close()
                 response.close()
+
+    def _prepared(self, base_url: str, path_and_query: str) -> requests.PreparedRequest:
+        """The GET of `path_and_query` as Session.request would prepare it, from a template per path.
+
+        Session.prepare_request merges headers, cookies, auth and hooks and parses the URL on
+        every call (a fifth of a poll's request CPU); only the query changes between two polls of
+        a path, and it is already percent-encoded ASCII that preparing the URL would leave as is.
+        Cookies a server sets are not sent back: Binance's API uses none.
+        """
+        prefix, mark, query = (base_url + path_and_query).partition("?")
+        template = self._templates.get(prefix)
+        if template is None:
+            template = self._session.prepare_request(requests.Request("GET", prefix))
+            if len(self._templates) < _MAX_TEMPLATES:
+                self._templates[prefix] = template
+        request = template.copy()
+        request.url = f"{template.url}{mark}{query}"
+        return request
 
     def _server_minute(self) -> int:
         return (round(self._wall_clock() * 1000) + (self._offset_ms or 0)) // 60000
@@ -522,42 +546,55 @@ def parse_balances(body: bytes | str, *, endpoint: str, used_weight: int | None 
     assets: list[AssetBalance] = []
     aliases: set[str] = set()
     seen: set[str] = set()
+    known_amounts = _KNOWN_AMOUNTS
     for index, row in enumerate(data):
         if not isinstance(row, dict):
             raise BadPayload(f"{endpoint}: item {index} is {_json_type(row)}, not an object")
         asset = row.get("asset")
         if not isinstance(asset, str) or not _ASSET_NAME.fullmatch(asset):
             raise BadPayload(f"{endpoint}: item {index}: field 'asset' is missing or not an asset name: {_clip(asset)}")
-        where = f"{endpoint}: asset {asset}"
         if asset in seen:
-            raise BadPayload(f"{where}: listed twice")
+            raise BadPayload(f"{endpoint}: asset {asset}: listed twice")
         seen.add(asset)
         alias = row.get("accountAlias")
-        if not isinstance(alias, str):
-            raise BadPayload(f"{where}: field 'accountAlias' is missing or not a string")
-        if not 0 < len(alias) <= 64 or not alias.isprintable():
-            # An alias is the account's identity: refused, never cleaned into another one.
-            raise BadPayload(f"{where}: field 'accountAlias' is not 1 to 64 printable characters: {_clip(alias)}")
-        aliases.add(alias)
-        amounts = {name: _decimal_field(row, key, where) for key, name in _DECIMAL_FIELDS.items()}
+        if type(alias) is not str or alias not in aliases:
+            if not isinstance(alias, str):
+                raise BadPayload(f"{endpoint}: asset {asset}: field 'accountAlias' is missing or not a string")
+            if not 0 < len(alias) <= 64 or not alias.isprintable():
+                # An alias is the account's identity: refused, never cleaned into another one.
+                raise BadPayload(
+                    f"{endpoint}: asset {asset}: field 'accountAlias' is not 1 to 64 printable characters: {_clip(alias)}"
+                )
+            aliases.add(alias)
+        fields = {"asset": asset}
+        for key, name in _DECIMAL_FIELD_ITEMS:
+            # An amount text seen before was validated then: one dict lookup instead of the
+            # pattern and Decimal() (zeros and unchanged balances repeat on every poll).
+            value = row.get(key)
+            amount = known_amounts.get(value) if type(value) is str else None
+            if amount is None:
+                amount = _decimal_field(row, key, f"{endpoint}: asset {asset}")
+                if len(known_amounts) >= _KNOWN_AMOUNTS_MAX:
+                    known_amounts.clear()
+                known_amounts[value] = amount
+            fields[name] = amount
         margin_available = row.get("marginAvailable", _MISSING)
-        if margin_available is _MISSING:
-            raise BadPayload(f"{where}: field 'marginAvailable' is missing")
-        if not isinstance(margin_available, bool):
-            raise BadPayload(f"{where}: field 'marginAvailable' must be true or false, got {_clip(margin_available)}")
-        update_time = row.get("updateTime", _MISSING)
-        if update_time is _MISSING:
-            raise BadPayload(f"{where}: field 'updateTime' is missing")
-        if not isinstance(update_time, int) or isinstance(update_time, bool) or not 0 <= update_time <= _MAX_UPDATE_TIME_MS:
-            raise BadPayload(f"{where}: field 'updateTime' must be epoch milliseconds, got {_clip(update_time)}")
-        assets.append(
-            AssetBalance(
-                asset=asset,
-                margin_available=margin_available,
-                update_time=_EPOCH + timedelta(milliseconds=update_time),
-                **amounts,
+        if type(margin_available) is not bool:
+            if margin_available is _MISSING:
+                raise BadPayload(f"{endpoint}: asset {asset}: field 'marginAvailable' is missing")
+            raise BadPayload(
+                f"{endpoint}: asset {asset}: field 'marginAvailable' must be true or false, got {_clip(margin_available)}"
             )
-        )
+        fields["margin_available"] = margin_available
+        update_time = row.get("updateTime", _MISSING)
+        if type(update_time) is not int or not 0 <= update_time <= _MAX_UPDATE_TIME_MS:
+            if update_time is _MISSING:
+                raise BadPayload(f"{endpoint}: asset {asset}: field 'updateTime' is missing")
+            raise BadPayload(
+                f"{endpoint}: asset {asset}: field 'updateTime' must be epoch milliseconds, got {_clip(update_time)}"
+            )
+        fields["update_time"] = _EPOCH + timedelta(milliseconds=update_time)
+        assets.append(_asset_balance(fields))
     if len(aliases) != 1:
         raise BadPayload(f"{endpoint}: assets report {len(aliases)} different accountAlias values")
     return FetchedBalances(
@@ -566,6 +603,24 @@ def parse_balances(body: bytes | str, *, endpoint: str, used_weight: int | None 
 
 
 _MISSING = object()
+_DECIMAL_FIELD_ITEMS = tuple(_DECIMAL_FIELDS.items())
+# Amount texts already validated, with their Decimal (immutable, so shared safely); bounded.
+_KNOWN_AMOUNTS: dict[str, Decimal] = {}
+_KNOWN_AMOUNTS_MAX = 4096
+
+
+def _asset_balance(fields: dict[str, Any]) -> AssetBalance:
+    """An AssetBalance from every one of its fields, already validated.
+
+    A frozen dataclass's __init__ sets each field through object.__setattr__ (~4 us an asset,
+    half of parsing a poll); filling the instance's __dict__ makes the same object.
+    """
+    balance = _new_object(AssetBalance)
+    balance.__dict__.update(fields)
+    return balance
+
+
+_new_object = object.__new__
 
 
 def _decimal_field(row: dict[str, Any], key: str, where: str) -> Decimal:
@@ -849,9 +904,15 @@ class _Deadline:
     """One request's deadline: when it passes, the request's socket is shut down.
 
     Socket timeouts bound each recv(), not a request: a status line, headers or body trickling
-    a byte just inside the read timeout would hold a poll for minutes. The watchdog thread shuts
-    the socket down at the deadline, which wakes a blocked recv() at once. It shuts down a
+    a byte just inside the read timeout would hold a poll for minutes. At the deadline the
+    socket is shut down, which wakes a blocked recv() at once. The watchdog thread shuts down a
     duplicate of the descriptor, so an SSL object is never touched from two threads.
+
+    On the main thread (one account: `recorder run` polls there) the deadline is a SIGALRM
+    armed only while the request runs: the kernel's timer costs two setitimer() calls a
+    request, where handing the deadline to the watchdog thread woke it twice a poll and made
+    the two threads trade the GIL (~14 futex calls a poll). Elsewhere, or when SIGALRM
+    belongs to someone else, the watchdog thread keeps the deadline.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -860,15 +921,30 @@ class _Deadline:
         self.expired = False
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
+        self._alarm = False
 
     def start(self) -> None:
         """Start the clock (monotonic)."""
         self.ends_at = time.monotonic() + self.seconds
-        _WATCHDOG.add(self)
+        if _alarm_available():
+            global _ALARMED
+            _ALARMED = self
+            self._alarm = True
+            signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        else:
+            _WATCHDOG.add(self)
 
     def watch(self, sock: socket.socket | None) -> None:
         """Shut `sock` down when the deadline passes, or now if it has passed."""
         if sock is None:
+            return
+        if self._alarm:
+            # The alarm's handler runs on this thread, between two of these lines, never
+            # during an SSL call's own work: no duplicate descriptor is needed, and no lock
+            # (taking one here could deadlock against the handler).
+            self._socket = sock
+            if self.expired:
+                _shut_down(sock)
             return
         try:
             duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type)
@@ -882,19 +958,53 @@ class _Deadline:
                 _shut_down(duplicate)
 
     def expire(self) -> None:
-        """The deadline has passed: shut the socket down (the watchdog calls this)."""
+        """The deadline has passed: shut the socket down (the watchdog or the alarm calls this)."""
+        if self._alarm:
+            self.expired = True
+            if self._socket is not None:
+                _shut_down(self._socket)
+            return
         with self._lock:
             self.expired = True
             if self._socket is not None:
                 _shut_down(self._socket)
 
     def finish(self) -> None:
-        """Leave the watchdog and let go of the socket."""
+        """Disarm the deadline and let go of the socket."""
+        if self._alarm:
+            global _ALARMED
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            _ALARMED = None
+            self._socket = None  # the connection's own socket: the pool keeps or closes it
+            return
         _WATCHDOG.remove(self)
         with self._lock:
             if self._socket is not None:
                 self._socket.close()
                 self._socket = None
+
+
+# The main thread's request whose deadline SIGALRM enforces, if one is running.
+_ALARMED: _Deadline | None = None
+
+
+def _on_alarm(_signum: int, _frame: Any) -> None:
+    deadline = _ALARMED
+    if deadline is not None:
+        deadline.expire()
+
+
+def _alarm_available() -> bool:
+    """Whether this request's deadline can be a SIGALRM: main thread, and SIGALRM is ours or unused."""
+    if threading.get_ident() != threading.main_thread().ident:
+        return False
+    handler = signal.getsignal(signal.SIGALRM)
+    if handler is _on_alarm:
+        return True
+    if handler is not signal.SIG_DFL:
+        return False  # someone else's alarm: leave it alone
+    signal.signal(signal.SIGALRM, _on_alarm)
+    return True
 
 
 class _Watchdog:
@@ -949,7 +1059,9 @@ _WATCHDOG = _Watchdog()
 
 def _shut_down(sock: socket.socket) -> None:
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        # The plain socket's shutdown(2), also for an SSLSocket: its own shutdown() would
+        # drop the SSL object under a read that is still running.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass  # the peer or the pool closed it first
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recorder.errors import ConfigError, StorageError
 from recorder.pidlock import hold_pid_lock
+from recorder.prepared import run_driver_sql
 from recorder.spool import MAX_NAME_BYTES, label_filename
 
 
@@ -109,7 +110,8 @@ class WriterLock:
         try:
             if self._connection is not None:
                 try:
-                    self._connection.exec_driver_sql("SELECT 1")
+                    # Before every poll's write: on the driver's cursor, as the poll's own statements.
+                    run_driver_sql(self._connection, "SELECT 1")
                     return
                 except SQLAlchemyError:
                     self._drop_connection()

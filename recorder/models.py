@@ -1,74 +1,50 @@
-"""The tables: accounts, the poll log, per-asset balance states and their heads."""
+"""The ORM classes of the read side, mapped onto recorder.tables (the one schema definition).
+
+Each class maps the Core table of the same name (`__table__`); the annotations are for typing
+only, the columns come from the table. The write path uses recorder.tables directly, so the
+service never imports sqlalchemy.orm.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    CheckConstraint,
-    ForeignKey,
-    ForeignKeyConstraint,
-    Index,
-    Integer,
-    MetaData,
-    PrimaryKeyConstraint,
-    String,
-    Text,
-    UniqueConstraint,
+from sqlalchemy.orm import DeclarativeBase, Mapped
+
+from recorder import tables
+from recorder.tables import (  # noqa: F401 - re-exported: the read side and tests name them here
+    AMOUNT_FIELDS,
+    DERIVED_METHODS,
+    INCOME_SOURCES,
+    LEDGER_SYNC_OUTCOMES,
+    POLL_FAILED,
+    POLL_OK,
+    RECORDED_LATE,
+    SCHEDULE_SOURCES,
+    STATE_FIELDS,
+    BigId,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-
-from recorder.db_types import ExactDecimal, UtcDateTime
-
-# SQLite only auto-increments an INTEGER PRIMARY KEY (the rowid alias), PostgreSQL wants
-# BIGINT for tables that grow by a row a minute for years.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
-
-AMOUNT_FIELDS = (
-    "balance",
-    "cross_wallet_balance",
-    "cross_un_pnl",
-    "available_balance",
-    "max_withdraw_amount",
-)
-STATE_FIELDS = (*AMOUNT_FIELDS, "margin_available", "update_time")
-
-POLL_OK = "ok"
-POLL_FAILED = "failed"
-# A poll stored later than this after it finished keeps its recorded_at (see Poll).
-RECORDED_LATE = timedelta(seconds=1)
 
 
 class Base(DeclarativeBase):
-    """Declarative base: constraint names are stable so migrations can refer to them."""
+    """Declarative base over recorder.tables' metadata (its naming convention included)."""
 
-    metadata = MetaData(
-        naming_convention={
-            "ix": "ix_%(column_0_label)s",
-            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-            "ck": "ck_%(table_name)s_%(constraint_name)s",
-            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-            "pk": "pk_%(table_name)s",
-        }
-    )
-    type_annotation_map = {Decimal: ExactDecimal(), datetime: UtcDateTime()}
+    metadata = tables.metadata
 
 
 class Account(Base):
     """One Binance futures account, by our label; its alias is what Binance reports."""
 
-    __tablename__ = "accounts"
+    __table__ = tables.accounts
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    label: Mapped[str] = mapped_column(String(64), unique=True)
+    id: Mapped[int]
+    label: Mapped[str]
     # Set from the first successful poll; a later poll reporting another alias is refused,
     # so two keys can never write into one history.
-    account_alias: Mapped[str | None] = mapped_column(String(64))
+    account_alias: Mapped[str | None]
     # live / testnet / local / custom: demo and testnet data never mix into a live account.
-    environment: Mapped[str] = mapped_column(String(16))
+    environment: Mapped[str]
     created_at: Mapped[datetime]
 
 
@@ -81,36 +57,25 @@ class Poll(Base):
     `recorded_at` is only set when the row reached the database late.
     """
 
-    __tablename__ = "polls"
-    __table_args__ = (
-        CheckConstraint("outcome IN ('ok', 'failed')", name="outcome"),
-        CheckConstraint("endpoint IN ('v2', 'v3')", name="endpoint"),
-        CheckConstraint("finished_at >= started_at", name="finished_after_start"),
-        # The poll's identity: one writer per account polls one at a time, so an account never
-        # finishes two polls in the same microsecond; a poll replayed from the spool or retried
-        # conflicts on this key and is stored once. A changed state's balances rows carry it as
-        # their observed_at.
-        PrimaryKeyConstraint("account_id", "finished_at"),
-        {"sqlite_with_rowid": False},
-    )
+    __table__ = tables.polls
 
     # Timestamps first: on PostgreSQL an int before them would cost 4 bytes of padding a row.
     finished_at: Mapped[datetime]
     started_at: Mapped[datetime]
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    account_id: Mapped[int]
     # X-MBX-USED-WEIGHT-1M after this poll: the IP's weight used in the current minute.
     used_weight: Mapped[int | None]
     asset_count: Mapped[int | None]
     changed_count: Mapped[int | None]
-    outcome: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str]
     # Which balance endpoint answered: v2 = /fapi/v2/balance, v3 = /fapi/v3/balance.
-    endpoint: Mapped[str] = mapped_column(String(8))
+    endpoint: Mapped[str]
     # When the row reached the database, set only when that was more than RECORDED_LATE
     # after finished_at: a poll kept in the local spool during a database outage, or one
     # that waited for a lock. NULL means stored at once.
     recorded_at: Mapped[datetime | None]
-    error_class: Mapped[str | None] = mapped_column(String(64))
-    error_message: Mapped[str | None] = mapped_column(Text)
+    error_class: Mapped[str | None]
+    error_message: Mapped[str | None]
     http_status: Mapped[int | None]
     error_code: Mapped[int | None]
 
@@ -122,31 +87,14 @@ class Balance(Base):
     an asset that vanished from the response (its amounts are NULL, never invented zeros).
     """
 
-    __tablename__ = "balances"
-    __table_args__ = (
-        UniqueConstraint("account_id", "asset", "observed_at"),
-        # The poll that first saw this state: a state is only ever stored with its poll.
-        ForeignKeyConstraint(["account_id", "observed_at"], ["polls.account_id", "polls.finished_at"]),
-        Index("ix_balances_account_id_observed_at", "account_id", "observed_at"),
-        CheckConstraint(
-            "(present AND balance IS NOT NULL AND cross_wallet_balance IS NOT NULL"
-            " AND cross_un_pnl IS NOT NULL AND available_balance IS NOT NULL"
-            " AND max_withdraw_amount IS NOT NULL AND margin_available IS NOT NULL"
-            " AND update_time IS NOT NULL)"
-            " OR (NOT present AND balance IS NULL AND cross_wallet_balance IS NULL"
-            " AND cross_un_pnl IS NULL AND available_balance IS NULL"
-            " AND max_withdraw_amount IS NULL AND margin_available IS NULL"
-            " AND update_time IS NULL)",
-            name="amounts_match_presence",
-        ),
-    )
+    __table__ = tables.balances
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    asset: Mapped[str] = mapped_column(String(32))
+    id: Mapped[int]
+    account_id: Mapped[int]
+    asset: Mapped[str]
     # The finished_at of the poll that first saw this state.
     observed_at: Mapped[datetime]
-    present: Mapped[bool] = mapped_column(Boolean)
+    present: Mapped[bool]
     balance: Mapped[Decimal | None]
     cross_wallet_balance: Mapped[Decimal | None]
     cross_un_pnl: Mapped[Decimal | None]
@@ -164,11 +112,11 @@ class BalanceHead(Base):
     it also lists every asset an account ever had, for per-asset as-of probes.
     """
 
-    __tablename__ = "balance_heads"
+    __table__ = tables.balance_heads
 
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
-    asset: Mapped[str] = mapped_column(String(32), primary_key=True)
-    balance_id: Mapped[int] = mapped_column(BigId, ForeignKey("balances.id"), unique=True)
+    account_id: Mapped[int]
+    asset: Mapped[str]
+    balance_id: Mapped[int]
 
 
 class DatabaseIdentity(Base):
@@ -179,17 +127,13 @@ class DatabaseIdentity(Base):
     into another. A copy of the file keeps the id (it is the same history until it diverges).
     """
 
-    __tablename__ = "database_identity"
-    __table_args__ = (CheckConstraint("singleton = 1", name="one_row"),)
+    __table__ = tables.database_identity
 
     # Always 1: the table holds exactly one row.
-    singleton: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    singleton: Mapped[int]
     # A random UUID (36 characters, lower-case hex with dashes).
-    database_id: Mapped[str] = mapped_column(String(36))
+    database_id: Mapped[str]
     created_at: Mapped[datetime]
-
-
-SCHEDULE_SOURCES = ("run", "poll", "inferred")
 
 
 class PollSchedule(Base):
@@ -201,19 +145,15 @@ class PollSchedule(Base):
     without rewriting history.
     """
 
-    __tablename__ = "poll_schedules"
-    __table_args__ = (
-        CheckConstraint("source IN ('run', 'poll', 'inferred')", name="source"),
-        CheckConstraint("interval_ms > 0 AND tolerance_ms > 0", name="positive"),
-    )
+    __table__ = tables.poll_schedules
 
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
-    started_at: Mapped[datetime] = mapped_column(primary_key=True)
-    interval_ms: Mapped[int] = mapped_column(BigInteger)
+    account_id: Mapped[int]
+    started_at: Mapped[datetime]
+    interval_ms: Mapped[int]
     # A stretch longer than this after a successful poll without the next one is a gap.
-    tolerance_ms: Mapped[int] = mapped_column(BigInteger)
+    tolerance_ms: Mapped[int]
     # run / poll: declared by that command; inferred: derived from the polls by migration 0005.
-    source: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str]
 
 
 class PollGap(Base):
@@ -224,18 +164,12 @@ class PollGap(Base):
     the next poll was due `tolerance_ms` after `start_at`.
     """
 
-    __tablename__ = "poll_gaps"
-    __table_args__ = (
-        CheckConstraint("end_at > start_at", name="ordered"),
-        # A gap is found by its end: the key of the successful poll that ended it.
-        PrimaryKeyConstraint("account_id", "end_at"),
-        ForeignKeyConstraint(["account_id", "end_at"], ["polls.account_id", "polls.finished_at"]),
-    )
+    __table__ = tables.poll_gaps
 
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    account_id: Mapped[int]
     end_at: Mapped[datetime]
     start_at: Mapped[datetime]
-    tolerance_ms: Mapped[int] = mapped_column(BigInteger)
+    tolerance_ms: Mapped[int]
 
 
 class LeaseHolder(Base):
@@ -244,10 +178,10 @@ class LeaseHolder(Base):
     The live holders' count sets each one's share of the accounts (recorder.scheduling).
     """
 
-    __tablename__ = "lease_holders"
+    __table__ = tables.lease_holders
 
     # "pid N on HOST #random": unique per process start.
-    holder: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str]
     expires_at: Mapped[datetime]
 
 
@@ -258,10 +192,10 @@ class AccountLease(Base):
     An expired lease, or one without a holder, is free for any live process to take.
     """
 
-    __tablename__ = "account_leases"
+    __table__ = tables.account_leases
 
-    account: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str | None] = mapped_column(String(128))
+    account: Mapped[str]
+    holder: Mapped[str | None]
     expires_at: Mapped[datetime]
 
 
@@ -274,18 +208,17 @@ class ExportCursor(Base):
     export's own options; running the name with others is refused rather than skipping rows.
     """
 
-    __tablename__ = "export_cursors"
+    __table__ = tables.export_cursors
 
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
-    what: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str]
+    account_id: Mapped[int]
+    what: Mapped[str]
     # The --asset filter, sorted and comma-separated; '' for every asset.
-    assets: Mapped[str] = mapped_column(Text)
-    last_balance_id: Mapped[int] = mapped_column(BigInteger)
+    assets: Mapped[str]
+    last_balance_id: Mapped[int]
     exported_at: Mapped[datetime]
 
 
-INCOME_SOURCES = ("api", "futures-export", "account-statement")
 
 
 class IncomeEntry(Base):
@@ -299,34 +232,27 @@ class IncomeEntry(Base):
     `source` says where the entry came from (the API, or a file the user downloaded).
     """
 
-    __tablename__ = "income_entries"
-    __table_args__ = (
-        UniqueConstraint("account_id", "income_type", "tran_id", "asset"),
-        # Reconciliation and the ledger listing read one account's entries per asset in time order.
-        Index("ix_income_entries_account_id_asset_time", "account_id", "asset", "time"),
-        CheckConstraint("source IN ('api', 'futures-export', 'account-statement')", name="source"),
-    )
+    __table__ = tables.income_entries
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    id: Mapped[int]
+    account_id: Mapped[int]
     # Binance's `time`: when the exchange booked the entry (millisecond precision).
     time: Mapped[datetime]
-    income_type: Mapped[str] = mapped_column(String(64))
-    tran_id: Mapped[int] = mapped_column(BigInteger)
-    asset: Mapped[str] = mapped_column(String(32))
+    income_type: Mapped[str]
+    tran_id: Mapped[int]
+    asset: Mapped[str]
     # Signed: a commission or a funding fee paid is negative.
     income: Mapped[Decimal]
     # Binance sends "" for none; kept as sent.
-    symbol: Mapped[str] = mapped_column(String(64))
-    info: Mapped[str] = mapped_column(Text)
-    trade_id: Mapped[str] = mapped_column(String(64))
-    known_type: Mapped[bool] = mapped_column(Boolean)
-    source: Mapped[str] = mapped_column(String(32))
+    symbol: Mapped[str]
+    info: Mapped[str]
+    trade_id: Mapped[str]
+    known_type: Mapped[bool]
+    source: Mapped[str]
     # When the entry reached the database.
     recorded_at: Mapped[datetime]
 
 
-DERIVED_METHODS = ("ledger-walk",)
 
 
 class DerivedBalance(Base):
@@ -340,28 +266,22 @@ class DerivedBalance(Base):
     balance). Kept apart from `balances` so that no observed query can ever return one.
     """
 
-    __tablename__ = "derived_balances"
-    __table_args__ = (
-        UniqueConstraint("account_id", "asset", "at", "income_entry_id"),
-        Index("ix_derived_balances_account_id_asset_at", "account_id", "asset", "at"),
-        CheckConstraint("method IN ('ledger-walk')", name="method"),
-    )
+    __table__ = tables.derived_balances
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    asset: Mapped[str] = mapped_column(String(32))
+    id: Mapped[int]
+    account_id: Mapped[int]
+    asset: Mapped[str]
     # From this instant on the wallet balance was `balance` (until the next derived or observed state).
     at: Mapped[datetime]
     balance: Mapped[Decimal]
     # The entry booked at `at` that this balance follows; NULL for the opening row of the span.
-    income_entry_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("income_entries.id"))
+    income_entry_id: Mapped[int | None]
     # The observed state the walk started from: the asset's first recorded balance.
-    anchor_balance_id: Mapped[int] = mapped_column(BigId, ForeignKey("balances.id"))
-    method: Mapped[str] = mapped_column(String(16))
+    anchor_balance_id: Mapped[int]
+    method: Mapped[str]
     derived_at: Mapped[datetime]
 
 
-LEDGER_SYNC_OUTCOMES = ("ok", "failed")
 
 
 class LedgerSync(Base):
@@ -374,31 +294,25 @@ class LedgerSync(Base):
     later sync fetches it again.
     """
 
-    __tablename__ = "ledger_syncs"
-    __table_args__ = (
-        CheckConstraint("outcome IN ('ok', 'failed')", name="outcome"),
-        CheckConstraint("window_end >= window_start", name="window_ordered"),
-        CheckConstraint("finished_at >= started_at", name="finished_after_start"),
-        Index("ix_ledger_syncs_account_id_window_end", "account_id", "window_end"),
-    )
+    __table__ = tables.ledger_syncs
 
-    id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    id: Mapped[int]
+    account_id: Mapped[int]
     # Groups the windows of one attempt (a uuid4).
-    attempt_id: Mapped[str] = mapped_column(String(36))
+    attempt_id: Mapped[str]
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime]
     # The window asked for, both ends inclusive, at Binance's millisecond precision.
     window_start: Mapped[datetime]
     window_end: Mapped[datetime]
-    outcome: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str]
     pages: Mapped[int]
     requests: Mapped[int]
     entries_fetched: Mapped[int]
     entries_new: Mapped[int]
     # X-MBX-USED-WEIGHT-1M after the window's last request: the IP's weight used in that minute.
-    used_weight: Mapped[int | None] = mapped_column(BigInteger)
-    error_class: Mapped[str | None] = mapped_column(String(64))
-    error_message: Mapped[str | None] = mapped_column(Text)
+    used_weight: Mapped[int | None]
+    error_class: Mapped[str | None]
+    error_message: Mapped[str | None]
     http_status: Mapped[int | None]
-    error_code: Mapped[int | None] = mapped_column(BigInteger)
+    error_code: Mapped[int | None]

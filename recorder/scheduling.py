@@ -344,9 +344,11 @@ class Wakeup:
         """Block up to `seconds`, less if woken."""
         if seconds > 0:
             try:
-                select.select([self._read], [], [], seconds)
+                readable, _, _ = select.select([self._read], [], [], seconds)
             except InterruptedError:
-                pass
+                readable = [self._read]
+            if not readable:
+                return  # the deadline came and nothing was written: no read() to find the pipe empty
         try:
             while os.read(self._read, 4096):
                 pass

@@ -11,11 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from recorder import coverage, store
 from recorder.config import Settings, environment_of
@@ -30,6 +29,11 @@ from recorder.scheduling import (Demand, LeaseBook, Slot, Wakeup, WeightBudget, 
 from recorder.spool import CorruptEntry, ForeignEntry, PollFailure, Spool, SpooledPoll
 from recorder.storable import UnstorableValue, clean_text, storable_fetched, with_notes
 from recorder.store import ERROR_MESSAGE_LIMIT, PollOutcome, describe_failure
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from recorder.db import WriteSessions
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +55,8 @@ class Recorder:
     """
 
     client: BinanceFuturesClient
-    sessions: sessionmaker[Session]
+    # write_sessions() (Core, as the service uses it) or an ORM sessionmaker (library use, tests).
+    sessions: WriteSessions | sessionmaker[Session]
     account: str
     clock: Clock = utcnow
     spool: Spool | None = None
@@ -429,7 +434,9 @@ def run_accounts(
     slow or hung account holds one worker and delays no other. Every poll first reserves its
     weight from `budget`; without room it waits for the next minute instead of earning a 429.
     With `leases`, only the accounts this process leases are polled; `on_lease(member, held)`
-    runs when one is gained or given up.
+    runs when one is gained or given up. With `single` (one account, `run`), the polls run on
+    the calling thread and only the extra jobs use the pool; a SIGTERM then ends the loop once
+    the current poll is over, which the HTTP deadline bounds.
     """
     wakeup = Wakeup()
     pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(members))), thread_name_prefix="poll")
@@ -607,8 +614,14 @@ def run_accounts(
                 with in_flight:
                     member.busy = True
                     running[0] += 1
-                pool.submit(poll, member).add_done_callback(lambda future, m=member: cancelled(future, m))
                 push(member.slot.next_after(max(now, due)), index)
+                if single:
+                    # One account: the poll runs here, without a hand-off to a worker and back
+                    # (two thread wake-ups a poll). A signal still stops the loop after this poll;
+                    # the HTTP deadline bounds a hung request.
+                    poll(member)
+                else:
+                    pool.submit(poll, member).add_done_callback(lambda future, m=member: cancelled(future, m))
     finally:
         reason = wakeup.stop_reason or "interrupted"
         wakeup.close()
@@ -709,7 +722,7 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
     only while this process holds the account.
     """
     from recorder.accounts import load_accounts_file, process_settings
-    from recorder.db import make_engine, make_sessions
+    from recorder.db import make_engine, write_sessions
     from recorder.identity import database_id
     from recorder.schema import upgrade_to_head
     from recorder.spool import spool_dir_for
@@ -736,7 +749,7 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
     if not shared:
         _allow_open_files(2 * len(settings) + 256)
     identity = database_id(engine)
-    sessions = make_sessions(engine, write=True)
+    sessions = write_sessions(engine)
     slots = spread_slots([plan.intervals[s.account] for s in settings])
     members: list[Member] = []
     locks: list[WriterLock] = []

@@ -28,7 +28,15 @@ def sign_hmac(secret: str, payload: str) -> str:
 
 def hmac_signer(secret: str) -> Signer:
     """A signer for an API secret."""
-    return lambda payload: sign_hmac(secret, payload)
+    # The key's padded digests are computed once; each signature copies them (as sign_hmac's result).
+    keyed = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+
+    def sign(payload: str) -> str:
+        mac = keyed.copy()
+        mac.update(payload.encode())
+        return mac.hexdigest()
+
+    return sign
 
 
 def key_signer(pem: bytes, passphrase: str | None = None) -> Signer:

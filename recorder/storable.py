@@ -7,7 +7,7 @@ and a spooled poll that can never be stored would block every later one. So:
 
 - text loses its control characters (replaced visibly by `\\xNN` escapes: NUL, newlines,
   ESC, lone surrogates) and is cut to its column's length (`String(n)`; our own limit for
-  `Text`), bounds read from the model's column types;
+  `Text`), bounds read from the tables' column types (recorder.tables);
 - an integer outside its column's range on this backend is stored as NULL, and the reason
   (`[used weight 9999... out of range, stored as NULL]`) is appended to the row's
   `error_message`, also on an ok poll;
@@ -23,11 +23,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
 from sqlalchemy import BigInteger, Integer, SmallInteger, String, Table
 
-from recorder.models import AMOUNT_FIELDS, Account, Balance
+from recorder.tables import AMOUNT_FIELDS, accounts, balances
 from recorder.records import FetchedBalances
 
 # The bound of a Text column (the poll log's error message): one readable line, not a dump.
@@ -96,21 +97,36 @@ def storable_row(
     row = dict(values)
     notes: list[str] = []
     for name, value in values.items():
-        column_type = table.c[name].type
-        if isinstance(value, str) and isinstance(column_type, String):
-            row[name] = clean_text(value)[: text_limit(table, name)]
-        elif isinstance(column_type, Integer) and value is not None:
-            if isinstance(value, bool) or not isinstance(value, int):
-                row[name] = None
-                notes.append(f"[{name.replace('_', ' ')} {clean_text(repr(value))[:40]} is not an integer, stored as NULL]")
-                continue
-            low, high = integer_range(table, name, dialect)
-            if not low <= value <= high:
-                row[name] = None
-                notes.append(f"[{name.replace('_', ' ')} {show_integer(value)} out of range, stored as NULL]")
+        if value is None:
+            continue
+        rule = _column_rule(table, name, dialect)
+        if rule is None:
+            continue
+        kind, low, high = rule
+        if kind == "text":
+            if isinstance(value, str):
+                row[name] = clean_text(value)[:high]
+        elif isinstance(value, bool) or not isinstance(value, int):
+            row[name] = None
+            notes.append(f"[{name.replace('_', ' ')} {clean_text(repr(value))[:40]} is not an integer, stored as NULL]")
+        elif not low <= value <= high:
+            row[name] = None
+            notes.append(f"[{name.replace('_', ' ')} {show_integer(value)} out of range, stored as NULL]")
     if note_column is not None and notes:
         row[note_column] = with_notes(row.get(note_column), notes, text_limit(table, note_column))
     return row
+
+
+@cache
+def _column_rule(table: Table, name: str, dialect: str) -> tuple[str, int, int] | None:
+    """What storable_row checks in column `name` ("text", 0, its length; "integer", its range), read
+    from the column's type once: the poll row goes through this on every poll."""
+    column_type = table.c[name].type
+    if isinstance(column_type, String):
+        return ("text", 0, text_limit(table, name))
+    if isinstance(column_type, Integer):
+        return ("integer", *integer_range(table, name, dialect))
+    return None
 
 
 def with_notes(message: str | None, notes: Iterable[str], limit: int) -> str:
@@ -128,7 +144,7 @@ def storable_fetched(fetched: FetchedBalances) -> FetchedBalances:
     The alias and asset names are cleaned here, before they are compared with what the
     database holds, so a name with a control character keeps matching its stored self.
     """
-    alias_limit, asset_limit = text_limit(_ACCOUNTS, "account_alias"), text_limit(_BALANCES, "asset")
+    alias_limit, asset_limit = _ALIAS_LIMIT, _ASSET_LIMIT
     assets = []
     for asset in fetched.assets:
         name = clean_text(asset.asset)[:asset_limit]
@@ -151,9 +167,16 @@ def storable_fetched(fetched: FetchedBalances) -> FetchedBalances:
 def check_amount(value: Any, field: str, asset: str = "") -> None:
     """Raise UnstorableValue unless `value` (`field` of `asset`) is a finite Decimal of sane size."""
     if isinstance(value, Decimal) and value.is_finite():
-        text = str(value)
-        if len(text) < 100 and "E" not in text:
-            return  # plain notation and short: every real amount (40 checks a poll, kept cheap)
+        # Fast paths for every real amount (40 checks a poll); anything else takes the exact rule below.
+        if value.is_zero():
+            # A zero's digits are just "0", so its exponent is adjusted(): "0.00000000" prints as
+            # 0E-8 and would miss the plain-notation test, yet it is most of a poll's amounts.
+            if -AMOUNT_DIGITS_LIMIT <= value.adjusted() < AMOUNT_DIGITS_LIMIT:
+                return
+        else:
+            text = str(value)
+            if len(text) < 100 and "E" not in text:
+                return  # plain notation and short
         exponent = int(value.as_tuple().exponent)
         if value.adjusted() < AMOUNT_DIGITS_LIMIT and -exponent <= AMOUNT_DIGITS_LIMIT:
             return
@@ -165,4 +188,5 @@ def check_amount(value: Any, field: str, asset: str = "") -> None:
     raise UnstorableValue(f"{field} of {asset} {problem}" if asset else f"{field} {problem}")
 
 
-_ACCOUNTS, _BALANCES = Account.__table__, Balance.__table__
+_ACCOUNTS, _BALANCES = accounts, balances
+_ALIAS_LIMIT, _ASSET_LIMIT = text_limit(_ACCOUNTS, "account_alias"), text_limit(_BALANCES, "asset")

@@ -22,23 +22,27 @@ import importlib
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
-from sqlalchemy.orm import Session
 
 from recorder import coverage
 from recorder.config import BALANCE_ENDPOINTS, environment_of
 from recorder.errors import ConfigError, ExchangeError, RecorderError
-from recorder.models import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, Account, Balance, BalanceHead, Poll
+from recorder.prepared import Prepared
 from recorder.records import FetchedBalances
 from recorder.spool import PollFailure, SpooledPoll
 from recorder.storable import TEXT_LIMIT, UnstorableValue, storable_fetched, storable_row
+from recorder.tables import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, accounts, balance_heads, balances, polls
+
+if TYPE_CHECKING:
+    # Annotations only: the service writes on Core connections and never imports the ORM.
+    from sqlalchemy.orm import Session
 
 ERROR_MESSAGE_LIMIT = TEXT_LIMIT
 
-_accounts, _polls, _balances, _heads = (model.__table__ for model in (Account, Poll, Balance, BalanceHead))
+_accounts, _polls, _balances, _heads = accounts, polls, balances, balance_heads
 
 # The hot path's statements are built once: building them per poll (coercing every column
 # and clause again) cost about a third of an idle poll's database time on SQLite.
@@ -50,13 +54,22 @@ _HEAD_STATES = (
     .join(_balances, _balances.c.id == _heads.c.balance_id)
     .where(_heads.c.account_id == bindparam("account_id"))
 )
-_INSERT_STATES = insert(_balances).returning(_balances.c.id, sort_by_parameter_order=True)
-_INSERT_HEADS = insert(_heads)
-_MOVE_HEAD = (
+_STATE_KEYS = ("account_id", "observed_at", "asset", "present", *STATE_FIELDS)
+# One row per execution: a busy poll changes an asset or two, and the driver's own execute per
+# row costs less than SQLAlchemy's multi-row RETURNING (insertmanyvalues) machinery once.
+_INSERT_STATE = Prepared(insert(_balances).returning(_balances.c.id), _STATE_KEYS)
+_INSERT_HEADS = Prepared(insert(_heads), ("account_id", "asset", "balance_id"))
+_MOVE_HEAD = Prepared(
     update(_heads)
     .where(_heads.c.account_id == bindparam("head_account_id"), _heads.c.asset == bindparam("head_asset"))
     .values(balance_id=bindparam("new_balance_id"))
 )
+
+
+@cache
+def _insert_poll_prepared(dialect: str, keys: tuple[str, ...]) -> Prepared:
+    """The poll insert for these columns (an ok and a failed poll set different ones), compiled once."""
+    return Prepared(_insert_poll_statement(dialect), keys)
 
 
 @cache
@@ -336,7 +349,7 @@ def _insert_poll(connection: Connection, **values: Any) -> bool:
     """
     dialect = connection.dialect.name
     row = storable_row(_polls, values, dialect, note_column="error_message")
-    return connection.execute(_insert_poll_statement(dialect), row).first() is not None
+    return bool(_insert_poll_prepared(dialect, tuple(row)).execute(connection, row))
 
 
 def _insert_states(
@@ -345,8 +358,10 @@ def _insert_states(
     observed_at: datetime,
     changed: list[tuple[bool, dict[str, Any]]],
 ) -> None:
-    rows = [{"account_id": account_id, "observed_at": observed_at, **row} for _, row in changed]
-    ids = connection.execute(_INSERT_STATES, rows).scalars().all()
+    ids = [
+        _INSERT_STATE.execute(connection, {"account_id": account_id, "observed_at": observed_at, **row})[0][0]
+        for _, row in changed
+    ]
     new_heads = [
         {"account_id": account_id, "asset": row["asset"], "balance_id": balance_id}
         for (has_head, row), balance_id in zip(changed, ids, strict=True)
@@ -358,9 +373,9 @@ def _insert_states(
         if has_head
     ]
     if new_heads:
-        connection.execute(_INSERT_HEADS, new_heads)
+        _INSERT_HEADS.executemany(connection, new_heads)
     if moved_heads:
-        connection.execute(_MOVE_HEAD, moved_heads)
+        _MOVE_HEAD.executemany(connection, moved_heads)
 
 
 def _existing(connection: Connection, account_id: int, finished_at: datetime) -> PollOutcome | None:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, tzinfo
-from functools import partial
 from typing import TYPE_CHECKING, Any, TextIO
 
 import click
@@ -28,11 +27,8 @@ from recorder.reports import render as reports
 from recorder.timespec import TIME_HELP, TimeZoneParam, require_order, require_showable
 
 if TYPE_CHECKING:
-    from recorder.ledger.sync import LedgerSync
     from recorder.locks import LedgerLock
     from recorder.queries.ledger import Coverage
-    from recorder.scheduling import WeightBudget
-    from recorder.service import PeriodicJob, Recorder
 
 log = logging.getLogger(__name__)
 
@@ -48,62 +44,6 @@ def ledger_since_option(function: Any) -> Any:
         type=TIME,
         help=f"Where the first ledger sync starts [default: 90 days ago, all Binance keeps; never older]: {TIME_HELP}.",
     )(function)
-
-
-def ledger_sync_for(recorder: Recorder, since: datetime | None, *, may_pause: bool = True,
-                    budget: WeightBudget | None = None, leave: float = 0.0) -> LedgerSync:
-    """The ledger sync of the recorder's account, sharing its client, database and writer lock.
-
-    Without `may_pause` a full weight budget ends the sync instead of waiting for the next minute:
-    in `run` the sync holds the account's client, and a poll may still fit where a page does not.
-    With `budget` (run's, shared with the polls) each page reserves its weight there, leaving
-    `leave` a minute to the polls, and settles it from the answer's weight header.
-    """
-    from recorder.ledger.sync import MAX_PAUSE_SECONDS, LedgerSync
-
-    sync = LedgerSync(
-        client=recorder.client,
-        sessions=recorder.sessions,
-        account=recorder.account,
-        clock=recorder.clock,
-        since=since,
-        before_write=recorder.lock.ensure if recorder.lock is not None else None,
-        max_pause=MAX_PAUSE_SECONDS if may_pause else 0.0,
-    )
-    if budget is not None:
-        sync.weight_budget = lambda cost: budget.reserve(cost, leave=leave)
-        sync.settle_weight = budget.settle
-    return sync
-
-
-def ledger_jobs(recorder: Recorder, settings: Settings, *, enabled: bool, since: datetime | None,
-                budget: WeightBudget | None = None, leave: float = 0.0, interval: float | None = None,
-                phase: float | None = None) -> list[PeriodicJob]:
-    """The run loop's ledger job (none with --no-ledger): every `interval` (default the account's
-    --ledger-interval), at `phase` + k * interval when given, under the account's ledger lock."""
-    from recorder.locks import LedgerLock
-    from recorder.service import PeriodicJob
-
-    if not enabled:
-        return []
-    sync = ledger_sync_for(recorder, since, may_pause=False, budget=budget, leave=leave)
-    lock = LedgerLock(recorder.sessions.kw["bind"], recorder.account)
-    return [PeriodicJob("ledger", interval or settings.ledger_interval, partial(_locked_sync, sync, lock), phase)]
-
-
-def _locked_sync(sync: LedgerSync, lock: LedgerLock) -> object:
-    """One sync holding the account's ledger lock; skipped while a `sync-ledger` holds it."""
-    from recorder.locks import LockHeld
-
-    try:
-        lock.acquire()
-    except LockHeld as held:
-        log.info("ledger sync account=%s skipped this time: %s", sync.account, held)
-        return None
-    try:
-        return sync.sync_once()
-    finally:
-        lock.release()
 
 
 # How long `sync-ledger` waits for a sync of `recorder run` on the same account to finish.

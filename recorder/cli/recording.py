@@ -15,7 +15,7 @@ from recorder.cli import cli
 from recorder.cli.options import database_options
 from recorder.cli.params import Bounded
 from recorder.config import ENVIRONMENT, TESTNET_BASE_URL, Settings, load_settings
-from recorder.db import make_engine, make_sessions
+from recorder.db import make_engine, write_sessions
 from recorder.schema import upgrade_to_head
 from recorder.timespec import TIME_HELP, TimeSpec
 
@@ -156,7 +156,7 @@ def _recorder(settings: Settings) -> Recorder:
         lock.release()
         raise
     return Recorder(
-        client=client, sessions=make_sessions(engine, write=True), account=settings.account, spool=spool, lock=lock
+        client=client, sessions=write_sessions(engine), account=settings.account, spool=spool, lock=lock
     )
 
 
@@ -229,7 +229,7 @@ def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
     The income ledger is synced beside the polls every --ledger-interval (see `recorder ledger`),
     of every account with --config.
     """
-    from recorder.cli.ledgering import ledger_jobs
+    from recorder.cli.ledger_job import ledger_jobs
     from recorder.exchange import INCOME_PATH, REQUEST_WEIGHT
     from recorder.scheduling import Demand, WeightBudget, plan_intervals
     from recorder.service import JobPlan, run

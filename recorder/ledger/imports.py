@@ -32,16 +32,17 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from recorder.errors import RecorderError
-from recorder.ledger.types import KNOWN_INCOME_TYPES
+# supersede_statement_entries is the import's match rule run the other way, for the API sync.
+from recorder.ledger.supersede import supersede_statement_entries  # noqa: F401
+from recorder.ledger.types import ACCOUNT_STATEMENT, FUTURES_EXPORT, KNOWN_INCOME_TYPES
 from recorder.models import IncomeEntry
 from recorder.queries.states import _account_id
 from recorder.store import ensure_account
 
-FUTURES_EXPORT, ACCOUNT_STATEMENT = "futures-export", "account-statement"
 FUTURES_EXPORT_HEADER = ("Date(UTC)", "type", "Amount", "Asset", "Symbol", "Transaction ID")
 ACCOUNT_STATEMENT_HEADER = ("User_ID", "UTC_Time", "Account", "Operation", "Coin", "Change", "Remark")
 FUTURES_ACCOUNTS = frozenset({"USD-MFutures", "USDT-Futures", "USD-M Futures"})
@@ -333,38 +334,3 @@ def _new_by_match(session: Session, account_id: int, entries: list[ParsedEntry])
             continue
         new.append((entry, statement_tran_id(entry, occurrence)))
     return new, duplicates
-
-
-def supersede_statement_entries(session: Session, account_id: int, since: datetime, until: datetime) -> int:
-    """Drop account-statement entries that an exact entry (API or futures export) now also records.
-
-    The match rule of an import, run the other way: for the ledger sync to call after it stored
-    entries with time in [since, until), so a statement imported before the API caught up leaves no
-    duplicate. Per (income type, asset, time to the second, amount), as many statement entries as
-    exact ones are dropped; a derived balance that followed a dropped entry follows its exact twin.
-    Returns how many were dropped.
-    """
-    from sqlalchemy import update
-
-    from recorder.models import DerivedBalance
-
-    rows = session.execute(
-        select(IncomeEntry.id, IncomeEntry.source, IncomeEntry.income_type, IncomeEntry.asset, IncomeEntry.time,
-               IncomeEntry.income)
-        .where(IncomeEntry.account_id == account_id, IncomeEntry.time >= since.replace(microsecond=0),
-               IncomeEntry.time < until)
-        .order_by(IncomeEntry.time, IncomeEntry.id)
-    ).all()
-    exact: dict[tuple[str, str, datetime, Decimal], list[int]] = {}
-    statement: dict[tuple[str, str, datetime, Decimal], list[int]] = {}
-    for row in rows:
-        key = (row.income_type, row.asset, row.time.replace(microsecond=0), row.income)
-        (statement if row.source == ACCOUNT_STATEMENT else exact).setdefault(key, []).append(row.id)
-    dropped = 0
-    for key, statement_ids in statement.items():
-        for statement_id, exact_id in zip(statement_ids, exact.get(key, [])):
-            session.execute(update(DerivedBalance).where(DerivedBalance.income_entry_id == statement_id)
-                            .values(income_entry_id=exact_id))
-            session.execute(delete(IncomeEntry).where(IncomeEntry.id == statement_id))
-            dropped += 1
-    return dropped

@@ -20,28 +20,31 @@ early, as does a 429/418 (the client then refuses to send until its Retry-After 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from functools import cache
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 from recorder import store
 from recorder.db import database_error_line
 from recorder.errors import BadPayload, ExchangeError, StorageError
-from recorder.ledger.imports import supersede_statement_entries
+from recorder.ledger.supersede import supersede_statement_entries
 from recorder.ledger.types import KNOWN_INCOME_TYPES
-from recorder.models import IncomeEntry, LedgerSync as LedgerSyncRow
 from recorder.records import FetchedIncome, IncomeRecord
 from recorder.storable import clean_text
 from recorder.store import ERROR_MESSAGE_LIMIT
+from recorder.tables import income_entries, ledger_syncs
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +71,21 @@ MAX_PAGES_PER_WINDOW = 10_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
-_entries, _syncs = IncomeEntry.__table__, LedgerSyncRow.__table__
-_INSERT_ENTRIES = {
-    name: dialect.insert(_entries)
-    .on_conflict_do_nothing(index_elements=["account_id", "income_type", "tran_id", "asset"])
-    .returning(_entries.c.id)
-    for name, dialect in (("sqlite", sqlite), ("postgresql", postgresql))
-}
+_entries, _syncs = income_entries, ledger_syncs
+
+
+@cache
+def _insert_entries(dialect: str) -> Any:
+    """Insert-if-absent of income entries, for the database's own dialect only: importing the
+    other one would cost a service its memory (2.2 MB for PostgreSQL's on SQLite) for life."""
+    if dialect not in ("sqlite", "postgresql"):
+        raise ValueError(f"no income insert for the {dialect} dialect")
+    module = importlib.import_module(f"sqlalchemy.dialects.{dialect}")
+    return (
+        module.insert(_entries)
+        .on_conflict_do_nothing(index_elements=["account_id", "income_type", "tran_id", "asset"])
+        .returning(_entries.c.id)
+    )
 
 
 class IncomeClient(Protocol):
@@ -320,7 +331,7 @@ class LedgerSync:
                 connection = session.connection()
                 added = 0
                 if rows:
-                    added = len(connection.execute(_INSERT_ENTRIES[connection.dialect.name], rows).all())
+                    added = len(connection.execute(_insert_entries(connection.dialect.name), rows).all())
                     # A statement imported before the API caught up holds these movements without
                     # Binance's key: its copies go in the same transaction, or they would count twice.
                     superseded = supersede_statement_entries(session, account_id, from_ms(window.start_ms),

@@ -5,6 +5,9 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Mapping
 
+# Where an archived entry came from besides the API: the two kinds of file a user downloads.
+FUTURES_EXPORT, ACCOUNT_STATEMENT = "futures-export", "account-statement"
+
 # Binance's list (typos such as DELIVERED_SETTELMENT are Binance's own) plus SPECIAL_FUNDING_FEE, which
 # the official SDK 18.1.0 added in 2026. A type outside this set is stored and flagged, never dropped.
 KNOWN_INCOME_TYPES: frozenset[str] = frozenset({

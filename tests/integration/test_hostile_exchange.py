@@ -5,6 +5,7 @@ poll. The simulator injects the faults; a tiny raw-socket server sends what no s
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import socketserver
 import ssl
@@ -165,6 +166,69 @@ def test_trickling_answer_fails_at_the_deadline(fault, simulator):
     # The timed-out connection was not returned to the pool: the next request works.
     assert client.fetch_balances().account_alias == "SgsR"
     client.close()
+
+
+def trickle_fails_at_the_deadline(simulator) -> None:
+    client = make_client(simulator.base_url, timeout=1.0, retry_attempts=1)
+    client.sync_clock()
+    simulator.inject("trickle", seconds=0.5)
+    began = time.monotonic()
+    with pytest.raises(ExchangeUnavailable, match=r"^/fapi/v2/balance: no complete answer within 1s \(timeout\)$"):
+        client.fetch_balances()
+    assert time.monotonic() - began < DID_NOT_HANG_SECONDS
+    assert client.fetch_balances().account_alias == "SgsR"
+    client.close()
+
+
+def test_deadline_on_the_main_thread_is_an_alarm_disarmed_after_each_request(simulator):
+    """`recorder run` with one account polls on the main thread: SIGALRM bounds the request, no thread."""
+    assert threading.current_thread() is threading.main_thread()
+    trickle_fails_at_the_deadline(simulator)
+    assert signal.getsignal(signal.SIGALRM).__name__ == "_on_alarm"
+    # Disarmed after the request: no alarm left to land in whatever runs next.
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+def test_stalled_server_fails_at_the_deadline_on_the_main_thread(simulator):
+    """No byte at all: the alarm interrupts the blocked read (socket timeouts alone would wait longer)."""
+    client = make_client(simulator.base_url, timeout=1.0, retry_attempts=1)
+    client.sync_clock()
+    simulator.inject("stall", seconds=30)
+    began = time.monotonic()
+    with pytest.raises(ExchangeUnavailable, match=r"^/fapi/v2/balance: no complete answer within 1s \(timeout\)$"):
+        client.fetch_balances()
+    assert time.monotonic() - began < DID_NOT_HANG_SECONDS
+    client.close()
+
+
+def test_deadline_on_a_worker_thread_uses_the_watchdog(simulator):
+    """Pool workers (several accounts) cannot take SIGALRM: the watchdog thread keeps their deadlines."""
+    failures: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            trickle_fails_at_the_deadline(simulator)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            failures.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert failures == []
+
+
+def test_someone_elses_alarm_is_left_alone_and_the_deadline_still_holds(simulator):
+    """An application that owns SIGALRM keeps it: the request falls back to the watchdog thread."""
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, _frame: fired.append(signum))
+    try:
+        trickle_fails_at_the_deadline(simulator)
+        assert signal.getsignal(signal.SIGALRM) is not None
+        assert signal.getsignal(signal.SIGALRM).__name__ == "<lambda>"
+        assert fired == []
+    finally:
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_trickling_server_time_fails_at_the_deadline(hostile):

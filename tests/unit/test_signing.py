@@ -19,3 +19,14 @@ def test_sign_hmac_depends_on_parameter_order():
     """Binance signs the exact string sent: the parameter table's order gives another signature."""
     reordered = VECTOR_PAYLOAD.replace("quantity=1&price=9000&timeInForce=GTC", "timeInForce=GTC&quantity=1&price=9000")
     assert sign_hmac(VECTOR_SECRET, reordered) != VECTOR_SIGNATURE
+
+
+def test_the_client_signer_gives_the_vector_every_time_and_each_payload_its_own():
+    """hmac_signer reuses one keyed HMAC: no signature may carry state over from the one before."""
+    from recorder.signing import hmac_signer
+
+    sign = hmac_signer(VECTOR_SECRET)
+    reordered = VECTOR_PAYLOAD.replace("quantity=1&price=9000&timeInForce=GTC", "timeInForce=GTC&quantity=1&price=9000")
+    assert [sign(VECTOR_PAYLOAD), sign(reordered), sign(VECTOR_PAYLOAD)] == [
+        VECTOR_SIGNATURE, sign_hmac(VECTOR_SECRET, reordered), VECTOR_SIGNATURE
+    ]

@@ -1,0 +1,47 @@
+"""Statement-imported entries that an exact entry now also records: dropped in the sync's transaction.
+
+An account statement CSV carries no tranId, so its entries get synthetic ids and cannot meet the
+API's entries on the archive's key. This is the import's match rule run the other way, on Core
+tables only, so the running service's ledger sync loads no ORM.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, select, update
+
+from recorder.ledger.types import ACCOUNT_STATEMENT
+from recorder.tables import derived_balances, income_entries
+
+
+def supersede_statement_entries(session: Any, account_id: int, since: datetime, until: datetime) -> int:
+    """Drop account-statement entries that an exact entry (API or futures export) now also records.
+
+    For the ledger sync to call after it stored entries with time in [since, until), so a
+    statement imported before the API caught up leaves no duplicate. Per (income type, asset,
+    time to the second, amount), as many statement entries as exact ones are dropped; a derived
+    balance that followed a dropped entry follows its exact twin. Returns how many were dropped.
+    `session`: an ORM Session or the write path's CoreSession (both have execute()).
+    """
+    entries = income_entries.c
+    rows = session.execute(
+        select(entries.id, entries.source, entries.income_type, entries.asset, entries.time, entries.income)
+        .where(entries.account_id == account_id, entries.time >= since.replace(microsecond=0), entries.time < until)
+        .order_by(entries.time, entries.id)
+    ).all()
+    exact: dict[tuple[str, str, datetime, Decimal], list[int]] = {}
+    statement: dict[tuple[str, str, datetime, Decimal], list[int]] = {}
+    for row in rows:
+        key = (row.income_type, row.asset, row.time.replace(microsecond=0), row.income)
+        (statement if row.source == ACCOUNT_STATEMENT else exact).setdefault(key, []).append(row.id)
+    dropped = 0
+    for key, statement_ids in statement.items():
+        for statement_id, exact_id in zip(statement_ids, exact.get(key, [])):
+            session.execute(update(derived_balances).where(derived_balances.c.income_entry_id == statement_id)
+                            .values(income_entry_id=exact_id))
+            session.execute(delete(income_entries).where(income_entries.c.id == statement_id))
+            dropped += 1
+    return dropped
