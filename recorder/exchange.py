@@ -553,27 +553,26 @@ def parse_balances(body: bytes | str, *, endpoint: str, used_weight: int | None 
         asset = row.get("asset")
         if not isinstance(asset, str) or not _ASSET_NAME.fullmatch(asset):
             raise BadPayload(f"{endpoint}: item {index}: field 'asset' is missing or not an asset name: {_clip(asset)}")
+        where = f"{endpoint}: asset {asset}"
         if asset in seen:
-            raise BadPayload(f"{endpoint}: asset {asset}: listed twice")
+            raise BadPayload(f"{where}: listed twice")
         seen.add(asset)
         alias = row.get("accountAlias")
         if type(alias) is not str or alias not in aliases:
             if not isinstance(alias, str):
-                raise BadPayload(f"{endpoint}: asset {asset}: field 'accountAlias' is missing or not a string")
+                raise BadPayload(f"{where}: field 'accountAlias' is missing or not a string")
             if not 0 < len(alias) <= 64 or not alias.isprintable():
                 # An alias is the account's identity: refused, never cleaned into another one.
-                raise BadPayload(
-                    f"{endpoint}: asset {asset}: field 'accountAlias' is not 1 to 64 printable characters: {_clip(alias)}"
-                )
+                raise BadPayload(f"{where}: field 'accountAlias' is not 1 to 64 printable characters: {_clip(alias)}")
             aliases.add(alias)
-        fields = {"asset": asset}
+        fields: dict[str, Any] = {"asset": asset}
         for key, name in _DECIMAL_FIELD_ITEMS:
             # An amount text seen before was validated then: one dict lookup instead of the
             # pattern and Decimal() (zeros and unchanged balances repeat on every poll).
             value = row.get(key)
             amount = known_amounts.get(value) if type(value) is str else None
             if amount is None:
-                amount = _decimal_field(row, key, f"{endpoint}: asset {asset}")
+                amount = _decimal_field(row, key, where)
                 if len(known_amounts) >= _KNOWN_AMOUNTS_MAX:
                     known_amounts.clear()
                 known_amounts[value] = amount
@@ -581,18 +580,14 @@ def parse_balances(body: bytes | str, *, endpoint: str, used_weight: int | None 
         margin_available = row.get("marginAvailable", _MISSING)
         if type(margin_available) is not bool:
             if margin_available is _MISSING:
-                raise BadPayload(f"{endpoint}: asset {asset}: field 'marginAvailable' is missing")
-            raise BadPayload(
-                f"{endpoint}: asset {asset}: field 'marginAvailable' must be true or false, got {_clip(margin_available)}"
-            )
+                raise BadPayload(f"{where}: field 'marginAvailable' is missing")
+            raise BadPayload(f"{where}: field 'marginAvailable' must be true or false, got {_clip(margin_available)}")
         fields["margin_available"] = margin_available
         update_time = row.get("updateTime", _MISSING)
         if type(update_time) is not int or not 0 <= update_time <= _MAX_UPDATE_TIME_MS:
             if update_time is _MISSING:
-                raise BadPayload(f"{endpoint}: asset {asset}: field 'updateTime' is missing")
-            raise BadPayload(
-                f"{endpoint}: asset {asset}: field 'updateTime' must be epoch milliseconds, got {_clip(update_time)}"
-            )
+                raise BadPayload(f"{where}: field 'updateTime' is missing")
+            raise BadPayload(f"{where}: field 'updateTime' must be epoch milliseconds, got {_clip(update_time)}")
         fields["update_time"] = _EPOCH + timedelta(milliseconds=update_time)
         assets.append(_asset_balance(fields))
     if len(aliases) != 1:

@@ -13,8 +13,10 @@ from recorder.exchange import BinanceFuturesClient
 QUERIES = ["", "?recvWindow=5000&timestamp=1617939110373&signature=3c66ab", "?timestamp=1&signature=ab%2B%2F%3D"]
 
 
-@pytest.mark.parametrize("base_url", ["http://127.0.0.1:8080", "https://FAPI.Binance.com", "https://fapi.binance.com:443/x/",
-                                      "http://[::1]:80"])
+BASE_URLS = ["http://127.0.0.1:8080", "https://FAPI.Binance.com", "https://fapi.binance.com:443/x/", "http://[::1]:80"]
+
+
+@pytest.mark.parametrize("base_url", BASE_URLS)
 @pytest.mark.parametrize("query", QUERIES)
 def test_the_prepared_request_is_the_one_session_request_prepares(base_url, query):
     client = BinanceFuturesClient(base_url=base_url, api_key="the-key", api_secret="the-secret")
