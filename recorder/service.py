@@ -465,6 +465,25 @@ def run_accounts(
         sequence[0] += 1
         heapq.heappush(heap, (due, sequence[0], index))
 
+    def stop_for_configuration(member: Member, problem: str) -> None:
+        # Configuration problems (another account's key, mixed environments) need a human: the
+        # account stops until restart, and the process when it was the only one left.
+        if single:
+            log.error("stopping: %s", problem)
+            wakeup.stop("a configuration error")
+            stop_code[0] = 1
+            return
+        log.error("account %s stopped until restart: %s", member.recorder.account, problem)
+        member.stopped = True
+        if all(m.stopped for m in members):
+            stop_code[0] = 1
+            wakeup.stop("every account stopped on a configuration error")
+
+    def hold_the_ip(error: RateLimited) -> None:
+        # A 429/418 is about the IP, not the account: every account waits.
+        if error.retry_after:
+            budget.hold(error.retry_after)
+
     def poll(member: Member) -> None:
         recorder = member.recorder
         try:
@@ -474,21 +493,9 @@ def run_accounts(
                                                    at=member.declared_at or utcnow())
             recorder.poll_once()
         except ConfigError as error:
-            # Configuration problems (another account's key, mixed environments) need a human.
-            if single:
-                log.error("stopping: %s", error)
-                wakeup.stop("a configuration error")
-                stop_code[0] = 1
-            else:
-                log.error("account %s stopped until restart: %s", recorder.account, error)
-                member.stopped = True
-                if all(m.stopped for m in members):
-                    stop_code[0] = 1
-                    wakeup.stop("every account stopped on a configuration error")
+            stop_for_configuration(member, str(error))
         except RateLimited as error:
-            # A 429/418 is about the IP, not the account: every account waits.
-            if error.retry_after:
-                budget.hold(error.retry_after)
+            hold_the_ip(error)
         except RecorderError:
             pass  # already logged and recorded as a failed poll; the next slot goes on
         finally:
@@ -511,20 +518,10 @@ def run_accounts(
         try:
             job.call()
         except ConfigError as error:
-            if single:
-                log.error("stopping: %s: %s", job.name, error)
-                wakeup.stop("a configuration error")
-                stop_code[0] = 1
-            else:
-                log.error("account %s stopped until restart: %s: %s", member.recorder.account, job.name, error)
-                member.stopped = True
-                if all(m.stopped for m in members):
-                    stop_code[0] = 1
-                    wakeup.stop("every account stopped on a configuration error")
+            stop_for_configuration(member, f"{job.name}: {error}")
         except RateLimited as error:
-            # The job's request drew on the IP like a poll: every account waits.
-            if error.retry_after:
-                budget.hold(error.retry_after)
+            # The job's request drew on the IP like a poll.
+            hold_the_ip(error)
         except RecorderError:
             pass  # already logged and recorded by the job; its next run goes on
         finally:
