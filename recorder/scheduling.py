@@ -79,6 +79,12 @@ class Plan:
     asked_ledger_intervals: dict[str, float] = field(default_factory=dict)
     ledger_floor_per_minute: float = 0.0  # the ledger's floor (once a day each, at least one request)
 
+    def polls_share(self, budget: WeightBudget, request_weight: int) -> float:
+        """Weight a minute a ledger request leaves free for the polls: their planned share, but
+        never so much that one request of `request_weight` can no longer fit (the plan gave the
+        ledger at least that room)."""
+        return max(0.0, min(self.polls_per_minute, budget.ceiling - request_weight))
+
     @property
     def stretched(self) -> bool:
         """True when the budget cannot carry the poll intervals asked for."""

@@ -766,8 +766,7 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
         budget = WeightBudget(process.weight_limit)
         jobs: list[tuple[Member, PeriodicJob]] = []
         if jobs_for is not None:
-            # The polls' planned share stays theirs; the plan left the ledger at least one request's room.
-            leave = max(0.0, min(plan.polls_per_minute, budget.ceiling - ledger_weight))
+            leave = plan.polls_share(budget, ledger_weight)
             for index, (member, one) in enumerate(zip(members, settings)):
                 interval = plan.ledger_intervals[one.account]
                 # Half a step off the polls' spread, so an account's sync and its poll rarely fall due together.

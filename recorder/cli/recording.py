@@ -259,7 +259,7 @@ def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
     server = _serve_metrics(settings, recorder)
     # One budget for the polls and the ledger sync; the sync leaves the polls' minute share free.
     budget = WeightBudget(settings.weight_limit)
-    leave = max(0.0, min(plan.polls_per_minute, budget.ceiling - ledger_weight))
+    leave = plan.polls_share(budget, ledger_weight)
     jobs = ledger_jobs(recorder, settings, enabled=not no_ledger, since=ledger_since, budget=budget, leave=leave,
                        interval=plan.ledger_intervals.get(settings.account))
     try:

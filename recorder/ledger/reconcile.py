@@ -558,6 +558,8 @@ def _observed_from(connection: Connection, account: int, asset: str, at: datetim
 def _entries_after(
     connection: Connection, account: int, asset: str, after: datetime, until: datetime | None
 ) -> Iterator[tuple[datetime, str, Decimal, bool]]:
+    if connection.dialect.name == "sqlite":
+        return _entries_after_sqlite(connection, account, asset, after, until)
     query = select(_ENTRIES.c.time, _ENTRIES.c.income_type, _ENTRIES.c.income, _ENTRIES.c.known_type).where(
         _ENTRIES.c.account_id == _ACCOUNT, _ENTRIES.c.asset == _ASSET, _ENTRIES.c.time > _SINCE
     )
@@ -565,8 +567,6 @@ def _entries_after(
     if until is not None:
         query = query.where(_ENTRIES.c.time <= _UNTIL)
         params["until"] = until
-    if connection.dialect.name == "sqlite":
-        return _entries_after_sqlite(connection, account, asset, after, until)
     return _stream(connection, query.order_by(_ENTRIES.c.time), params)
 
 
