@@ -5,7 +5,6 @@ from __future__ import annotations
 import decimal
 import fcntl
 import os
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +22,8 @@ from recorder.errors import StorageError
 from recorder.prepared import run_driver_sql
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from sqlalchemy.orm import Session, sessionmaker
 
 # Enough digits that no sum of Binance amounts (8 decimals, < 10^20) is ever rounded.
@@ -349,6 +350,8 @@ def connect_sqlite(database: str | os.PathLike[str], *, read_only: bool = True) 
     if not path or path == ":memory:" or not os.path.exists(path):
         raise FileNotFoundError(f"no recorder database at {path!r}")
     mode = "ro" if read_only else "rw"
+    import sqlite3  # here: a PostgreSQL service never loads SQLite's driver
+
     connection = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode={mode}", uri=True)
     # The recorder may be committing a poll: wait for its lock instead of failing at once.
     connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")

@@ -125,7 +125,9 @@ polls = Table(
     # conflicts on this key and is stored once. A changed state's balances rows carry it as
     # their observed_at.
     PrimaryKeyConstraint("account_id", "finished_at"),
-    sqlite_with_rowid=False,
+    # On SQLite the table is WITHOUT ROWID (migration 0003 makes it so; the migrations are the
+    # schema, these definitions never create it). Declaring it here would have SQLAlchemy load
+    # its SQLite dialect in a PostgreSQL service for the option's name alone.
 )
 
 # A per-asset state, written only when it differs from the asset's previous state. The poll
