@@ -151,20 +151,40 @@ def due_at(last_ok: datetime, schedules: Sequence[Schedule]) -> datetime:
     return due
 
 
-def note_ok_poll(connection: Connection, account_id: int, finished_at: datetime) -> None:
+@dataclass(frozen=True)
+class LatestOk:
+    """The account's latest successful poll and the schedule in force at it, as note_ok_poll found them."""
+
+    finished_at: datetime
+    schedule_at: datetime | None
+    tolerance_ms: int | None
+
+
+def note_ok_poll(
+    connection: Connection, account_id: int, finished_at: datetime, latest: LatestOk | None = None
+) -> LatestOk | None:
     """Keep poll_gaps true after a successful poll is stored: store the gap it ends, if any.
 
     A poll that arrives out of order (older than a stored successful poll) splits the gap it
     lands in: the old gap is deleted and both halves are judged again.
+
+    Returns this poll as the account's latest successful one (None when a later one is stored).
+    A caller that is the account's only writer of polls and schedules (the writer lock) may
+    pass it back with its next poll: a later poll's neighbours are then known without a query,
+    as long as no schedule was declared since (the caller forgets it when one is).
     """
-    ((previous, following, schedule_at, tolerance_ms),) = _NEIGHBOURS.execute(
-        connection, {"account_id": account_id, "at": finished_at}
-    )
+    if latest is not None and finished_at > latest.finished_at:
+        previous, following, schedule_at, tolerance_ms = latest.finished_at, None, latest.schedule_at, latest.tolerance_ms
+    else:
+        ((previous, following, schedule_at, tolerance_ms),) = _NEIGHBOURS.execute(
+            connection, {"account_id": account_id, "at": finished_at}
+        )
+    now_latest = LatestOk(finished_at, schedule_at, tolerance_ms) if following is None else None
     if following is not None:
         connection.execute(_DELETE_GAP, {"account_id": account_id, "at": following})
         _store_gap_if_late(connection, account_id, finished_at, following)
     if previous is None:
-        return
+        return now_latest
     if following is None and (schedule_at is None or schedule_at <= previous):
         # The usual case: no schedule was declared since the previous poll.
         tolerance = timedelta(milliseconds=tolerance_ms) if tolerance_ms is not None else DEFAULT_SCHEDULE.tolerance
@@ -173,8 +193,9 @@ def note_ok_poll(connection: Connection, account_id: int, finished_at: datetime)
                 _INSERT_GAP,
                 {"account_id": account_id, "start_at": previous, "end_at": finished_at, "tolerance_ms": _ms(tolerance)},
             )
-        return
+        return now_latest
     _store_gap_if_late(connection, account_id, previous, finished_at)
+    return now_latest
 
 
 def _store_gap_if_late(connection: Connection, account_id: int, start: datetime, end: datetime) -> None:

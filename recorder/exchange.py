@@ -186,6 +186,9 @@ class BinanceFuturesClient:
         self._weight_minute: int | None = None
         # A prepared GET per base URL and path (a handful), see _prepared().
         self._templates: dict[str, requests.PreparedRequest] = {}
+        # The last balance body and what it parsed into: an idle account's body is the same
+        # bytes poll after poll, and parsing is a pure function of them (see _parse_balances).
+        self._last_balances: tuple[bytes, FetchedBalances] | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BinanceFuturesClient:
@@ -327,7 +330,23 @@ class BinanceFuturesClient:
                 f"{self.balance_path}: HTTP 200 with an HTML page instead of JSON{_html_title(response.text)}",
                 http_status=200,
             )
-        return parse_balances(response.content, endpoint=self.balance_path, used_weight=self.last_reported_weight)
+        return self._parse_balances(response.content)
+
+    def _parse_balances(self, body: bytes) -> FetchedBalances:
+        """parse_balances(body), reusing the last result when the body is byte for byte the last one.
+
+        The same bytes validate the same way and make the same records, so an idle account's
+        poll skips JSON decoding and validation (and, since its assets are the same objects,
+        storage's checks and comparisons that key on them). Only the weight header is new.
+        """
+        last = self._last_balances
+        if last is not None and last[0] == body and last[1].endpoint == self.balance_path:
+            parsed = last[1]
+        else:
+            self._last_balances = None
+            parsed = parse_balances(body, endpoint=self.balance_path)
+            self._last_balances = (body, parsed)
+        return FetchedBalances(parsed.account_alias, parsed.assets, parsed.endpoint, self.last_reported_weight)
 
     def fetch_income(
         self, start_ms: int, end_ms: int, limit: int = MAX_INCOME_LIMIT, *, page: int | None = None

@@ -309,6 +309,10 @@ class Recorder:
             self._forget_database_state()
             raise
 
+    def schedule_declared(self, started_at: datetime) -> None:
+        """A schedule starting at `started_at` is being stored for this account outside the poll's transaction."""
+        self._heads.schedule_declared(started_at)
+
     def close(self) -> None:
         """Close the connection kept between polls; the client and the writer lock are the caller's to close."""
         self._forget_database_state()
@@ -666,6 +670,8 @@ def declare_schedule(recorder: Recorder, interval: float, *, source: str, at: da
     Readers judge gaps and staleness by it (recorder.coverage), so it is written by the
     writer, in the database, instead of read from each reader's environment.
     """
+    # The polls' gap check keeps the schedule in force between polls (store.HeadCache): not past this one.
+    recorder.schedule_declared(at)
     try:
         if recorder.lock is not None:
             recorder.lock.ensure()

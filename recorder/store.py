@@ -105,31 +105,56 @@ class PollOutcome:
 
 @dataclass
 class HeadCache:
-    """The account row and its assets' latest states as our last committed write left them.
+    """The account row, its assets' latest states and its latest successful poll, as our last
+    committed write left them.
 
-    It spares every poll the account and head SELECTs. It is sound only while this process
-    is the account's single writer in this database (recorder.locks): then nobody else can
-    add an account alias or move a head between two of our polls, so what we committed is
-    what the database holds. The caller starts each transaction with `begin()`, calls
-    `commit()` once the database committed, and `clear()` on any failure or rollback (and
-    whenever the writer lock was lost and taken again).
+    It spares every poll the account, head and gap-check SELECTs. It is sound only while this
+    process is the account's single writer in this database (recorder.locks): then nobody else
+    can add an account alias, move a head or store a poll or schedule between two of our polls,
+    so what we committed is what the database holds. The caller starts each transaction with
+    `begin()`, calls `commit()` once the database committed, and `clear()` on any failure or
+    rollback (and whenever the writer lock was lost and taken again); a schedule it declares
+    itself it reports with `schedule_declared()`.
     """
 
     account: AccountRef | None = None
     heads: dict[str, dict[str, Any]] | None = None
+    # The assets tuple (as storable_fetched returns it) the heads were last written from: a poll
+    # that brings the very same tuple again (an idle account, recorder.exchange) changes nothing.
+    heads_from: tuple[Any, ...] | None = None
+    latest_ok: coverage.LatestOk | None = None
     pending: dict[str, dict[str, Any]] | None = None
+    pending_from: tuple[Any, ...] | None = None
+    pending_latest_ok: coverage.LatestOk | None = None
+    # No successful poll before this time may stand for the latest: a schedule starts then.
+    schedule_floor: datetime | None = None
 
     def begin(self) -> None:
         """A transaction starts: what it writes stays pending until commit()."""
-        self.pending = self.heads
+        self.pending, self.pending_from, self.pending_latest_ok = self.heads, self.heads_from, self.latest_ok
 
     def commit(self, account: AccountRef) -> None:
-        """The transaction committed: its account row and heads are the database's now."""
-        self.account, self.heads, self.pending = account, self.pending, None
+        """The transaction committed: its account row, heads and latest poll are the database's now."""
+        self.account, self.heads, self.heads_from, self.latest_ok = (
+            account, self.pending, self.pending_from, self.pending_latest_ok
+        )
+        self.pending = self.pending_from = self.pending_latest_ok = None
+
+    def note_latest_ok(self, latest: coverage.LatestOk | None) -> None:
+        """The pending transaction stored a successful poll: what the next one may take as the latest."""
+        floor = self.schedule_floor
+        self.pending_latest_ok = None if latest is None or (floor is not None and latest.finished_at < floor) else latest
+
+    def schedule_declared(self, started_at: datetime) -> None:
+        """A schedule was stored for this account: the next poll asks the database which one is in force."""
+        self.latest_ok = self.pending_latest_ok = None
+        if self.schedule_floor is None or started_at > self.schedule_floor:
+            self.schedule_floor = started_at
 
     def clear(self) -> None:
-        """Forget everything: the next write reads the account and heads from the database."""
-        self.account = self.heads = self.pending = None
+        """Forget everything: the next write reads the account, heads and latest poll from the database."""
+        self.account = self.heads = self.heads_from = self.latest_ok = None
+        self.pending = self.pending_from = self.pending_latest_ok = None
 
 
 @dataclass
@@ -190,9 +215,11 @@ def record_poll(
         )
     if cache is not None and cache.pending is not None:
         heads = cache.pending
+        unchanged = cache.pending_from is fetched.assets
     else:
         heads = {row.asset: row._asdict() for row in connection.execute(_HEAD_STATES, {"account_id": account.id})}
-    changed = _changed_states(heads, fetched)
+        unchanged = False
+    changed = [] if unchanged else _changed_states(heads, fetched)
     inserted = _insert_poll(
         connection,
         account_id=account.id,
@@ -207,7 +234,7 @@ def record_poll(
     )
     if not inserted:
         return _stored(connection, account.id, finished_at)
-    coverage.note_ok_poll(connection, account.id, finished_at)
+    latest_ok = coverage.note_ok_poll(connection, account.id, finished_at, cache.pending_latest_ok if cache else None)
     if account.account_alias is None:
         connection.execute(
             update(_accounts).where(_accounts.c.id == account.id).values(account_alias=fetched.account_alias)
@@ -216,7 +243,10 @@ def record_poll(
     if changed:
         _insert_states(connection, account.id, finished_at, changed)
     if cache is not None:
-        cache.pending = {**heads, **{row["asset"]: row for _, row in changed}}
+        # The heads now hold exactly these assets' states (and vanished markers for the rest).
+        cache.pending = {**heads, **{row["asset"]: row for _, row in changed}} if changed else heads
+        cache.pending_from = fetched.assets
+        cache.note_latest_ok(latest_ok)
     return PollOutcome(finished_at, POLL_OK, len(fetched.assets), len(changed), fetched.used_weight)
 
 

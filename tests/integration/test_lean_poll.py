@@ -6,16 +6,20 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from sqlalchemy import event, select
 
 from recorder.db import make_sessions
-from recorder.errors import StorageError
+from recorder.errors import BadPayload, StorageError
+from recorder.exchange import BinanceFuturesClient
 from recorder.locks import WriterLock
-from recorder.models import Poll
+from recorder.models import Poll, PollGap
 from recorder.service import Recorder
-from tests.conftest import SIM_KEY
+from recorder.service import declare_schedule as declare_run_schedule
+from tests.conftest import SIM_KEY, SIM_SECRET
 from tests.integration import test_outages
 from tests.integration.test_outages import (  # noqa: F401 - outage_engine is a fixture
     database_down,
@@ -79,11 +83,44 @@ def test_poll_under_the_writer_lock_reads_neither_account_nor_heads(simulator, e
     clock.advance(60)
     with statements(engine) as busy:
         assert recorder.poll_once().changed_count >= 1
-    # The poll row and the gap check; a change adds its balances row and moves its head.
-    assert idle == ["INSERT", "SELECT"]
-    assert busy[:2] == ["INSERT", "SELECT"]
-    assert "UPDATE" in busy and busy.count("SELECT") == 1
+    # The poll row alone (the previous poll and the schedule are known too); a change adds its
+    # balances row and moves its head.
+    assert idle == ["INSERT"]
+    assert busy == ["INSERT", "INSERT", "UPDATE"]
     assert usdt_history(engine) == served_usdt(simulator)
+
+
+def test_gaps_stored_under_the_writer_lock_follow_every_schedule_declared(simulator, engine, lock, tmp_path, clock):
+    """The gap check's previous poll and schedule are kept between polls; a declared schedule,
+    even one starting later, is asked for again, so the stored gaps are the rule's."""
+    recorder = make_recorder(simulator, engine, tmp_path / "spool", lock=lock, clock=clock)
+    start = clock.now
+
+    def poll_at(seconds: float) -> list[str]:
+        clock.now = start + timedelta(seconds=seconds)
+        with statements(engine) as sent:
+            recorder.poll_once()
+        return sent
+
+    assert declare_run_schedule(recorder, 60, source="run", at=start)
+    poll_at(0)
+    assert poll_at(60) == ["INSERT"]  # nothing asked: the previous poll and the schedule are known
+    poll_at(120)
+    poll_at(320)  # 200 s under the 60 s schedule: a gap
+    # A 1 s schedule starting at 400, declared at 320: the poll at 330 is still judged by the
+    # 60 s one, but cannot stand for the latest poll past 400.
+    assert declare_run_schedule(recorder, 1, source="run", at=start + timedelta(seconds=400))
+    poll_at(330)
+    assert "SELECT" in poll_at(410)  # 80 s after 330 but due by 401.5 under the new schedule: a gap
+    assert poll_at(411) == ["INSERT"]
+    poll_at(420)  # 9 s under the 1 s schedule: a gap
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(PollGap.start_at, PollGap.end_at, PollGap.tolerance_ms).order_by(PollGap.end_at)
+        ).all()
+    assert [((s - start).total_seconds(), (e - start).total_seconds(), ms) for s, e, ms in rows] == [
+        (120.0, 320.0, 90_000), (330.0, 410.0, 71_500), (411.0, 420.0, 1_500)
+    ]
 
 
 def test_poll_without_a_lock_reads_the_heads_every_time(simulator, engine, tmp_path, clock):
@@ -210,3 +247,30 @@ def test_an_empty_spool_folder_is_listed_again_only_after_a_poll_was_spooled(
     assert not stray.exists() and (recorder.spool.directory / "corrupt" / stray.name).exists()
     assert recorder.spool.pending() == []
     assert usdt_history(outage_engine) == served_usdt(simulator)
+
+
+def _usdt_row(update_time) -> dict:
+    amount = "12.50000000"
+    return {"accountAlias": "SgsR", "asset": "USDT", "balance": amount, "crossWalletBalance": amount,
+            "crossUnPnl": "0.00000000", "availableBalance": amount, "maxWithdrawAmount": amount,
+            "marginAvailable": True, "updateTime": update_time}
+
+
+def test_the_same_body_again_reuses_its_records_and_any_other_body_is_validated_anew(simulator):
+    client = BinanceFuturesClient(base_url=simulator.base_url, api_key=SIM_KEY, api_secret=SIM_SECRET)
+    try:
+        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000)])
+        first, second = client.fetch_balances(), client.fetch_balances()
+        # The same bytes: the same validated records; the weight is each response's own.
+        assert second.assets is first.assets and second.account_alias == first.account_alias == "SgsR"
+        assert second.used_weight == first.used_weight + 10
+        # Equal as JSON values but not the same text (1700000000000.0 is a number, not epoch ms):
+        # refused as it always was, never taken for the body it equals.
+        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000.0)])
+        with pytest.raises(BadPayload, match="'updateTime' must be epoch milliseconds"):
+            client.fetch_balances()
+        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000)])
+        third = client.fetch_balances()
+        assert third.assets == first.assets and third.assets[0].balance == Decimal("12.50000000")
+    finally:
+        client.close()
