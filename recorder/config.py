@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -319,8 +320,12 @@ def _require_port(url: str) -> None:
         raise ConfigError(f"RECORDER_DATABASE_URL (--database-url) has an invalid port {shown!r}: use 1 to 65535")
 
 
+@lru_cache(maxsize=1024)
 def environment_of(base_url: str) -> str:
-    """Classify where data comes from, so demo or testnet rows never mix into a live account."""
+    """Classify where data comes from, so demo or testnet rows never mix into a live account.
+
+    Cached: every poll asks it of its base URL (a handful per process), and the answer is the URL's alone.
+    """
     host = urlsplit(base_url).hostname or ""
     if host == urlsplit(LIVE_BASE_URL).hostname:
         return "live"

@@ -187,8 +187,10 @@ class BinanceFuturesClient:
         # A prepared GET per base URL and path (a handful), see _prepared().
         self._templates: dict[str, requests.PreparedRequest] = {}
         # The last balance body and what it parsed into: an idle account's body is the same
-        # bytes poll after poll, and parsing is a pure function of them (see _parse_balances).
+        # bytes poll after poll, and parsing is a pure function of them (see _parse_balances);
+        # and each asset's last row, for a body where only some assets changed.
         self._last_balances: tuple[bytes, FetchedBalances] | None = None
+        self._known_rows: dict[str, KnownRows] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BinanceFuturesClient:
@@ -336,15 +338,16 @@ class BinanceFuturesClient:
         """parse_balances(body), reusing the last result when the body is byte for byte the last one.
 
         The same bytes validate the same way and make the same records, so an idle account's
-        poll skips JSON decoding and validation (and, since its assets are the same objects,
-        storage's checks and comparisons that key on them). Only the weight header is new.
+        poll skips JSON decoding and validation (and, since its records are the same objects,
+        storage's checks and comparisons, recorder.store.HeadCache). Only the weight header is new.
         """
         last = self._last_balances
         if last is not None and last[0] == body and last[1].endpoint == self.balance_path:
             parsed = last[1]
         else:
             self._last_balances = None
-            parsed = parse_balances(body, endpoint=self.balance_path)
+            known_rows = self._known_rows.setdefault(self.balance_path, {})
+            parsed = parse_balances(body, endpoint=self.balance_path, known_rows=known_rows)
             self._last_balances = (body, parsed)
         return FetchedBalances(parsed.account_alias, parsed.assets, parsed.endpoint, self.last_reported_weight)
 
@@ -553,8 +556,16 @@ class BinanceFuturesClient:
         raise error
 
 
-def parse_balances(body: bytes | str, *, endpoint: str, used_weight: int | None = None) -> FetchedBalances:
-    """Validate a /fapi/v2|v3/balance body into records; any defect raises BadPayload."""
+def parse_balances(
+    body: bytes | str, *, endpoint: str, used_weight: int | None = None, known_rows: KnownRows | None = None
+) -> FetchedBalances:
+    """Validate a /fapi/v2|v3/balance body into records; any defect raises BadPayload.
+
+    `known_rows` (kept by the caller between calls, filled here) maps each asset to the row it
+    came in last time and the record made of it: a row equal to it again, with the same types
+    where JSON equality would mix them (true and 1, 1 and 1.0), validates the same way, so it
+    gives the very same record (which lets storage skip its own checks, recorder.store).
+    """
     data = _decode(body, endpoint)
     if isinstance(data, dict) and "code" in data and "msg" in data:
         raise BadPayload(f"{endpoint}: error object instead of balances: code {_clip(data['code'])}: {_clip(data['msg'])}")
@@ -566,7 +577,21 @@ def parse_balances(body: bytes | str, *, endpoint: str, used_weight: int | None 
     aliases: set[str] = set()
     seen: set[str] = set()
     known_amounts = _KNOWN_AMOUNTS
+    rows_now: KnownRows = {}
     for index, row in enumerate(data):
+        if known_rows is not None and type(row) is dict:
+            asset = row.get("asset")
+            known = known_rows.get(asset) if type(asset) is str else None
+            # Every other field of a valid row is a string, and a string equals only a string.
+            if (known is not None and known[0] == row and type(row.get("marginAvailable")) is bool
+                    and type(row.get("updateTime")) is int):
+                if asset in seen:
+                    raise BadPayload(f"{endpoint}: asset {asset}: listed twice")
+                seen.add(asset)
+                aliases.add(row["accountAlias"])
+                assets.append(known[1])
+                rows_now[asset] = known
+                continue
         if not isinstance(row, dict):
             raise BadPayload(f"{endpoint}: item {index} is {_json_type(row)}, not an object")
         asset = row.get("asset")
@@ -608,14 +633,21 @@ def parse_balances(body: bytes | str, *, endpoint: str, used_weight: int | None 
                 raise BadPayload(f"{where}: field 'updateTime' is missing")
             raise BadPayload(f"{where}: field 'updateTime' must be epoch milliseconds, got {_clip(update_time)}")
         fields["update_time"] = _EPOCH + timedelta(milliseconds=update_time)
-        assets.append(_asset_balance(fields))
+        record = _asset_balance(fields)
+        assets.append(record)
+        rows_now[asset] = (row, record)
     if len(aliases) != 1:
         raise BadPayload(f"{endpoint}: assets report {len(aliases)} different accountAlias values")
+    if known_rows is not None:
+        known_rows.clear()
+        known_rows.update(rows_now)
     return FetchedBalances(
         account_alias=aliases.pop(), assets=tuple(assets), endpoint=endpoint, used_weight=used_weight
     )
 
 
+# An asset's row as it came (parsed JSON) and the record made of it; see parse_balances.
+KnownRows = dict[str, tuple[dict[str, Any], AssetBalance]]
 _MISSING = object()
 _DECIMAL_FIELD_ITEMS = tuple(_DECIMAL_FIELDS.items())
 # Amount texts already validated, with their Decimal (immutable, so shared safely); bounded.

@@ -138,39 +138,21 @@ def with_notes(message: str | None, notes: Iterable[str], limit: int) -> str:
     return f"{message[:room]} {tail}" if room > 0 else tail
 
 
-def storable_fetched(fetched: FetchedBalances) -> FetchedBalances:
+def storable_fetched(fetched: FetchedBalances, stored: Mapping[str, AssetBalance] | None = None) -> FetchedBalances:
     """The balances with storable names; UnstorableValue when an amount or time cannot be stored.
 
     The alias and asset names are cleaned here, before they are compared with what the
     database holds, so a name with a control character keeps matching its stored self.
+    `stored` maps asset names to records this function made storable before (the heads'
+    sources, recorder.store.HeadCache): a record that is one of them is taken as it is, since
+    the records are immutable and the check would give the same answer.
     """
-    known = _STORABLE_ASSETS.get(id(fetched.assets))
-    if known is not None and known[0] is fetched.assets:
-        storable_assets = known[1]
-    else:
-        storable_assets = _storable_assets(fetched.assets)
-        if len(_STORABLE_ASSETS) >= _STORABLE_ASSETS_MAX:
-            _STORABLE_ASSETS.clear()
-        # The tuple itself is kept, so its id cannot be reused by another while the entry stands.
-        _STORABLE_ASSETS[id(fetched.assets)] = (fetched.assets, storable_assets)
-    alias = clean_text(fetched.account_alias)[:_ALIAS_LIMIT]
-    if alias == fetched.account_alias and storable_assets is fetched.assets:
-        return fetched
-    return replace(fetched, account_alias=alias, assets=storable_assets)
-
-
-# Asset tuples already checked, by identity, with their storable form: the client hands an idle
-# account the same tuple poll after poll (recorder.exchange), and the check of immutable
-# records gives the same answer every time. Bounded: one entry per account polled lately.
-_STORABLE_ASSETS: dict[int, tuple[tuple[AssetBalance, ...], tuple[AssetBalance, ...]]] = {}
-_STORABLE_ASSETS_MAX = 4096
-
-
-def _storable_assets(fetched_assets: tuple[AssetBalance, ...]) -> tuple[AssetBalance, ...]:
-    """The assets with storable names (the same tuple when none changed); UnstorableValue as storable_fetched."""
     asset_limit = _ASSET_LIMIT
     assets = []
-    for asset in fetched_assets:
+    for asset in fetched.assets:
+        if stored is not None and stored.get(asset.asset) is asset:
+            assets.append(asset)
+            continue
         name = clean_text(asset.asset)[:asset_limit]
         for field in AMOUNT_FIELDS:
             check_amount(getattr(asset, field), field, name)
@@ -182,9 +164,10 @@ def _storable_assets(fetched_assets: tuple[AssetBalance, ...]) -> tuple[AssetBal
     names = [asset.asset for asset in assets]
     if len(set(names)) != len(names):
         raise UnstorableValue("two assets have the same name once made storable")
-    if all(a is b for a, b in zip(assets, fetched_assets, strict=True)):
-        return fetched_assets
-    return tuple(assets)
+    alias = clean_text(fetched.account_alias)[:_ALIAS_LIMIT]
+    if alias == fetched.account_alias and all(a is b for a, b in zip(assets, fetched.assets, strict=True)):
+        return fetched
+    return replace(fetched, account_alias=alias, assets=tuple(assets))
 
 
 def check_amount(value: Any, field: str, asset: str = "") -> None:

@@ -22,6 +22,7 @@ import importlib
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -31,7 +32,7 @@ from recorder import coverage
 from recorder.config import BALANCE_ENDPOINTS, environment_of
 from recorder.errors import ConfigError, ExchangeError, RecorderError
 from recorder.prepared import Prepared
-from recorder.records import FetchedBalances
+from recorder.records import AssetBalance, FetchedBalances
 from recorder.spool import PollFailure, SpooledPoll
 from recorder.storable import TEXT_LIMIT, UnstorableValue, storable_fetched, storable_row
 from recorder.tables import POLL_FAILED, POLL_OK, RECORDED_LATE, STATE_FIELDS, accounts, balance_heads, balances, polls
@@ -119,26 +120,27 @@ class HeadCache:
 
     account: AccountRef | None = None
     heads: dict[str, dict[str, Any]] | None = None
-    # The assets tuple (as storable_fetched returns it) the heads were last written from: a poll
-    # that brings the very same tuple again (an idle account, recorder.exchange) changes nothing.
-    heads_from: tuple[Any, ...] | None = None
+    # Each asset's record (storable, immutable) its present head holds the state of: the client
+    # hands back the very same record while an asset's row is unchanged (recorder.exchange), and
+    # such a record needs neither the storable check nor a comparison.
+    sources: dict[str, AssetBalance] | None = None
     latest_ok: coverage.LatestOk | None = None
     pending: dict[str, dict[str, Any]] | None = None
-    pending_from: tuple[Any, ...] | None = None
+    pending_sources: dict[str, AssetBalance] | None = None
     pending_latest_ok: coverage.LatestOk | None = None
     # No successful poll before this time may stand for the latest: a schedule starts then.
     schedule_floor: datetime | None = None
 
     def begin(self) -> None:
         """A transaction starts: what it writes stays pending until commit()."""
-        self.pending, self.pending_from, self.pending_latest_ok = self.heads, self.heads_from, self.latest_ok
+        self.pending, self.pending_sources, self.pending_latest_ok = self.heads, self.sources, self.latest_ok
 
     def commit(self, account: AccountRef) -> None:
         """The transaction committed: its account row, heads and latest poll are the database's now."""
-        self.account, self.heads, self.heads_from, self.latest_ok = (
-            account, self.pending, self.pending_from, self.pending_latest_ok
+        self.account, self.heads, self.sources, self.latest_ok = (
+            account, self.pending, self.pending_sources, self.pending_latest_ok
         )
-        self.pending = self.pending_from = self.pending_latest_ok = None
+        self.pending = self.pending_sources = self.pending_latest_ok = None
 
     def note_latest_ok(self, latest: coverage.LatestOk | None) -> None:
         """The pending transaction stored a successful poll: what the next one may take as the latest."""
@@ -153,8 +155,8 @@ class HeadCache:
 
     def clear(self) -> None:
         """Forget everything: the next write reads the account, heads and latest poll from the database."""
-        self.account = self.heads = self.heads_from = self.latest_ok = None
-        self.pending = self.pending_from = self.pending_latest_ok = None
+        self.account = self.heads = self.sources = self.latest_ok = None
+        self.pending = self.pending_sources = self.pending_latest_ok = None
 
 
 @dataclass
@@ -204,7 +206,8 @@ def record_poll(
     gets the heads this poll moves.
     """
     connection = _connection_of(session)
-    fetched = storable_fetched(fetched)
+    sources = cache.pending_sources if cache is not None and cache.pending is not None else None
+    fetched = storable_fetched(fetched, sources)
     if account.account_alias is not None and account.account_alias != fetched.account_alias:
         existing = _existing(connection, account.id, finished_at)
         if existing is not None:
@@ -215,11 +218,9 @@ def record_poll(
         )
     if cache is not None and cache.pending is not None:
         heads = cache.pending
-        unchanged = cache.pending_from is fetched.assets
     else:
         heads = {row.asset: row._asdict() for row in connection.execute(_HEAD_STATES, {"account_id": account.id})}
-        unchanged = False
-    changed = [] if unchanged else _changed_states(heads, fetched)
+    changed = _changed_states(heads, fetched, sources)
     inserted = _insert_poll(
         connection,
         account_id=account.id,
@@ -245,7 +246,7 @@ def record_poll(
     if cache is not None:
         # The heads now hold exactly these assets' states (and vanished markers for the rest).
         cache.pending = {**heads, **{row["asset"]: row for _, row in changed}} if changed else heads
-        cache.pending_from = fetched.assets
+        cache.pending_sources = {asset.asset: asset for asset in fetched.assets}
         cache.note_latest_ok(latest_ok)
     return PollOutcome(finished_at, POLL_OK, len(fetched.assets), len(changed), fetched.used_weight)
 
@@ -332,13 +333,18 @@ def rejected_for_content(error: BaseException) -> bool:
     return isinstance(error, CONTENT_ERRORS)
 
 
-def _changed_states(heads: dict[str, dict[str, Any]], fetched: FetchedBalances) -> list[tuple[bool, dict[str, Any]]]:
+def _changed_states(
+    heads: dict[str, dict[str, Any]], fetched: FetchedBalances, sources: Mapping[str, AssetBalance] | None = None
+) -> list[tuple[bool, dict[str, Any]]]:
     """The balances rows this poll must write, each as (the asset has a head already, values).
 
-    `heads` maps each asset to its head's row (asset, present and the state fields).
+    `heads` maps each asset to its head's row (asset, present and the state fields); `sources`
+    (HeadCache.sources) each asset to the record its present head holds the state of.
     """
     changed: list[tuple[bool, dict[str, Any]]] = []
     for asset in fetched.assets:
+        if sources is not None and sources.get(asset.asset) is asset:
+            continue  # the very record the head holds: unchanged
         previous = heads.get(asset.asset)
         state = {name: getattr(asset, name) for name in STATE_FIELDS}
         if previous is None or not previous["present"] or any(previous[n] != v for n, v in state.items()):

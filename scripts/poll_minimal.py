@@ -8,8 +8,9 @@ around it: one signed GET of /fapi/v2/balance with requests (one kept-alive Sess
 body parsed once with the json module, each asset compared as text with the state it wrote
 last (kept in memory), and the SQL statements the recorder sends for a poll, verbatim, on a
 raw sqlite3 or psycopg connection with the recorder's pragmas: BEGIN IMMEDIATE, the poll row
-(INSERT ... ON CONFLICT DO NOTHING RETURNING), the gap check, and for a changed asset its
-balances row and head, then COMMIT. It prints one line per poll on stdout ("ok <changed>")
+(INSERT ... ON CONFLICT DO NOTHING RETURNING), the gap check on the first poll (then, as the
+recorder does, the previous poll and the schedule are kept in memory and a late poll stores
+its gap), and for a changed asset its balances row and head, then COMMIT. It prints one line per poll on stdout ("ok <changed>")
 and stops on SIGTERM. Only the standard library, requests and the database driver are
 imported, so its CPU and peak memory are the floor the service is measured against; it
 validates nothing, keeps no spool and no lock, and stops on the first error.
@@ -24,7 +25,7 @@ import json
 import signal
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlencode
 
@@ -52,6 +53,7 @@ GAP_CHECK = (
     "\nWHERE poll_schedules.account_id = ? AND poll_schedules.started_at <= ? ORDER BY poll_schedules.started_at "
     "DESC\n LIMIT ? OFFSET ?) AS anon_1) AS tolerance_ms"
 )
+INSERT_GAP = "INSERT INTO poll_gaps (account_id, end_at, start_at, tolerance_ms) VALUES (?, ?, ?, ?)"
 INSERT_STATE = (
     "INSERT INTO balances (account_id, asset, observed_at, present, balance, cross_wallet_balance, cross_un_pnl, "
     "available_balance, max_withdraw_amount, margin_available, update_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -59,7 +61,7 @@ INSERT_STATE = (
 )
 INSERT_HEAD = "INSERT INTO balance_heads (account_id, asset, balance_id) VALUES (?, ?, ?)"
 MOVE_HEAD = "UPDATE balance_heads SET balance_id=? WHERE balance_heads.account_id = ? AND balance_heads.asset = ?"
-STATEMENTS = {"INSERT_POLL": INSERT_POLL, "GAP_CHECK": GAP_CHECK, "INSERT_STATE": INSERT_STATE,
+STATEMENTS = {"INSERT_POLL": INSERT_POLL, "GAP_CHECK": GAP_CHECK, "INSERT_GAP": INSERT_GAP, "INSERT_STATE": INSERT_STATE,
               "INSERT_HEAD": INSERT_HEAD, "MOVE_HEAD": MOVE_HEAD}
 
 
@@ -127,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     offset_ms = server_time - time.time_ns() // 1_000_000
     secret = args.api_secret.encode()
 
+    previous_ok: datetime | None = None
+    tolerance = timedelta(0)
     next_at = time.monotonic()
     while not stop:
         started_at = datetime.now(timezone.utc)
@@ -149,8 +153,17 @@ def main(argv: list[str] | None = None) -> int:
             (at, db.when(started_at), account_id, int(weight) if weight else None, len(rows), len(changed), "ok", "v2", None),
         )
         cursor.fetchall()
-        cursor.execute(db.sql(GAP_CHECK), (account_id, "ok", at, 1, 0, account_id, "ok", at, 1, 0) + (account_id, at, 1, 0) * 2)
-        cursor.fetchall()
+        if previous_ok is None:
+            # Like the recorder: asked once, then the previous poll and the schedule are known.
+            cursor.execute(db.sql(GAP_CHECK), (account_id, "ok", at, 1, 0, account_id, "ok", at, 1, 0) + (account_id, at, 1, 0) * 2)
+            ((previous, _, _, tolerance_ms),) = cursor.fetchall()
+            if isinstance(previous, str):  # SQLite's text
+                previous = datetime.fromisoformat(previous).replace(tzinfo=timezone.utc)
+            previous_ok = previous if previous is not None else finished_at
+            tolerance = timedelta(milliseconds=tolerance_ms or 90_000)
+        elif finished_at - previous_ok > tolerance:
+            cursor.execute(db.sql(INSERT_GAP), (account_id, at, db.when(previous_ok), tolerance // timedelta(milliseconds=1)))
+        previous_ok = finished_at
         for name, state in changed:
             update_time = db.when(datetime.fromtimestamp(state[6] / 1000, timezone.utc))
             cursor.execute(db.sql(INSERT_STATE), (account_id, name, at, True, *state[:5], state[5], update_time))

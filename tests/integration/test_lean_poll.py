@@ -274,3 +274,24 @@ def test_the_same_body_again_reuses_its_records_and_any_other_body_is_validated_
         assert third.assets == first.assets and third.assets[0].balance == Decimal("12.50000000")
     finally:
         client.close()
+
+
+def test_an_unchanged_row_keeps_its_record_and_a_look_alike_row_is_validated_anew(simulator):
+    client = BinanceFuturesClient(base_url=simulator.base_url, api_key=SIM_KEY, api_secret=SIM_SECRET)
+    bnb = {**_usdt_row(1_700_000_000_000), "asset": "BNB", "balance": "0.10000000"}
+    try:
+        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000), bnb])
+        first = client.fetch_balances()
+        simulator.set_balances(SIM_KEY, [{**_usdt_row(1_700_000_000_000), "balance": "13.00000000"}, bnb])
+        second = client.fetch_balances()
+        assert second.assets[1] is first.assets[1]  # BNB's row is the same: the same record
+        assert second.assets[0] is not first.assets[0] and second.assets[0].balance == Decimal("13.00000000")
+        # true and 1 are equal as JSON values; only the first is a boolean.
+        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000), {**bnb, "marginAvailable": 1}])
+        with pytest.raises(BadPayload, match="asset BNB: field 'marginAvailable' must be true or false"):
+            client.fetch_balances()
+        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000), bnb, bnb])
+        with pytest.raises(BadPayload, match="asset BNB: listed twice"):
+            client.fetch_balances()
+    finally:
+        client.close()
