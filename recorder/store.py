@@ -5,8 +5,9 @@ years), and when this module used the ORM its unit of work cost more than the SQ
 (1.5 ms against 0.08 ms of an idle poll on SQLite, profiled with scripts/bench_poll.py;
 the poll went from 3.4 ms to 2.1 ms). An idle poll is four statements: the account, the
 asset heads, the poll row, and the gap check (recorder.coverage: the previous successful
-poll and the schedule in force, in one statement); two with a HeadCache (the poll row and
-the gap check), which the service keeps while it holds the writer lock.
+poll and the schedule in force, in one statement); one with a HeadCache (the poll row: the
+heads, the previous successful poll and the schedule are known), which the service keeps
+while it holds the writer lock.
 
 A poll's identity is (account, finished_at): storing the same poll twice, as a spool replay
 after a crash between commit and spool removal can, stores it once.
