@@ -42,7 +42,14 @@ class Prepared:
         return compiled.execute(connection, values)
 
     def executemany(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Run once per row of `rows`, in one driver call; nothing is returned."""
+        """Run once per row of `rows`, in one driver call; nothing is returned.
+
+        One row is a plain execute, as SQLAlchemy sends it: psycopg's executemany sets up a
+        pipeline, about 25 us of CPU more than one execute (a busy poll moves one head).
+        """
+        if len(rows) == 1:
+            self.execute(connection, rows[0])
+            return
         compiled = self._for(connection.dialect)
         if compiled is None:
             connection.execute(self.statement, [dict(row) for row in rows])
