@@ -205,6 +205,30 @@ def test_a_dropped_database_connection_costs_no_poll(simulator, engine, lock, tm
     assert usdt_history(engine) == served_usdt(simulator)
 
 
+def test_a_lost_lock_session_is_found_before_the_next_write_and_the_lock_taken_again(simulator, engine, lock, tmp_path, clock):
+    """The writer lock's own session dies alone (terminated, idle timeout): the check before the
+    next write finds it, takes the lock again and forgets the cache; no poll is lost."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("only a server can drop a session")
+    recorder = make_recorder(simulator, engine, tmp_path / "spool", lock=lock, clock=clock)
+    recorder.poll_once()
+    taken = lock.generation
+    with engine.connect() as admin:
+        killed = admin.exec_driver_sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'recorder pid %%'"
+        ).scalar_one()
+    assert killed == 1
+    simulator.step(SIM_KEY)
+    clock.advance(60)
+    with statements(engine) as sent:
+        assert recorder.poll_once().changed_count == 1
+    assert lock.generation == taken + 1
+    # Taken again, so the heads and the gap check are read from the database, not the cache.
+    assert sent.count("SELECT") >= 2
+    assert usdt_history(engine) == served_usdt(simulator)
+
+
 def test_starting_on_a_current_schema_never_imports_alembic(engine, db_url):
     """A service's start checks the schema without Alembic, so it never carries Alembic's memory."""
     code = (
