@@ -168,11 +168,18 @@ def _close(cursor: Any) -> None:
 
 
 def _before(connection: Connection, cursor: Any, sql: str, parameters: Any, many: bool) -> None:
-    # The flags SQLAlchemy's own execution checks: asking the dispatcher alone cost more.
+    # The flags SQLAlchemy's own execution checks first: asking the dispatcher alone cost more.
+    # They are set by any listener (on SQLite, the begin event that emits BEGIN IMMEDIATE is
+    # always there), so the event's own listeners are asked next: calling an event that has
+    # none still walks its listener lists.
     if connection._has_events or connection.engine._has_events:
-        connection.dispatch.before_cursor_execute(connection, cursor, sql, parameters, None, many)
+        listeners = connection.dispatch.before_cursor_execute
+        if listeners:
+            listeners(connection, cursor, sql, parameters, None, many)
 
 
 def _after(connection: Connection, cursor: Any, sql: str, parameters: Any, many: bool) -> None:
     if connection._has_events or connection.engine._has_events:
-        connection.dispatch.after_cursor_execute(connection, cursor, sql, parameters, None, many)
+        listeners = connection.dispatch.after_cursor_execute
+        if listeners:
+            listeners(connection, cursor, sql, parameters, None, many)
