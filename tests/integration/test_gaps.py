@@ -19,6 +19,7 @@ from recorder.coverage import declare_schedule
 from recorder.db import make_engine, make_sessions
 from recorder.errors import ExchangeUnavailable, StorageError
 from recorder.exchange import RETRY_ATTEMPTS, BinanceFuturesClient
+from recorder.locks import WriterLock
 from recorder.models import PollGap, PollSchedule
 from recorder.records import AssetBalance, FetchedBalances
 from recorder.schema import head_revision, upgrade_to_head
@@ -251,12 +252,20 @@ def test_migration_0005_infers_each_accounts_schedule_and_backfills_its_gaps(db_
         engine.dispose()
 
 
+@pytest.mark.parametrize("writer_lock", [False, True], ids=["library", "service"])
 def test_a_database_outage_bridged_by_the_spool_is_no_gap_but_a_failed_poll_inside_it_is(
-    simulator, db_url, outage_engine, tmp_path, clock: FixedClock
+    simulator, db_url, outage_engine, tmp_path, clock: FixedClock, writer_lock: bool
 ):
-    """Polls spooled while the database was down were taken on time: stored late, they leave no gap."""
+    """Polls spooled while the database was down were taken on time: stored late, they leave no gap.
+
+    With the writer lock (as `recorder run` polls), the head cache's latest poll and schedule
+    are dropped with the failed writes and the replay is judged from the database again.
+    """
     clock.now = T0
-    recorder = make_recorder(simulator, outage_engine, tmp_path / "spool", clock=clock)
+    lock = WriterLock(outage_engine, "default") if writer_lock else None
+    if lock is not None:
+        lock.acquire()
+    recorder = make_recorder(simulator, outage_engine, tmp_path / "spool", lock=lock, clock=clock)
     assert declare_run_schedule(recorder, 60, source="run", at=T0)
     recorder.poll_once()
     with database_down(db_url):
@@ -277,7 +286,13 @@ def test_a_database_outage_bridged_by_the_spool_is_no_gap_but_a_failed_poll_insi
         found = queries.gaps(session, "default")
     assert spans(found) == [(180.0, 300.0, False, {"ExchangeUnavailable": 1})]
     assert stored_gaps(sessions) == [(180.0, 300.0, 90_000)]
+    clock.advance(200)
+    recorder.poll_once()  # late again: a gap judged by the schedule the replay left in force
+    assert stored_gaps(sessions) == [(180.0, 300.0, 90_000), (300.0, 500.0, 90_000)]
+    recorder.close()
     recorder.client.close()
+    if lock is not None:
+        lock.release()
 
 
 def test_the_documented_failures_per_gap_sql_runs_on_both_backends(sessions):
