@@ -59,7 +59,7 @@ def run_recorder(
 ) -> subprocess.CompletedProcess[str]:
     """`recorder ARGS` in this process, as `subprocess.run([recorder, *ARGS], env=env, cwd=cwd,
     capture_output=True, text=True)` would report it; env None keeps this process's environment."""
-    from recorder.cli import main
+    from recorder.cli import cli, main
 
     command = command_of(args)
     assert command not in SERVICE_COMMANDS or "--help" in args, f"`recorder {command}` starts a service: run it as a subprocess"
@@ -72,6 +72,13 @@ def run_recorder(
     saved_handlers, saved_level = root.handlers[:], root.level
     saved_levels = {name: logging.getLogger(name).level for name in _LOGGERS}
     saved_signals = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    # click caches each command's help option with the names of the first context that asked for
+    # it: a test that called `cli.commands[name].make_context(...)` alone leaves `--help` without
+    # the group's `-h`. A fresh process starts with no cached option; so does this call.
+    commands = [cli, *cli.commands.values()]
+    saved_help = [getattr(command, "_help_option", None) for command in commands]
+    for command in commands:
+        command._help_option = None
     code: int = 0
     try:
         if env is not None:
@@ -104,6 +111,8 @@ def run_recorder(
         root.setLevel(saved_level)
         for name, level in saved_levels.items():
             logging.getLogger(name).setLevel(level)
+        for command, help_option in zip(commands, saved_help):
+            command._help_option = help_option
         for signum, handler in saved_signals.items():
             if signal.getsignal(signum) is not handler and handler is not None:
                 signal.signal(signum, handler)
