@@ -9,7 +9,8 @@ have had, and returns the same `subprocess.CompletedProcess` text: stdout and st
 
 What main() changes in the process is put back after each call, so no test sees another's:
 os.environ, sys.argv, the working folder, the root logger's handlers and level and the levels
-configure_logging() sets, and the SIGTERM/SIGINT/SIGALRM handlers. Commands that start a
+configure_logging() sets, the SIGTERM/SIGINT/SIGALRM handlers (and no SIGALRM timer is left
+running), and click's cached help options. Commands that start a
 service (`run`, `demo`, `simulate`) or whose subject is the process itself (signals, start-up
 imports, the entry point) stay subprocesses; every command family keeps subprocess cases
 elsewhere, so the installed `recorder` and `python -m recorder` stay covered.
@@ -34,6 +35,8 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
 SERVICE_COMMANDS = ("run", "demo", "simulate")
 # Commands that only read the database (and write files or stdout): no lock, no exchange, no
 # signal of their own but export's, which run_recorder puts back. Helpers run these in process.
+# Not the one-shot writers (poll, sync-ledger, import, backfill): the spool's lock stays held by
+# a live pid after an in-process poll, so the test's next poll (a subprocess) is refused.
 READ_COMMANDS = frozenset({"history", "balances", "diff", "changes", "gaps", "series", "ledger", "status", "export",
                            "statement", "report", "reconcile", "accounts"})
 
@@ -72,6 +75,7 @@ def run_recorder(
     saved_handlers, saved_level = root.handlers[:], root.level
     saved_levels = {name: logging.getLogger(name).level for name in _LOGGERS}
     saved_signals = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    saved_alarm = signal.getitimer(signal.ITIMER_REAL)
     # click caches each command's help option with the names of the first context that asked for
     # it: a test that called `cli.commands[name].make_context(...)` alone leaves `--help` without
     # the group's `-h`. A fresh process starts with no cached option; so does this call.
@@ -113,6 +117,10 @@ def run_recorder(
             logging.getLogger(name).setLevel(level)
         for command, help_option in zip(commands, saved_help):
             command._help_option = help_option
+        # The exchange client's request deadline is a SIGALRM timer: never leave one running once
+        # the handler is back to the default, which would end the test process.
+        if saved_alarm == (0.0, 0.0):
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for signum, handler in saved_signals.items():
             if signal.getsignal(signum) is not handler and handler is not None:
                 signal.signal(signum, handler)
