@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from recorder.db import make_engine, make_sessions
 from recorder.exchange import RETRY_ATTEMPTS
 from recorder.models import Poll, PollSchedule
+from tests.inprocess import run_recorder
 
 RECORDER = [sys.executable, "-m", "recorder"]
 DEADLINE_SECONDS = 60
@@ -58,7 +59,8 @@ def failed_count(db_url: str) -> int:
 
 
 def read(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([*RECORDER, *args], env=env, capture_output=True, text=True, timeout=60)
+    """A read command in this process with exactly `env` as its environment (tests/inprocess.py)."""
+    result = run_recorder(*args, env=env)
     assert result.returncode == 0, result.stderr
     return result
 

@@ -18,6 +18,7 @@ from recorder.errors import ExchangeUnavailable
 from recorder.records import AssetBalance, FetchedBalances
 from recorder.schema import upgrade_to_head
 from recorder.store import ensure_account, record_failure, record_poll
+from tests.inprocess import run_recorder
 
 RECORDER = str(Path(sys.executable).with_name("recorder"))
 LOCAL = "http://127.0.0.1:9"
@@ -68,13 +69,9 @@ def database(db_url: str) -> str:
 
 
 def run(database: str, *args: str, check: bool = True, quiet: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [RECORDER, *args, "--database-url", database, "--account", "main"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "RECORDER_INTERVAL": "60"},
-    )
+    """A read command in this process (tests/inprocess.py); the one-line-error test also starts the installed one."""
+    result = run_recorder(*args, "--database-url", database, "--account", "main",
+                          env={"PATH": "/usr/bin:/bin", "RECORDER_INTERVAL": "60"})
     if check:
         assert result.returncode == 0, result.stderr
         if quiet:

@@ -21,6 +21,7 @@ from recorder.db import make_engine, make_sessions
 from recorder.exchange import RETRY_ATTEMPTS
 from recorder.models import Balance, Poll
 from tests.conftest import SIM_KEY
+from tests.inprocess import READ_COMMANDS, command_of, run_recorder
 
 RECORDER = [sys.executable, "-m", "recorder"]
 SPOOL_ROOT = Path(tempfile.gettempdir()) / "recorder-test-spools"
@@ -50,7 +51,10 @@ EXACT_ROWS = [
 
 
 def recorder(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`recorder ARGS`: a subprocess, or in this process for a read command (tests/inprocess.py)."""
     env = {"RECORDER_SPOOL_DIR": str(SPOOL_ROOT), **env}
+    if command_of(args) in READ_COMMANDS:
+        return run_recorder(*args, env=env)
     return subprocess.run([*RECORDER, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -209,14 +213,14 @@ def test_every_command_is_in_the_lazy_table():
     assert sorted(cli.commands) == sorted(COMMAND_MODULES)
 
 
-# One test per command (not one loop): parallel workers share the subprocess start-ups.
+# In this process (the installed `recorder --help` and `--version` are subprocesses in test_startup).
 @pytest.mark.parametrize("name", sorted(COMMAND_MODULES))
 def test_every_command_has_help(name):
     from recorder.cli import cli, load_all_commands
 
     load_all_commands()  # commands are registered lazily
     assert cli.commands[name].help, f"{name} has no help"
-    result = subprocess.run([*RECORDER, name, "--help"], capture_output=True, text=True)
+    result = run_recorder(name, "--help")
     assert result.returncode == 0 and "Usage: recorder " + name in result.stdout
 
 

@@ -1,4 +1,4 @@
-"""`recorder statement` as a subprocess agrees with `recorder balances --at` and `recorder gaps`, on both backends."""
+"""`recorder statement` (run in this process, tests/inprocess.py) agrees with `recorder balances --at` and `recorder gaps`, on both backends."""
 
 from __future__ import annotations
 
@@ -9,20 +9,15 @@ import subprocess
 
 import pytest
 
-from tests.e2e.test_cli_queries import RECORDER, database  # noqa: F401  (the fixture: SCRIPT for account 'main')
+from tests.e2e.test_cli_queries import database  # noqa: F401  (the fixture: SCRIPT for account 'main')
+from tests.inprocess import run_recorder
 
 SINCE, UNTIL = "2026-01-01T23:58:30Z", "2026-01-02T00:07:30Z"
 
 
 def run(url: str, *args: str, account: bool = True) -> subprocess.CompletedProcess:
     extra = ["--account", "main"] if account else []
-    return subprocess.run(
-        [RECORDER, *args, "--database-url", url, *extra],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PATH": "/usr/bin:/bin", "RECORDER_INTERVAL": "60"},
-    )
+    return run_recorder(*args, "--database-url", url, *extra, env={"PATH": "/usr/bin:/bin", "RECORDER_INTERVAL": "60"})
 
 
 def test_statement_json_matches_balances_at_and_gaps(database):  # noqa: F811

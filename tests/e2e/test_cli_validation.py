@@ -1,7 +1,11 @@
 """The command line says what is wrong: one line on stderr, exit 2, no traceback, nothing on stdout.
 
-Each case runs the installed `recorder` as a subprocess; the repeated-option check walks every
-option of every command through click's own parser, so a new option is covered without a new row.
+Each case runs the console script's `main()` with a clean environment: in this process
+(tests/inprocess.py) for commands that only read or poll once, as the installed `recorder`
+subprocess for those that would start a service if the check failed (`run`, `demo`,
+`simulate`), and through the real entry point once more in the option-given-twice test. The
+repeated-option check walks every option of every command through click's own parser, so a
+new option is covered without a new row.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from recorder.db import make_engine, make_sessions
 from recorder.records import AssetBalance, FetchedBalances
 from recorder.schema import upgrade_to_head
 from recorder.store import ensure_account, record_poll
+from tests.inprocess import SERVICE_COMMANDS, run_recorder
 
 load_all_commands()  # commands are registered lazily; these tests walk them all
 
@@ -47,8 +52,17 @@ def sqlite_url(tmp_path_factory) -> Iterator[str]:
 
 
 def recorder(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed `recorder` as a subprocess."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "RECORDER_"))}
     return subprocess.run([RECORDER, *args], capture_output=True, text=True, timeout=60, env={**clean, **(env or {})})
+
+
+def check(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`recorder ARGS` in this process, or as a subprocess for a command that would start a service."""
+    if args[0] in SERVICE_COMMANDS:
+        return recorder(*args, env=env)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "RECORDER_"))}
+    return run_recorder(*args, env={**clean, **(env or {})})
 
 
 def assert_one_line_usage_error(result: subprocess.CompletedProcess[str], message: str) -> None:
@@ -101,7 +115,7 @@ READ_CASES = [
 @pytest.mark.parametrize(("args", "message"), READ_CASES, ids=[" ".join(a) for a, _ in READ_CASES])
 def test_read_commands_refuse_bad_input_in_one_line(sqlite_url, args, message):
     database = () if "--database-url" in args else ("--database-url", sqlite_url)
-    assert_one_line_usage_error(recorder(*args, *database), message)
+    assert_one_line_usage_error(check(*args, *database), message)
 
 
 NUMBER_CASES = [
@@ -139,7 +153,7 @@ def test_numbers_must_be_finite_and_in_range(sqlite_url, tmp_path, args, message
     # Credentials and a database are given so that only the number can be wrong; nothing is sent.
     extra = ("--api-key", "k", "--api-secret", "s", "--base-url", "http://127.0.0.1:9", "--database-url", sqlite_url,
              "--spool-dir", str(tmp_path / "spool")) if args[0] in ("poll", "run") else ()
-    assert_one_line_usage_error(recorder(*args, *extra), message)
+    assert_one_line_usage_error(check(*args, *extra), message)
 
 
 ENV_CASES = [
@@ -160,7 +174,7 @@ ENV_CASES = [
 def test_environment_variables_with_bad_values_fail_the_same_way(sqlite_url, tmp_path, env, args, message):
     settings = {"BINANCE_API_KEY": "k", "BINANCE_API_SECRET": "s", "BINANCE_BASE_URL": "http://127.0.0.1:9",
                 "RECORDER_DATABASE_URL": sqlite_url, "RECORDER_SPOOL_DIR": str(tmp_path / "spool")}
-    assert_one_line_usage_error(recorder(*args, env={**settings, **env}), message)
+    assert_one_line_usage_error(check(*args, env={**settings, **env}), message)
 
 
 def test_simulate_on_a_busy_port_fails_in_one_line():
@@ -219,3 +233,14 @@ def test_every_help_renders_cleanly():
                 assert option.help, f"{prog} {option.opts[0]} has no help"
     weight = CliRunner().invoke(cli.commands["poll"], ["--help"], terminal_width=100).output
     assert "under 90% of" in " ".join(weight.split())
+
+
+@pytest.mark.parametrize("args", [("history", "--since", "last tuesday"), ("history", "--format", "csv"),
+                                  ("balances", "--at", "2026-01-02", "--format", "json"), ("status",), ("history", "--help"), ("nosuch",)])
+def test_a_command_run_in_process_reports_what_the_installed_one_does(sqlite_url, args):
+    """The harness the in-process cases rely on: exit code, stdout and stderr equal the subprocess's, byte for byte."""
+    env = {"RECORDER_DATABASE_URL": sqlite_url, "RECORDER_SPOOL_DIR": "/nonexistent/spool"}
+    expected = recorder(*args, env=env)
+    assert expected.returncode != 0 or expected.stdout  # a case that shows something
+    found = check(*args, env=env)
+    assert (found.returncode, found.stdout, found.stderr) == (expected.returncode, expected.stdout, expected.stderr)

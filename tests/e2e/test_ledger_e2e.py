@@ -28,6 +28,7 @@ from recorder.simulator import ExchangeSimulator
 from recorder.simulator.strict import UNKNOWN_INCOME_TYPE
 from tests.conftest import SIM_KEY, SIM_SECRET, recorder_env
 from tests.e2e.test_cli_recording import RECORDER, stop
+from tests.inprocess import READ_COMMANDS, command_of, run_recorder
 
 BIG = 2**53
 BURST = 1_200  # more entries in one millisecond than a page (1000) holds
@@ -84,6 +85,9 @@ def synced_after(db_url: str, moment_ms: int) -> bool:
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`recorder ARGS`: a subprocess, or in this process for a read command (tests/inprocess.py)."""
+    if command_of(args) in READ_COMMANDS:
+        return run_recorder(*args, env=env)
     return subprocess.run([*RECORDER, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 

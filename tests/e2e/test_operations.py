@@ -23,6 +23,7 @@ from recorder.identity import database_id
 from recorder.models import Poll
 from recorder.spool import spool_dir_for
 from tests.conftest import SIM_KEY, recorder_env
+from tests.inprocess import READ_COMMANDS, command_of, run_recorder
 from tests.integration.test_metrics import get, metric
 
 RECORDER = [sys.executable, "-m", "recorder"]
@@ -31,6 +32,9 @@ PATIENCE_SECONDS = 60.0
 
 
 def recorder(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`recorder ARGS`: a subprocess, or in this process for a read command such as status (tests/inprocess.py)."""
+    if command_of(args) in READ_COMMANDS:
+        return run_recorder(*args, env=env)
     return subprocess.run([*RECORDER, *args], env=env, capture_output=True, text=True, timeout=120)
 
 

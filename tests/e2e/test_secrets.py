@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from sqlalchemy import MetaData, select
 
 from recorder.db import make_engine
 from tests.conftest import SIM_KEY
-from tests.e2e.test_cli_recording import RECORDER, recorder
+from tests.e2e.test_cli_recording import RECORDER, recorder, stored_or_none, wait_until
 
 CANARY = "CANARY-secret-7f3a9c1e5b"
 
@@ -62,13 +61,18 @@ def test_canary_secret_never_printed_logged_or_stored(simulator, cli_env, db_url
     failing = recorder("--log-level", "DEBUG", "poll", env=env)
     outputs.append(failing.stdout + failing.stderr)
     assert failing.returncode == 1
+    before = len(stored_or_none(db_url))
     process = subprocess.Popen(
         [*RECORDER, "--log-level", "DEBUG", "run", "--interval", "0.5"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(2)
-    process.send_signal(signal.SIGTERM)
-    stdout, stderr = process.communicate(timeout=10)
+    try:
+        # Until the service has polled twice (was a fixed 2 s, which a busy machine could spend starting up).
+        wait_until(lambda: len(stored_or_none(db_url)) >= before + 2, "two polls by the running service")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
     outputs.append(stdout + stderr)
     demo = recorder("demo", "--seconds", "2", "--database-url", f"sqlite:///{tmp_path / 'demo.db'}", env=env)
     outputs.append(demo.stdout + demo.stderr)
