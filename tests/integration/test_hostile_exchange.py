@@ -168,22 +168,24 @@ def test_trickling_answer_fails_at_the_deadline(fault, simulator):
     client.close()
 
 
-def trickle_fails_at_the_deadline(simulator) -> None:
+def fails_at_the_deadline(simulator, fault: str, seconds: float, *, then_works: bool = True) -> None:
+    """A 1 s deadline ends a request the fault holds up, with the timeout's message (and the next one works)."""
     client = make_client(simulator.base_url, timeout=1.0, retry_attempts=1)
     client.sync_clock()
-    simulator.inject("trickle", seconds=0.5)
+    simulator.inject(fault, seconds=seconds)
     began = time.monotonic()
     with pytest.raises(ExchangeUnavailable, match=r"^/fapi/v2/balance: no complete answer within 1s \(timeout\)$"):
         client.fetch_balances()
     assert time.monotonic() - began < DID_NOT_HANG_SECONDS
-    assert client.fetch_balances().account_alias == "SgsR"
+    if then_works:
+        assert client.fetch_balances().account_alias == "SgsR"
     client.close()
 
 
 def test_deadline_on_the_main_thread_is_an_alarm_disarmed_after_each_request(simulator):
     """`recorder run` with one account polls on the main thread: SIGALRM bounds the request, no thread."""
     assert threading.current_thread() is threading.main_thread()
-    trickle_fails_at_the_deadline(simulator)
+    fails_at_the_deadline(simulator, "trickle", 0.5)
     assert signal.getsignal(signal.SIGALRM).__name__ == "_on_alarm"
     # Disarmed after the request: no alarm left to land in whatever runs next.
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
@@ -191,14 +193,7 @@ def test_deadline_on_the_main_thread_is_an_alarm_disarmed_after_each_request(sim
 
 def test_stalled_server_fails_at_the_deadline_on_the_main_thread(simulator):
     """No byte at all: the alarm interrupts the blocked read (socket timeouts alone would wait longer)."""
-    client = make_client(simulator.base_url, timeout=1.0, retry_attempts=1)
-    client.sync_clock()
-    simulator.inject("stall", seconds=30)
-    began = time.monotonic()
-    with pytest.raises(ExchangeUnavailable, match=r"^/fapi/v2/balance: no complete answer within 1s \(timeout\)$"):
-        client.fetch_balances()
-    assert time.monotonic() - began < DID_NOT_HANG_SECONDS
-    client.close()
+    fails_at_the_deadline(simulator, "stall", 30, then_works=False)
 
 
 def test_deadline_on_a_worker_thread_uses_the_watchdog(simulator):
@@ -207,7 +202,7 @@ def test_deadline_on_a_worker_thread_uses_the_watchdog(simulator):
 
     def worker() -> None:
         try:
-            trickle_fails_at_the_deadline(simulator)
+            fails_at_the_deadline(simulator, "trickle", 0.5)
         except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
             failures.append(exc)
 
@@ -223,7 +218,7 @@ def test_someone_elses_alarm_is_left_alone_and_the_deadline_still_holds(simulato
     fired: list[int] = []
     previous = signal.signal(signal.SIGALRM, lambda signum, _frame: fired.append(signum))
     try:
-        trickle_fails_at_the_deadline(simulator)
+        fails_at_the_deadline(simulator, "trickle", 0.5)
         assert signal.getsignal(signal.SIGALRM) is not None
         assert signal.getsignal(signal.SIGALRM).__name__ == "<lambda>"
         assert fired == []

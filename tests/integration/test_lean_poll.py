@@ -21,6 +21,7 @@ from recorder.service import Recorder
 from recorder.service import declare_schedule as declare_run_schedule
 from tests.conftest import SIM_KEY, SIM_SECRET
 from tests.integration import test_outages
+from tests.unit.test_parse_fast_paths import row as balance_row
 from tests.integration.test_outages import (  # noqa: F401 - outage_engine is a fixture
     database_down,
     outage_engine,
@@ -273,27 +274,20 @@ def test_an_empty_spool_folder_is_listed_again_only_after_a_poll_was_spooled(
     assert usdt_history(outage_engine) == served_usdt(simulator)
 
 
-def _usdt_row(update_time) -> dict:
-    amount = "12.50000000"
-    return {"accountAlias": "SgsR", "asset": "USDT", "balance": amount, "crossWalletBalance": amount,
-            "crossUnPnl": "0.00000000", "availableBalance": amount, "maxWithdrawAmount": amount,
-            "marginAvailable": True, "updateTime": update_time}
-
-
 def test_the_same_body_again_reuses_its_records_and_any_other_body_is_validated_anew(simulator):
     client = BinanceFuturesClient(base_url=simulator.base_url, api_key=SIM_KEY, api_secret=SIM_SECRET)
     try:
-        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000)])
+        simulator.set_balances(SIM_KEY, [balance_row(updateTime=1_700_000_000_000)])
         first, second = client.fetch_balances(), client.fetch_balances()
         # The same bytes: the same validated records; the weight is each response's own.
         assert second.assets is first.assets and second.account_alias == first.account_alias == "SgsR"
         assert second.used_weight == first.used_weight + 10
         # Equal as JSON values but not the same text (1700000000000.0 is a number, not epoch ms):
         # refused as it always was, never taken for the body it equals.
-        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000.0)])
+        simulator.set_balances(SIM_KEY, [balance_row(updateTime=1_700_000_000_000.0)])
         with pytest.raises(BadPayload, match="'updateTime' must be epoch milliseconds"):
             client.fetch_balances()
-        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000)])
+        simulator.set_balances(SIM_KEY, [balance_row(updateTime=1_700_000_000_000)])
         third = client.fetch_balances()
         assert third.assets == first.assets and third.assets[0].balance == Decimal("12.50000000")
     finally:
@@ -302,19 +296,19 @@ def test_the_same_body_again_reuses_its_records_and_any_other_body_is_validated_
 
 def test_an_unchanged_row_keeps_its_record_and_a_look_alike_row_is_validated_anew(simulator):
     client = BinanceFuturesClient(base_url=simulator.base_url, api_key=SIM_KEY, api_secret=SIM_SECRET)
-    bnb = {**_usdt_row(1_700_000_000_000), "asset": "BNB", "balance": "0.10000000"}
+    bnb = {**balance_row(updateTime=1_700_000_000_000, asset="BNB"), "balance": "0.10000000"}
     try:
-        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000), bnb])
+        simulator.set_balances(SIM_KEY, [balance_row(updateTime=1_700_000_000_000), bnb])
         first = client.fetch_balances()
-        simulator.set_balances(SIM_KEY, [{**_usdt_row(1_700_000_000_000), "balance": "13.00000000"}, bnb])
+        simulator.set_balances(SIM_KEY, [{**balance_row(updateTime=1_700_000_000_000), "balance": "13.00000000"}, bnb])
         second = client.fetch_balances()
         assert second.assets[1] is first.assets[1]  # BNB's row is the same: the same record
         assert second.assets[0] is not first.assets[0] and second.assets[0].balance == Decimal("13.00000000")
         # true and 1 are equal as JSON values; only the first is a boolean.
-        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000), {**bnb, "marginAvailable": 1}])
+        simulator.set_balances(SIM_KEY, [balance_row(updateTime=1_700_000_000_000), {**bnb, "marginAvailable": 1}])
         with pytest.raises(BadPayload, match="asset BNB: field 'marginAvailable' must be true or false"):
             client.fetch_balances()
-        simulator.set_balances(SIM_KEY, [_usdt_row(1_700_000_000_000), bnb, bnb])
+        simulator.set_balances(SIM_KEY, [balance_row(updateTime=1_700_000_000_000), bnb, bnb])
         with pytest.raises(BadPayload, match="asset BNB: listed twice"):
             client.fetch_balances()
     finally:

@@ -41,6 +41,15 @@ def statement_of(sessions, since, until, include_derived):
                                include_derived=include_derived)
 
 
+def backfilled_usdt(recorded, sessions):
+    """After the backfill, the derived statement's USDT over the period, and the period's start."""
+    run_backfill(sessions, recorded["now"])
+    since, until = period(recorded)
+    (account,) = statement_of(sessions, since, until, True).accounts
+    (usdt,) = account.assets
+    return usdt, since
+
+
 def rendered(statement) -> dict[str, str]:
     out = {}
     for fmt in ("table", "csv", "json"):
@@ -59,11 +68,8 @@ def test_without_the_option_the_statement_is_the_same_bytes_as_before_the_backfi
 
 
 def test_opening_and_days_before_the_first_observation_come_from_the_derived_balances(recorded, sessions):
-    run_backfill(sessions, recorded["now"])
+    usdt, since = backfilled_usdt(recorded, sessions)
     entries = recorded["entries"]
-    since, until = period(recorded)
-    (account,) = statement_of(sessions, since, until, True).accounts
-    (usdt,) = account.assets
     assert usdt.opening.status == "derived"
     assert usdt.opening.balance == derived_balance(entries, since)
     # The derived balance in force at `since` holds from the last entry before it.
@@ -82,11 +88,8 @@ def test_opening_and_days_before_the_first_observation_come_from_the_derived_bal
 
 
 def test_the_derived_span_has_its_own_roll_forward_with_residual_zero_by_construction(recorded, sessions):
-    run_backfill(sessions, recorded["now"])
+    usdt, since = backfilled_usdt(recorded, sessions)
     entries = recorded["entries"]
-    since, until = period(recorded)
-    (account,) = statement_of(sessions, since, until, True).accounts
-    (usdt,) = account.assets
     rolled = usdt.derived_roll_forward
     inside = [e for e in entries if at_ms(e["time"]) >= since]
     assert rolled.opening == derived_balance(entries, since)
