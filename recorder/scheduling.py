@@ -24,7 +24,8 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -389,6 +390,10 @@ class LeaseBook:
     advisory lock (the one an env-only `recorder run` takes) is held on one connection, so a
     process cut off from the database, still holding its session, keeps its accounts from a
     second writer, and the server frees them when the process dies.
+
+    A handover waits for the account's write under way (`holding`), then drops the account from
+    `held` and only then its writer lock: the next holder cannot take the lock, so cannot write,
+    before this process's last write for the account is over.
     """
 
     def __init__(self, engine: Engine, labels: Sequence[str], ttl: float) -> None:
@@ -400,6 +405,17 @@ class LeaseBook:
         self.held: set[str] = set()
         self._valid_until = 0.0  # time.monotonic() until which our leases are surely ours
         self._locks: Connection | None = None
+        # One per account: held by a job's write for it (`holding`) and by its handover.
+        self._guards = {label: threading.Lock() for label in self.labels}
+
+    @contextmanager
+    def holding(self, label: str) -> Iterator[bool]:
+        """Whether this process holds `label` now; while the block runs, a handover of it waits.
+
+        Keep the block short (one transaction): the run loop's thread is the one that waits.
+        """
+        with self._guards[label]:
+            yield label in self.held and self.valid()
 
     def valid(self) -> bool:
         """True while the leases renewed last are surely still ours."""
@@ -465,6 +481,12 @@ class LeaseBook:
         # Leases run from the transaction's now(), which was no earlier than `began`.
         self._valid_until = began + self.ttl
         gained, lost = mine - self.held, self.held - mine
+        for label in sorted(lost):
+            with self._guards[label]:
+                # Out of `held` before its writer lock goes: a job asks before each write. Logged
+                # here, so a job's last line for the account comes before this one, or (stopped) after.
+                self.held = self.held - {label}
+                log.info("account %s handed to another recorder", label)
         refused = self._lock_writers(gained, lost)
         if refused:
             self._give_up(refused)
@@ -500,6 +522,8 @@ class LeaseBook:
 
     def release_all(self) -> None:
         """Hand every account back at shutdown, so the others take them at their next refresh."""
+        # A job past the shutdown grace stops at its next step (not waited for: the database may hang).
+        self.held = set()
         try:
             with self.engine.begin() as connection:
                 connection.execute(

@@ -9,8 +9,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine
@@ -386,6 +388,8 @@ class JobPlan:
     interval: float  # the planned interval (stretched when the polls leave the ledger less than it asks)
     phase: float
     leave: float  # weight a minute the job leaves free for the polls (plan.polls_per_minute)
+    # Whether this process still holds the account, held through a write (LeaseBook.holding); None: always.
+    hold: Callable[[], AbstractContextManager[bool]] | None = None
 
 
 def run(recorder: Recorder, interval: float, *, stop_after: float | None = None,
@@ -647,8 +651,8 @@ def _refresh_leases(leases: LeaseBook, by_label: dict[str, Member],
     except SQLAlchemyError as exc:
         log.warning("could not renew the account leases: %s; polling stops when they expire", _database_problem(exc))
         return
+    # LeaseBook.refresh logged each of `lost` as handed over.
     for label in sorted(lost):
-        log.info("account %s handed to another recorder", label)
         if on_lease is not None:
             on_lease(by_label[label], False)
     for label in sorted(gained):
@@ -770,13 +774,16 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
             members.append(Member(recorder, slot, weight=_poll_weight(recorder)))
 
         budget = WeightBudget(process.weight_limit)
+        leases = LeaseBook(engine, [s.account for s in settings], lease_seconds(min(plan.intervals.values()))) \
+            if shared else None
         jobs: list[tuple[Member, PeriodicJob]] = []
         if jobs_for is not None:
             leave = plan.polls_share(budget, ledger_weight)
             for index, (member, one) in enumerate(zip(members, settings)):
                 interval = plan.ledger_intervals[one.account]
                 # Half a step off the polls' spread, so an account's sync and its poll rarely fall due together.
-                job_plan = JobPlan(budget, interval, (index + 0.5) / len(members) * interval, leave)
+                job_plan = JobPlan(budget, interval, (index + 0.5) / len(members) * interval, leave,
+                                   partial(leases.holding, one.account) if leases is not None else None)
                 jobs.extend((member, job) for job in jobs_for(member.recorder, one, job_plan))
 
         metrics = _poll_metrics(process)
@@ -805,9 +812,6 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
             for member in members:
                 watch(member)
         server = _serve(metrics, process)
-
-        leases = LeaseBook(engine, [s.account for s in settings], lease_seconds(min(plan.intervals.values()))) \
-            if shared else None
         log.info(
             "recording %d accounts from %s (%s); stop with Ctrl-C or SIGTERM",
             len(members), path,

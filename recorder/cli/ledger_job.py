@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from recorder.config import Settings
 
 if TYPE_CHECKING:
-    from recorder.ledger.sync import LedgerSync
+    from recorder.ledger.sync import Hold, LedgerSync
     from recorder.locks import LedgerLock
     from recorder.scheduling import WeightBudget
     from recorder.service import PeriodicJob, Recorder
@@ -23,13 +23,14 @@ log = logging.getLogger(__name__)
 
 
 def ledger_sync_for(recorder: Recorder, since: datetime | None, *, may_pause: bool = True,
-                    budget: WeightBudget | None = None, leave: float = 0.0) -> LedgerSync:
+                    budget: WeightBudget | None = None, leave: float = 0.0, hold: Hold | None = None) -> LedgerSync:
     """The ledger sync of the recorder's account, sharing its client, database and writer lock.
 
     Without `may_pause` a full weight budget ends the sync instead of waiting for the next minute:
     in `run` the sync holds the account's client, and a poll may still fit where a page does not.
     With `budget` (run's, shared with the polls) each page reserves its weight there, leaving
-    `leave` a minute to the polls, and settles it from the answer's weight header.
+    `leave` a minute to the polls, and settles it from the answer's weight header. With `hold`
+    (run --config's lease on the account) the sync stops at its next step once the account is handed over.
     """
     from recorder.ledger.sync import MAX_PAUSE_SECONDS, LedgerSync
 
@@ -41,6 +42,7 @@ def ledger_sync_for(recorder: Recorder, since: datetime | None, *, may_pause: bo
         since=since,
         before_write=recorder.lock.ensure if recorder.lock is not None else None,
         max_pause=MAX_PAUSE_SECONDS if may_pause else 0.0,
+        hold=hold,
     )
     if budget is not None:
         sync.weight_budget = lambda cost: budget.reserve(cost, leave=leave)
@@ -50,15 +52,16 @@ def ledger_sync_for(recorder: Recorder, since: datetime | None, *, may_pause: bo
 
 def ledger_jobs(recorder: Recorder, settings: Settings, *, enabled: bool, since: datetime | None,
                 budget: WeightBudget | None = None, leave: float = 0.0, interval: float | None = None,
-                phase: float | None = None) -> list[PeriodicJob]:
+                phase: float | None = None, hold: Hold | None = None) -> list[PeriodicJob]:
     """The run loop's ledger job (none with --no-ledger): every `interval` (default the account's
-    --ledger-interval), at `phase` + k * interval when given, under the account's ledger lock."""
+    --ledger-interval), at `phase` + k * interval when given, under the account's ledger lock, and
+    while `hold` says this process holds the account."""
     from recorder.locks import LedgerLock
     from recorder.service import PeriodicJob
 
     if not enabled:
         return []
-    sync = ledger_sync_for(recorder, since, may_pause=False, budget=budget, leave=leave)
+    sync = ledger_sync_for(recorder, since, may_pause=False, budget=budget, leave=leave, hold=hold)
     lock = LedgerLock(recorder.sessions.kw["bind"], recorder.account)
     return [PeriodicJob("ledger", interval or settings.ledger_interval, partial(_locked_sync, sync, lock), phase)]
 

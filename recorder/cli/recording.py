@@ -242,7 +242,7 @@ def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
 
         def jobs_for(recorder: Recorder, settings: Settings, plan: JobPlan) -> list[Any]:
             return ledger_jobs(recorder, settings, enabled=True, since=ledger_since, budget=plan.budget,
-                               leave=plan.leave, interval=plan.interval, phase=plan.phase)
+                               leave=plan.leave, interval=plan.interval, phase=plan.phase, hold=plan.hold)
 
         result = run_accounts_file(config_file, os.environ, values, jobs_for=None if no_ledger else jobs_for)
         _exit_after_run(result.exit_code, result.abandoned_poll)

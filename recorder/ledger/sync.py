@@ -16,6 +16,11 @@ budget (by default the client's own headroom rule; in `recorder run` the WeightB
 polls reserve from, which then counts the request as reserved until `settle_weight(30, header)`
 reports the exchange's figure); a wait up to `max_pause` is slept, a longer one ends the attempt
 early, as does a 429/418 (the client then refuses to send until its Retry-After has passed).
+
+Handover: in a shared `recorder run --config` an account may pass to another process mid-sync.
+`hold()` (the account's lease, recorder.scheduling.LeaseBook.holding) is asked before every page
+request and every write, and held through the write: once the account is no longer this
+process's, the attempt stops there, cleanly (no `failed` row; windows committed before stay covered).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cache
@@ -51,6 +57,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 # Seconds to wait before a request of this weight fits the IP's budget; 0 when it fits now.
 WeightBudget = Callable[[int], float]
+# A context that says whether this process still holds the account, and keeps it so until it exits.
+Hold = Callable[[], AbstractContextManager[bool]]
 
 INCOME_WEIGHT = 30
 PAGE_LIMIT = 1000
@@ -128,10 +136,16 @@ class SyncResult:
     covered_until: datetime | None
     # True when the weight budget ended the attempt before it reached now.
     paused: bool = False
+    # True when the account passed to another process (its lease) and the attempt ended there.
+    stopped: bool = False
 
 
 class _Paused(Exception):
     """The weight budget asks for a longer wait than a sync may pause."""
+
+
+class _Stopped(Exception):
+    """The account is no longer this process's: the attempt ends before its next request or write."""
 
 
 @dataclass
@@ -160,6 +174,9 @@ class LedgerSync:
     since: datetime | None = None
     # Called before every write, e.g. the writer lock's ensure().
     before_write: Callable[[], None] | None = None
+    # Whether this process still holds the account, asked before every request and held through
+    # every write (run --config's lease); default: always.
+    hold: Hold | None = None
     max_pause: float = MAX_PAUSE_SECONDS
     sleep: Callable[[float], None] = time.sleep
     page_limit: int = PAGE_LIMIT
@@ -180,6 +197,8 @@ class LedgerSync:
         except StorageError as error:
             log.warning("ledger sync failed account=%s error=StorageError ms=%d: %s", self.account, _elapsed_ms(began), error)
             raise
+        except _Stopped:
+            return self._end(attempt_id, began, "stopped", 0, 0, 0, 0, None)
         end_ms = to_ms(now)
         oldest_kept = to_ms(now - RETENTION)
         if covered_until is None:
@@ -195,7 +214,6 @@ class LedgerSync:
                 start_ms = oldest_kept
         start_ms = min(start_ms, end_ms)
         windows = requests = fetched = new = 0
-        paused = False
         window_ms = self.window // _MS
         while True:
             window = _Window(start_ms, min(start_ms + window_ms - 1, end_ms))
@@ -203,51 +221,71 @@ class LedgerSync:
             try:
                 self._fetch(window)
             except _Paused as pause:
-                paused = True
                 log.info("ledger sync paused account=%s: %s; the next sync goes on from %s",
                          self.account, pause, from_ms(window.start_ms).isoformat())
-                break
+                return self._end(attempt_id, began, "paused", windows, requests, fetched, new, covered_until)
+            except _Stopped:
+                return self._end(attempt_id, began, "stopped", windows, requests, fetched, new, covered_until)
             except ExchangeError as error:
                 self._record_failure(account_id, attempt_id, window, window_started, error)
                 log.warning("ledger sync failed account=%s window=%s..%s error=%s ms=%d: %s",
                             self.account, from_ms(window.start_ms).isoformat(), from_ms(window.end_ms).isoformat(),
                             type(error).__name__, _elapsed_ms(began), clean_text(str(error)))
                 raise
-            try:
-                added = self._store(account_id, attempt_id, window, window_started)
-            except StorageError as error:
-                log.warning("ledger sync failed account=%s error=StorageError ms=%d: %s",
-                            self.account, _elapsed_ms(began), error)
-                raise
-            windows += 1
-            requests += window.requests
-            fetched += len(window.entries)
-            new += added
-            covered_until = from_ms(window.end_ms)
-            if window.end_ms >= end_ms:
-                break
+            # Held through the write and, for the last window, the "ok" line: a handover waits for
+            # both, so nothing is written and no sync ends "ok" after this process logs the account
+            # handed over.
+            with self._hold() as held:
+                if not held:
+                    return self._end(attempt_id, began, "stopped", windows, requests, fetched, new, covered_until)
+                try:
+                    added = self._store(account_id, attempt_id, window, window_started)
+                except StorageError as error:
+                    log.warning("ledger sync failed account=%s error=StorageError ms=%d: %s",
+                                self.account, _elapsed_ms(began), error)
+                    raise
+                windows += 1
+                requests += window.requests
+                fetched += len(window.entries)
+                new += added
+                covered_until = from_ms(window.end_ms)
+                if window.end_ms >= end_ms:
+                    return self._end(attempt_id, began, "ok", windows, requests, fetched, new, covered_until)
             # The next window starts on this one's last millisecond: windows touch, so coverage
             # is one stretch, and the shared millisecond is deduplicated.
             start_ms = window.end_ms
-        log.info("ledger sync %s account=%s windows=%d requests=%d fetched=%d new=%d covered_until=%s weight=%s ms=%d",
-                 "paused" if paused else "ok", self.account, windows, requests, fetched, new,
+
+    def _end(self, attempt_id: str, began: float, outcome: str, windows: int, requests: int, fetched: int,
+             new: int, covered_until: datetime | None) -> SyncResult:
+        """The attempt's one summary line, and its result."""
+        log.info("ledger sync %s account=%s windows=%d requests=%d fetched=%d new=%d covered_until=%s weight=%s ms=%d%s",
+                 outcome, self.account, windows, requests, fetched, new,
                  covered_until.isoformat() if covered_until else "-",
                  self.client.last_reported_weight if self.client.last_reported_weight is not None else "-",
-                 _elapsed_ms(began))
-        return SyncResult(attempt_id, windows, requests, fetched, new, covered_until, paused)
+                 _elapsed_ms(began),
+                 ": the account was handed to another recorder (or its lease lapsed); nothing more is fetched or "
+                 "stored for it here" if outcome == "stopped" else "")
+        return SyncResult(attempt_id, windows, requests, fetched, new, covered_until,
+                          paused=outcome == "paused", stopped=outcome == "stopped")
+
+    def _hold(self) -> AbstractContextManager[bool]:
+        return self.hold() if self.hold is not None else nullcontext(True)
 
     def _prepare(self, now: datetime) -> tuple[int, datetime | None]:
         """The account's id (created if new) and its newest covered time."""
         try:
-            if self.before_write is not None:
-                self.before_write()
-            with self.sessions.begin() as session:
-                account = store.ensure_account(session, self.account, self.client.base_url, now)
-                newest = session.execute(
-                    select(func.max(_syncs.c.window_end)).where(
-                        _syncs.c.account_id == account.id, _syncs.c.outcome == "ok"
-                    )
-                ).scalar_one()
+            with self._hold() as held:
+                if not held:
+                    raise _Stopped
+                if self.before_write is not None:
+                    self.before_write()
+                with self.sessions.begin() as session:
+                    account = store.ensure_account(session, self.account, self.client.base_url, now)
+                    newest = session.execute(
+                        select(func.max(_syncs.c.window_end)).where(
+                            _syncs.c.account_id == account.id, _syncs.c.outcome == "ok"
+                        )
+                    ).scalar_one()
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot read the ledger's coverage: {database_error_line(exc)}") from None
         return account.id, _aware(newest)
@@ -267,6 +305,10 @@ class LedgerSync:
     def _page(self, window: _Window, start_ms: int, end_ms: int, page: int | None = None) -> FetchedIncome:
         if window.requests >= MAX_PAGES_PER_WINDOW:
             raise BadPayload(f"/fapi/v1/income: more than {MAX_PAGES_PER_WINDOW} pages in one window; not stored")
+        with self._hold() as held:
+            # Not held through the request: a handover would wait for the exchange's answer.
+            if not held:
+                raise _Stopped
         self._wait_for_budget()
         window.requests += 1
         try:
@@ -309,7 +351,9 @@ class LedgerSync:
             cursor += 1
 
     def _store(self, account_id: int, attempt_id: str, window: _Window, started_at: datetime) -> int:
-        """The window's entries (insert-if-absent) and its `ok` row, in one transaction; how many were new."""
+        """The window's entries (insert-if-absent) and its `ok` row, in one transaction; how many were new.
+
+        The caller holds the account (hold()) throughout."""
         recorded_at = self.clock()
         rows = []
         for entry in sorted(window.entries.values(), key=lambda e: (e.time_ms, e.income_type, e.tran_id, e.asset)):
@@ -344,7 +388,7 @@ class LedgerSync:
                 ))
         except SQLAlchemyError as exc:
             error = StorageError(f"cannot store the ledger window: {database_error_line(exc)}")
-            self._record_failure(account_id, attempt_id, window, started_at, error)
+            self._insert_failure(self._failure_row(account_id, attempt_id, window, started_at, error))
             raise error from None
         return added
 
@@ -360,7 +404,16 @@ class LedgerSync:
 
     def _record_failure(self, account_id: int, attempt_id: str, window: _Window, started_at: datetime,
                         error: ExchangeError | StorageError) -> None:
-        """A `failed` row for the window; if the database cannot take it either, one ERROR line."""
+        """A `failed` row for the window while the account is still this process's; if the database
+        cannot take it either, one ERROR line."""
+        row = self._failure_row(account_id, attempt_id, window, started_at, error)
+        with self._hold() as held:
+            # Handed over meanwhile: the new holder's syncs cover the window, and only it writes now.
+            if held:
+                self._insert_failure(row)
+
+    def _failure_row(self, account_id: int, attempt_id: str, window: _Window, started_at: datetime,
+                     error: ExchangeError | StorageError) -> dict[str, object]:
         failure = store.describe_failure(error)
         row = self._sync_row(account_id, attempt_id, window, started_at, "failed")
         row.update(
@@ -370,6 +423,9 @@ class LedgerSync:
             error_code=_bounded(failure.code, -(2**63), 2**63 - 1),
             used_weight=_storable_weight(failure.used_weight if failure.used_weight is not None else window.used_weight),
         )
+        return row
+
+    def _insert_failure(self, row: dict[str, object]) -> None:
         try:
             if self.before_write is not None:
                 self.before_write()

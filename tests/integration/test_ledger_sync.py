@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -323,3 +324,76 @@ def test_ledger_archive_counts_match_on_the_key(simulator, sessions):
     make_sync(simulator, sessions).sync_once()
     with sessions() as session:
         assert session.execute(select(func.count()).select_from(IncomeEntry)).scalar() == 4
+
+
+def income_requests(simulator) -> int:
+    return sum(1 for record in simulator.requests_log if record.path == "/fapi/v1/income")
+
+
+def spread_over_90_days(simulator) -> None:
+    """Entries on every day of the 90 Binance keeps, so every window has some."""
+    now = simulator.server_time_ms()
+    simulator.add_income(SIM_KEY, [
+        {"symbol": "", "incomeType": "FUNDING_FEE", "income": "-0.5", "asset": "USDT", "info": "",
+         "time": now - day * 86_400_000 - 3_600_000, "tranId": 2**60 + day, "tradeId": ""} for day in range(89)
+    ])
+
+
+@contextmanager
+def held_while(condition):
+    """A hold (LeaseBook.holding's shape) that holds the account while `condition()` is true."""
+    yield condition()
+
+
+def test_ledger_sync_stops_before_the_next_request_once_the_account_is_handed_over(simulator, sessions, caplog):
+    trade(simulator)
+    spread_over_90_days(simulator)
+
+    def windows_committed() -> int:
+        with sessions() as session:
+            return session.scalar(select(func.count()).select_from(LedgerSyncRow)) or 0
+
+    # The lease goes as soon as the first window is committed.
+    sync = make_sync(simulator, sessions, hold=lambda: held_while(lambda: windows_committed() < 1))
+    with caplog.at_level(logging.INFO, logger="recorder.ledger.sync"):
+        result = sync.sync_once()
+    assert result.stopped and not result.paused and result.windows == 1 and result.requests == 1
+    assert income_requests(simulator) == 1  # no page asked for after the handover
+    (row,) = sync_rows(sessions)
+    assert row.outcome == "ok"  # no failed row: nothing failed
+    first_window = [entry for entry in served(simulator) if entry[4] <= to_ms(row.window_end)]
+    assert archived(sessions) == first_window and result.entries_new == len(first_window) > 0
+    lines = [r for r in caplog.records if r.name == "recorder.ledger.sync"]
+    assert [(r.levelno, r.getMessage().split(" windows=")[0]) for r in lines] == [
+        (logging.INFO, "ledger sync stopped account=default")
+    ]
+    assert "handed to another recorder" in lines[0].getMessage() and " windows=1 " in lines[0].getMessage()
+    # The next holder's sync goes on from the covered window and archives the rest once.
+    make_sync(simulator, sessions).sync_once()
+    assert archived(sessions) == served(simulator)
+
+
+def test_ledger_sync_handed_over_between_a_page_and_its_write_stores_nothing_of_it(simulator, sessions, caplog):
+    trade(simulator)
+    spread_over_90_days(simulator)
+    # The lease goes while the second window's page is on its way: fetched, never written.
+    sync = make_sync(simulator, sessions, hold=lambda: held_while(lambda: income_requests(simulator) < 2))
+    with caplog.at_level(logging.INFO, logger="recorder.ledger.sync"):
+        result = sync.sync_once()
+    assert result.stopped and result.windows == 1 and income_requests(simulator) == 2
+    assert result.requests == 1  # the window written; the second one's page was read and dropped
+    assert [r.outcome for r in sync_rows(sessions)] == ["ok"]
+    (window_end,) = [r.window_end for r in sync_rows(sessions)]
+    stored = archived(sessions)
+    assert stored == [entry for entry in served(simulator) if entry[4] <= to_ms(window_end)] and stored
+    assert sum("ledger sync stopped account=default" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_ledger_sync_of_an_account_never_held_writes_nothing(simulator, sessions):
+    trade(simulator)
+    result = make_sync(simulator, sessions, hold=lambda: held_while(lambda: False)).sync_once()
+    assert result.stopped and result.windows == 0 and result.covered_until is None
+    assert income_requests(simulator) == 0
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(IncomeEntry)) == 0
+    assert sync_rows(sessions) == []
