@@ -606,16 +606,17 @@ def start_service(sim: ExchangeSimulator, key: str, url: str, interval: float, w
     return Polling([sys.executable, "-m", "recorder", "run"], env, "poll ok", "stderr")
 
 
-MAX_WEIGHT_LIMIT_SETTING = 1_000_000  # recorder's own ceiling for --weight-limit
+MAX_WEIGHT_LIMIT_SETTING = 1_000_000
+MINIMAL_WITH_SQLALCHEMY = "minimal+sqlalchemy"  # recorder's own ceiling for --weight-limit
 
 
-def start_minimal(sim: ExchangeSimulator, key: str, url: str, interval: float) -> Polling:
+def start_minimal(sim: ExchangeSimulator, key: str, url: str, interval: float, *, import_sqlalchemy: bool = False) -> Polling:
     """scripts/poll_minimal.py at the same cadence, into the same kind of database."""
     secret = dict(KEYS.values())[key]
     command = [
         sys.executable, str(MINIMAL_SCRIPT), "--base-url", sim.base_url, "--api-key", key, "--api-secret", secret,
         "--database", url, "--interval", str(interval),
-    ]
+    ] + (["--import-sqlalchemy"] if import_sqlalchemy else [])
     return Polling(command, dict(os.environ), "ok", "stdout")
 
 
@@ -625,6 +626,10 @@ def measure_pair(sim: ExchangeSimulator, key: str, urls: dict[str, str], args: a
     processes = {
         "recorder run": start_service(sim, key, urls["recorder run"], args.service_interval, workdir, f"svc-{account}"),
         "minimal": start_minimal(sim, key, urls["minimal"], args.service_interval),
+        # The same script holding SQLAlchemy and the dialect in memory: the floor of peak RSS for a
+        # service that stores through SQLAlchemy, whatever else it does.
+        MINIMAL_WITH_SQLALCHEMY: start_minimal(sim, key, urls[MINIMAL_WITH_SQLALCHEMY], args.service_interval,
+                                               import_sqlalchemy=True),
     }
     timeout = 120 + (args.service_polls + args.service_warmup) * args.service_interval * 10
     rows: list[ServiceRow] = []
@@ -653,7 +658,7 @@ def measure_pair(sim: ExchangeSimulator, key: str, urls: dict[str, str], args: a
     finally:
         for polling in processes.values():
             polling.stop()
-    minimal = rows[1].cpu_ms_per_poll
+    minimal = next(row.cpu_ms_per_poll for row in rows if row.variant == "minimal")
     rows[0].cpu_vs_minimal = round(rows[0].cpu_ms_per_poll / minimal, 2) if minimal else None
     return rows
 
@@ -751,7 +756,7 @@ def service_main(args: argparse.Namespace, backends: list[str]) -> int:
                 statements[name] = check_statements(idle_sim, backend)
                 for account, sim in (("idle", idle_sim), ("busy", busy_sim)):
                     key = KEYS[account][0]
-                    urls = {v: _service_database(backend, stack, f"svc-{account}-{v.split()[0]}") for v in ("recorder run", "minimal")}
+                    urls = {v: _service_database(backend, stack, f"svc-{account}-{v.split()[0].replace('+', '-')}") for v in ("recorder run", "minimal", MINIMAL_WITH_SQLALCHEMY)}
                     log(f"{name} {account}: {args.service_polls} polls each every {args.service_interval}s")
                     rows += measure_pair(sim, key, urls, args, workdir, name, account)
             if args.idle_seconds > 0:
@@ -788,6 +793,11 @@ def service_main(args: argparse.Namespace, backends: list[str]) -> int:
             targets[f"{r.backend}_{r.account}_cpu"] = {"met": (r.cpu_vs_minimal or 0) <= CPU_RATIO_TARGET,
                                                       "cpu_vs_minimal": r.cpu_vs_minimal}
             targets[f"{r.backend}_{r.account}_rss"] = {"met": r.peak_rss_mb <= RSS_TARGET_MB, "peak_rss_mb": r.peak_rss_mb}
+    for r in rows:
+        if r.variant == MINIMAL_WITH_SQLALCHEMY:
+            print(f"# {r.backend} {r.account}: the minimal script holding SQLAlchemy and its dialect peaks at "
+                  f"{r.peak_rss_mb:.1f} MB, {'within' if r.peak_rss_mb <= RSS_TARGET_MB else 'over'} the "
+                  f"{RSS_TARGET_MB:g} MB target before any of the recorder's own code")
     for name, verdict in targets.items():
         detail = ", ".join(f"{k}={v}" for k, v in verdict.items() if k != "met")
         print(f"target {name}: {'MET' if verdict['met'] else 'NOT MET'} ({detail})")
