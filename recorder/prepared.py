@@ -41,20 +41,20 @@ class Prepared:
             return [tuple(row) for row in result] if result.returns_rows else []
         return compiled.execute(connection, values)
 
-    def executemany(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Run once per row of `rows`, in one driver call; nothing is returned.
+    def executemany(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Run once per row of `rows`, in one driver call; how many rows the driver counts as changed.
 
         One row is a plain execute, as SQLAlchemy sends it: psycopg's executemany sets up a
         pipeline, about 25 us of CPU more than one execute (a busy poll moves one head).
+        The count is the sum over the rows (sqlite3 and psycopg both sum it), so an
+        insert-if-absent counts what it inserted without RETURNING a row per insert.
         """
-        if len(rows) == 1:
-            self.execute(connection, rows[0])
-            return
         compiled = self._for(connection.dialect)
         if compiled is None:
-            connection.execute(self.statement, [dict(row) for row in rows])
-            return
-        compiled.executemany(connection, rows)
+            return connection.execute(self.statement, [dict(row) for row in rows]).rowcount
+        if len(rows) == 1:
+            return compiled.run(connection, rows[0])[1]
+        return compiled.executemany(connection, rows)
 
     def _for(self, dialect: Dialect) -> _Compiled | None:
         try:
@@ -104,6 +104,10 @@ class _Compiled:
         return {name: processors[name](merged[name]) if name in processors else merged[name] for name in self.names}
 
     def execute(self, connection: Connection, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        return self.run(connection, values)[0]
+
+    def run(self, connection: Connection, values: Mapping[str, Any]) -> tuple[list[tuple[Any, ...]], int]:
+        """The processed rows the statement returned, and the driver's count of rows it changed."""
         parameters = self.parameters(values)
         cursor = None
         try:
@@ -111,11 +115,15 @@ class _Compiled:
             _before(connection, cursor, self.sql, parameters, False)
             cursor.execute(self.sql, parameters)
             rows = cursor.fetchall() if cursor.description is not None else []
+            rowcount = cursor.rowcount
             _after(connection, cursor, self.sql, parameters, False)
         except connection.dialect.loaded_dbapi.Error as exc:
             connection._handle_dbapi_exception(exc, self.sql, parameters, cursor, None)
         finally:
             _close(cursor)
+        return self._processed(rows), rowcount
+
+    def _processed(self, rows: list[Any]) -> list[tuple[Any, ...]]:
         processors = self.result_processors
         if not rows or processors is None or not any(processors):
             return [tuple(row) for row in rows]
@@ -124,18 +132,20 @@ class _Compiled:
             for row in rows
         ]
 
-    def executemany(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    def executemany(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
         parameters = [self.parameters(values) for values in rows]
         cursor = None
         try:
             cursor = _cursor(connection)
             _before(connection, cursor, self.sql, parameters, True)
             cursor.executemany(self.sql, parameters)
+            rowcount = cursor.rowcount
             _after(connection, cursor, self.sql, parameters, True)
         except connection.dialect.loaded_dbapi.Error as exc:
             connection._handle_dbapi_exception(exc, self.sql, parameters, cursor, None)
         finally:
             _close(cursor)
+        return rowcount
 
 
 def run_driver_sql(connection: Connection, sql: str) -> None:

@@ -516,6 +516,7 @@ class Polling:
 
         self.marker = marker
         self.polls = 0
+        self.syncs = 0  # "ledger sync ok" lines
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self.process = subprocess.Popen(
@@ -538,6 +539,8 @@ class Polling:
                 del self.lines[:-50]
                 if counted and self.marker in line:
                     self.polls += 1
+                if counted and "ledger sync ok" in line:
+                    self.syncs += 1
                 self._changed.notify_all()
         with self._changed:
             self._changed.notify_all()
@@ -550,6 +553,16 @@ class Polling:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     tail = "\n".join(self.lines[-15:])
                     raise RuntimeError(f"{self.process.args[:4]} reported {self.polls}/{polls} polls:\n{tail}")
+                self._changed.wait(1.0)
+
+    def wait_for_syncs(self, syncs: int, timeout: float) -> None:
+        """Block until `syncs` ledger syncs ended ok; RuntimeError with its last lines if it dies or stalls."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.syncs < syncs:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    tail = "\n".join(self.lines[-15:])
+                    raise RuntimeError(f"{self.process.args[:4]} reported {self.syncs}/{syncs} ledger syncs:\n{tail}")
                 self._changed.wait(1.0)
 
     def stop(self) -> None:
@@ -589,9 +602,11 @@ def _service_database(backend: Backend, stack: contextlib.ExitStack, label: str)
     return url
 
 
-def start_service(sim: ExchangeSimulator, key: str, url: str, interval: float, workdir: Path, label: str) -> Polling:
-    """`recorder run` as a user starts it, against the simulator, counting its "poll ok" lines."""
-    secret = dict(KEYS.values())[key]
+def start_service(sim: ExchangeSimulator, key: str, url: str, interval: float, workdir: Path, label: str,
+                  **settings: str) -> Polling:
+    """`recorder run` as a user starts it, against the simulator, counting its "poll ok" lines;
+    `settings` are more environment variables (RECORDER_...)."""
+    secret = dict([*KEYS.values(), LEDGER_BACKLOG_KEY])[key]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BINANCE_", "RECORDER_"))}
     env.update(
         BINANCE_API_KEY=key,
@@ -602,20 +617,22 @@ def start_service(sim: ExchangeSimulator, key: str, url: str, interval: float, w
         RECORDER_SPOOL_DIR=str(workdir / f"spool-{label}"),
         RECORDER_WEIGHT_LIMIT=str(MAX_WEIGHT_LIMIT_SETTING),
         RECORDER_INTERVAL=str(interval),
+        **settings,
     )
     return Polling([sys.executable, "-m", "recorder", "run"], env, "poll ok", "stderr")
 
 
-MAX_WEIGHT_LIMIT_SETTING = 1_000_000  # recorder's own ceiling for --weight-limit
+MAX_WEIGHT_LIMIT_SETTING = 1_000_000
+MINIMAL_WITH_SQLALCHEMY = "minimal+sqlalchemy"  # recorder's own ceiling for --weight-limit
 
 
-def start_minimal(sim: ExchangeSimulator, key: str, url: str, interval: float) -> Polling:
+def start_minimal(sim: ExchangeSimulator, key: str, url: str, interval: float, *, import_sqlalchemy: bool = False) -> Polling:
     """scripts/poll_minimal.py at the same cadence, into the same kind of database."""
     secret = dict(KEYS.values())[key]
     command = [
         sys.executable, str(MINIMAL_SCRIPT), "--base-url", sim.base_url, "--api-key", key, "--api-secret", secret,
         "--database", url, "--interval", str(interval),
-    ]
+    ] + (["--import-sqlalchemy"] if import_sqlalchemy else [])
     return Polling(command, dict(os.environ), "ok", "stdout")
 
 
@@ -625,6 +642,10 @@ def measure_pair(sim: ExchangeSimulator, key: str, urls: dict[str, str], args: a
     processes = {
         "recorder run": start_service(sim, key, urls["recorder run"], args.service_interval, workdir, f"svc-{account}"),
         "minimal": start_minimal(sim, key, urls["minimal"], args.service_interval),
+        # The same script holding SQLAlchemy and the dialect in memory: the floor of peak RSS for a
+        # service that stores through SQLAlchemy, whatever else it does.
+        MINIMAL_WITH_SQLALCHEMY: start_minimal(sim, key, urls[MINIMAL_WITH_SQLALCHEMY], args.service_interval,
+                                               import_sqlalchemy=True),
     }
     timeout = 120 + (args.service_polls + args.service_warmup) * args.service_interval * 10
     rows: list[ServiceRow] = []
@@ -653,7 +674,7 @@ def measure_pair(sim: ExchangeSimulator, key: str, urls: dict[str, str], args: a
     finally:
         for polling in processes.values():
             polling.stop()
-    minimal = rows[1].cpu_ms_per_poll
+    minimal = next(row.cpu_ms_per_poll for row in rows if row.variant == "minimal")
     rows[0].cpu_vs_minimal = round(rows[0].cpu_ms_per_poll / minimal, 2) if minimal else None
     return rows
 
@@ -679,6 +700,39 @@ def measure_idle_wakeups(sim: ExchangeSimulator, key: str, url: str, seconds: fl
         "per_minute": round(total * 60 / seconds, 1),
         "per_thread": {name: count for name, count in per_thread.items() if count},
     }
+
+
+LEDGER_BACKLOG = 20_000  # income entries a first sync archives: a busy account's last weeks
+LEDGER_BACKLOG_KEY = ("bench-ledger-key", "bench-ledger-secret")
+
+
+def measure_ledger_backlog(backend: Backend, stack: contextlib.ExitStack, workdir: Path,
+                           interval: float) -> dict[str, Any]:
+    """Peak RSS of `recorder run` across its first ledger sync of LEDGER_BACKLOG entries (and its polls)."""
+    sim = stack.enter_context(ExchangeSimulator(weight_limit=NO_WEIGHT_LIMIT, auto_move=False, seed=7,
+                                                history_limit=100))
+    key, secret = LEDGER_BACKLOG_KEY
+    sim.add_account(api_key=key, api_secret=secret, account_alias="BenchLedger")
+    now = sim.server_time_ms()
+    # Spread over the last 20 days, a few to a millisecond now and then, as trades' commissions come.
+    sim.add_income(key, [
+        {"symbol": "BTCUSDT", "incomeType": ("COMMISSION", "REALIZED_PNL", "FUNDING_FEE")[n % 3],
+         "income": f"-{n % 997}.{n % 89:08d}", "asset": "USDT", "info": "", "time": now - 86_400_000 * 20 + n * 86_000,
+         "tranId": 9_000_000_000 + n, "tradeId": str(700_000 + n)}
+        for n in range(LEDGER_BACKLOG)
+    ])
+    url = _service_database(backend, stack, "svc-ledger-backlog")
+    service = start_service(sim, key, url, interval, workdir, "svc-ledger-backlog", RECORDER_LEDGER_INTERVAL="3600")
+    try:
+        service.wait_for_syncs(1, 300)
+        polls = service.polls
+        service.wait_for(polls + 20, 120)  # and polls after it: what the sync left behind stays in the peak
+        pid = service.process.pid
+        return {"backend": backend.name, "entries": LEDGER_BACKLOG,
+                "peak_rss_mb": round(process_status_kb(pid, "VmHWM") / 1024, 1),
+                "rss_after_mb": round(process_status_kb(pid, "VmRSS") / 1024, 1)}
+    finally:
+        service.stop()
 
 
 def recorder_statements(sim: ExchangeSimulator, backend: Backend, busy: bool) -> list[str]:
@@ -737,6 +791,7 @@ def service_main(args: argparse.Namespace, backends: list[str]) -> int:
     began = time.perf_counter()
     rows: list[ServiceRow] = []
     statements: dict[str, dict[str, int]] = {}
+    backlogs: list[dict[str, Any]] = []
     idle: dict[str, Any] | None = None
     idle_sim = ExchangeSimulator(weight_limit=NO_WEIGHT_LIMIT, auto_move=False, seed=7, history_limit=100)
     # Every balance request moves this one's market: each poll of it stores a changed USDT row.
@@ -751,9 +806,11 @@ def service_main(args: argparse.Namespace, backends: list[str]) -> int:
                 statements[name] = check_statements(idle_sim, backend)
                 for account, sim in (("idle", idle_sim), ("busy", busy_sim)):
                     key = KEYS[account][0]
-                    urls = {v: _service_database(backend, stack, f"svc-{account}-{v.split()[0]}") for v in ("recorder run", "minimal")}
+                    urls = {v: _service_database(backend, stack, f"svc-{account}-{v.split()[0].replace('+', '-')}") for v in ("recorder run", "minimal", MINIMAL_WITH_SQLALCHEMY)}
                     log(f"{name} {account}: {args.service_polls} polls each every {args.service_interval}s")
                     rows += measure_pair(sim, key, urls, args, workdir, name, account)
+                log(f"{name}: the first ledger sync of {LEDGER_BACKLOG:,} entries")
+                backlogs.append(measure_ledger_backlog(backend, stack, workdir, args.service_interval))
             if args.idle_seconds > 0:
                 url = _service_database(Backend(backends[0], workdir, args.postgres_url), stack, "svc-idle-wakeups")
                 log(f"idle wake-ups: recorder run --interval {IDLE_INTERVAL:g}, {args.idle_seconds:g} s after its first poll")
@@ -778,6 +835,9 @@ def service_main(args: argparse.Namespace, backends: list[str]) -> int:
     for name, counts in statements.items():
         print(f"# {name}: the recorder sends {counts['idle']} statements for an idle poll, {counts['busy']} for a busy one "
               "(BEGIN included; COMMIT goes through the driver)")
+    for backlog in backlogs:
+        print(f"# {backlog['backend']}: recorder run's peak RSS across a first ledger sync of {backlog['entries']:,} "
+              f"entries and 20 polls after it: {backlog['peak_rss_mb']:.1f} MB ({backlog['rss_after_mb']:.1f} MB after)")
     if idle is not None:
         threads = ", ".join(f"{name}: {count}" for name, count in sorted(idle["per_thread"].items()))
         print(f"idle wake-ups: {idle['per_minute']:g} per minute ({idle['wakeups']} context switches in "
@@ -788,6 +848,14 @@ def service_main(args: argparse.Namespace, backends: list[str]) -> int:
             targets[f"{r.backend}_{r.account}_cpu"] = {"met": (r.cpu_vs_minimal or 0) <= CPU_RATIO_TARGET,
                                                       "cpu_vs_minimal": r.cpu_vs_minimal}
             targets[f"{r.backend}_{r.account}_rss"] = {"met": r.peak_rss_mb <= RSS_TARGET_MB, "peak_rss_mb": r.peak_rss_mb}
+    for backlog in backlogs:
+        targets[f"{backlog['backend']}_ledger_backlog_rss"] = {"met": backlog["peak_rss_mb"] <= RSS_TARGET_MB,
+                                                              "peak_rss_mb": backlog["peak_rss_mb"]}
+    for r in rows:
+        if r.variant == MINIMAL_WITH_SQLALCHEMY:
+            print(f"# {r.backend} {r.account}: the minimal script holding SQLAlchemy and its dialect peaks at "
+                  f"{r.peak_rss_mb:.1f} MB, {'within' if r.peak_rss_mb <= RSS_TARGET_MB else 'over'} the "
+                  f"{RSS_TARGET_MB:g} MB target before any of the recorder's own code")
     for name, verdict in targets.items():
         detail = ", ".join(f"{k}={v}" for k, v in verdict.items() if k != "met")
         print(f"target {name}: {'MET' if verdict['met'] else 'NOT MET'} ({detail})")
@@ -795,7 +863,7 @@ def service_main(args: argparse.Namespace, backends: list[str]) -> int:
     print(f"# run took {elapsed} s")
     if args.json:
         document = {"service_polls": args.service_polls, "interval": args.service_interval, "elapsed_s": elapsed,
-                    "statements": statements, "idle_wakeups": idle, "targets": targets,
+                    "statements": statements, "idle_wakeups": idle, "targets": targets, "ledger_backlogs": backlogs,
                     "rows": [asdict(row) for row in rows]}
         print(json.dumps(document, separators=(",", ":")))
     return 0

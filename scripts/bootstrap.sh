@@ -21,4 +21,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root[test]" 2> >(grep -v "is ignored: it is neither" >&2)
     echo "$want" > "$stamp"
 fi
+# The package's bytecode, as a non-editable install would have it: where PYTHONDONTWRITEBYTECODE
+# is set (or the checkout is read-only to a service) every start would compile the modules again,
+# costing each `recorder` process its start-up time and about 1 MB of peak memory. Up-to-date
+# files are skipped; an edited module is compiled afresh from its newer source, never run stale.
+"$venv/bin/python" -m compileall -q "$root/recorder" >/dev/null
 export PATH="$venv/bin:$PATH"

@@ -14,6 +14,9 @@ its gap), and for a changed asset its balances row and head, then COMMIT. It pri
 and stops on SIGTERM. Only the standard library, requests and the database driver are
 imported, so its CPU and peak memory are the floor the service is measured against; it
 validates nothing, keeps no spool and no lock, and stops on the first error.
+
+With --import-sqlalchemy it also imports SQLAlchemy and the database's dialect, and uses neither:
+its peak memory is then the least any service storing through SQLAlchemy can take.
 """
 
 from __future__ import annotations
@@ -104,7 +107,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", required=True, help="sqlite:///path or postgresql+psycopg://...")
     parser.add_argument("--account", default="minimal")
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--import-sqlalchemy", action="store_true",
+                        help="also import SQLAlchemy and the database's dialect (unused): a memory floor")
     args = parser.parse_args(argv)
+    if args.import_sqlalchemy:
+        import importlib
+
+        import sqlalchemy  # noqa: F401 - imported for its memory alone
+
+        importlib.import_module("sqlalchemy.dialects." + (
+            "sqlite.pysqlite" if args.database.startswith("sqlite") else "postgresql.psycopg"))
 
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))

@@ -27,9 +27,13 @@ def supersede_statement_entries(session: Any, account_id: int, since: datetime, 
     `session`: an ORM Session or the write path's CoreSession (both have execute()).
     """
     entries = income_entries.c
+    in_range = (entries.account_id == account_id, entries.time >= since.replace(microsecond=0), entries.time < until)
+    # Most accounts never import a statement: then one indexed probe, not every entry read back.
+    if session.execute(select(entries.id).where(*in_range, entries.source == ACCOUNT_STATEMENT).limit(1)).first() is None:
+        return 0
     rows = session.execute(
         select(entries.id, entries.source, entries.income_type, entries.asset, entries.time, entries.income)
-        .where(entries.account_id == account_id, entries.time >= since.replace(microsecond=0), entries.time < until)
+        .where(*in_range)
         .order_by(entries.time, entries.id)
     ).all()
     exact: dict[tuple[str, str, datetime, Decimal], list[int]] = {}

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, text
 
 from recorder.errors import BadPayload, ExchangeUnavailable, RateLimited
 from recorder.exchange import BinanceFuturesClient
-from recorder.ledger.sync import OVERLAP, LedgerSync, to_ms
+from recorder.ledger.sync import OVERLAP, LedgerSync, from_ms, to_ms
 from recorder.models import IncomeEntry, LedgerSync as LedgerSyncRow
 from recorder.queries.ledger import LedgerListing, coverage
 from tests.conftest import SIM_KEY, SIM_SECRET
@@ -129,6 +129,26 @@ def test_ledger_sync_pages_through_a_millisecond_holding_more_than_a_page(simula
     assert archived(sessions) == served(simulator) and len(served(simulator)) == 431
     income_requests = [r for r in simulator.requests_log if r.path == "/fapi/v1/income"]
     assert result.requests == len(income_requests) and all(r.status == 200 for r in income_requests)
+
+
+def test_a_busy_week_is_stored_a_page_at_a_time(simulator, sessions):
+    """A window ends before its first full page's last millisecond: a sync holds one page in
+    memory, not a week of a busy account's entries, and the windows still cover one stretch."""
+    now = simulator.server_time_ms()
+    # 350 entries an hour ago, two to a millisecond, and one entry alone a minute ago.
+    rows = [{"symbol": "BTCUSDT", "incomeType": "COMMISSION", "income": "-0.01", "asset": "USDT", "info": "",
+             "time": now - 3_600_000 + i // 2, "tranId": 50_000 + i, "tradeId": str(i)} for i in range(350)]
+    rows.append({"symbol": "", "incomeType": "TRANSFER", "income": "7", "asset": "USDT", "info": "",
+                 "time": now - 60_000, "tranId": 60_000, "tradeId": ""})
+    simulator.add_income(SIM_KEY, rows)
+    result = make_sync(simulator, sessions, page_limit=100, since=datetime.now(timezone.utc) - timedelta(days=1)).sync_once()
+    assert archived(sessions) == served(simulator) and result.entries_new == 351
+    windows = sync_rows(sessions)
+    assert all(w.outcome == "ok" for w in windows) and len(windows) == result.windows == 4
+    # Each page's last millisecond (two entries) is read again by the next window, never lost.
+    assert [w.entries_fetched for w in windows] == [98, 98, 98, 63]
+    assert all(later.window_start == earlier.window_end for earlier, later in zip(windows, windows[1:]))
+    assert windows[0].window_end == from_ms(now - 3_600_000 + 48)  # the first page's last millisecond is left out
 
 
 def test_simulator_keeps_three_months_and_the_sync_never_asks_older(simulator, sessions):
