@@ -3,6 +3,8 @@
 ```
 RecorderError                  everything we raise on purpose
 ├── ConfigError                missing or invalid settings: fix config, restart
+├── HandedOver                 the account passed to another recorder before this poll was
+│                              written: nothing of it is stored here, nothing to do
 ├── ExchangeError              .http_status / .code: HTTP status and Binance error code
 │   ├── ExchangeUnavailable    timeout, network, 5xx, 3xx, HTML error page: skip this tick
 │   │   └── RateLimited        429/418/403 WAF/-1003: no request before .retry_after seconds
@@ -29,6 +31,12 @@ class RecorderError(Exception):
 
 class ConfigError(RecorderError):
     """Settings are missing or invalid: the user fixes the configuration and restarts."""
+
+
+class HandedOver(RecorderError):
+    """The account passed to another recorder (its lease, run --config on PostgreSQL) before this
+    poll was written: it is neither stored nor spooled here, since only the holder writes for the
+    account, and the holder's polls (and its gap bookkeeping) go on from there."""
 
 
 class ExchangeError(RecorderError):

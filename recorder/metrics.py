@@ -117,7 +117,9 @@ class PollMetrics:
         with self._lock:
             state = self._accounts.get(account)
             if state is None:
-                state = self._accounts[account] = _AccountState(tolerance_for(60.0), now, None)
+                # Not watched: forgotten at a handover while its last poll ran. Taking it would
+                # judge, and soon call unhealthy, an account another recorder polls now.
+                return
             if error is None:
                 state.last_ok_at, state.failures, state.last_error = now, 0, None
                 weight = getattr(outcome, "used_weight", None)

@@ -21,8 +21,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from recorder import coverage, store
 from recorder.config import Settings, environment_of
 from recorder.db import database_error_line
-from recorder.errors import (ConfigError, ExchangeError, RateLimited, RecorderError, RejectedPoll, SpoolError,
-                             StorageError)
+from recorder.errors import (ConfigError, ExchangeError, HandedOver, RateLimited, RecorderError, RejectedPoll,
+                             SpoolError, StorageError)
 from recorder.exchange import INCOME_PATH, REQUEST_WEIGHT, SERVER_TIME_PATH, BinanceFuturesClient
 from recorder.locks import WriterLock
 from recorder.records import FetchedBalances
@@ -65,6 +65,9 @@ class Recorder:
     lock: WriterLock | None = None
     # Told of every poll: (account, PollOutcome or None, the error raised or None, seconds).
     observer: Callable[[str, PollOutcome | None, BaseException | None, float], None] | None = None
+    # Whether this process still holds the account, held through the poll's writes (run --config's
+    # lease, LeaseBook.holding); None: always (one process per account, the writer lock's job).
+    hold: Callable[[], AbstractContextManager[bool]] | None = None
     _last_finished_at: datetime | None = field(default=None, init=False, repr=False)
     # Only with a writer lock: see store.HeadCache for why the lock makes it sound.
     _heads: store.HeadCache = field(default_factory=store.HeadCache, init=False, repr=False)
@@ -83,7 +86,8 @@ class Recorder:
             error = exc
             raise
         finally:
-            if self.observer is not None:
+            # A poll handed over with its account is its new holder's to count, not this process's.
+            if self.observer is not None and not isinstance(error, HandedOver):
                 try:
                     self.observer(self.account, outcome, error, time.perf_counter() - began)
                 except Exception:  # noqa: BLE001 - figures are a side show: the poll's result stands
@@ -190,6 +194,19 @@ class Recorder:
         return replayed
 
     def _store_or_spool(self, entry: SpooledPoll, began: float) -> PollOutcome:
+        if self.hold is None:
+            return self._store_or_spool_held(entry, began)
+        # Held through the writes (spool replay and failure rows included): a handover waits for
+        # them, so once the next holder may write, this process never writes for the account again.
+        with self.hold() as held:
+            if not held:
+                log.info("poll dropped account=%s finished_at=%s: the account was handed to another recorder "
+                         "before this poll was stored; that recorder polls it now",
+                         self.account, entry.finished_at.isoformat())
+                raise HandedOver(f"account {self.account} is another recorder's now: this poll is not stored here")
+            return self._store_or_spool_held(entry, began)
+
+    def _store_or_spool_held(self, entry: SpooledPoll, began: float) -> PollOutcome:
         try:
             self.replay_spool()
             return self._store(entry)
@@ -776,6 +793,9 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
         budget = WeightBudget(process.weight_limit)
         leases = LeaseBook(engine, [s.account for s in settings], lease_seconds(min(plan.intervals.values()))) \
             if shared else None
+        if leases is not None:
+            for member, one in zip(members, settings):
+                member.recorder.hold = partial(leases.holding, one.account)
         jobs: list[tuple[Member, PeriodicJob]] = []
         if jobs_for is not None:
             leave = plan.polls_share(budget, ledger_weight)

@@ -99,6 +99,25 @@ def test_metrics_are_per_account_and_failures_count_until_a_success(served):
     assert status == 404
 
 
+def test_a_poll_of_an_account_forgotten_meanwhile_is_not_judged(served):
+    """A poll that ends after its account was handed over (forget) must not bring it back: /healthz
+    would call it unhealthy a tolerance later, though another recorder polls it fine."""
+    metrics, server = served
+    metrics.watch("alpha", 60.0)
+    metrics.watch("beta", 60.0)
+    metrics.forget("beta")
+
+    class Outcome:
+        used_weight, changed_count = 15, 3
+
+    metrics.observe("beta", Outcome(), None, 0.02)
+    metrics.observe("beta", None, StorageError("down"), 0.5)
+    status, body = get(server.url + "/healthz")
+    assert status == 200 and [a["account"] for a in json.loads(body)["accounts"]] == ["alpha"]
+    _, text = get(server.url + "/metrics")
+    assert 'account="beta"' not in text.decode()
+
+
 def _voluntary_switches(native_id: int) -> int:
     status = Path(f"/proc/self/task/{native_id}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
