@@ -746,7 +746,7 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
     only while this process holds the account.
     """
     from recorder.accounts import load_accounts_file, process_settings
-    from recorder.db import make_engine, write_sessions
+    from recorder.db import SERVICE_SQLITE_CACHE_KIB, make_engine, write_sessions
     from recorder.identity import database_id
     from recorder.schema import upgrade_to_head
     from recorder.spool import spool_dir_for
@@ -767,7 +767,7 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
     )
     if announcement := plan.announcement():
         log.warning("%s", announcement)
-    engine = make_engine(process.database_url)
+    engine = make_engine(process.database_url, sqlite_cache_kib=SERVICE_SQLITE_CACHE_KIB)
     upgrade_to_head(engine)
     shared = engine.dialect.name == "postgresql"
     if not shared:

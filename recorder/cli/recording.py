@@ -15,7 +15,7 @@ from recorder.cli import cli
 from recorder.cli.options import database_options
 from recorder.cli.params import Bounded
 from recorder.config import ENVIRONMENT, TESTNET_BASE_URL, Settings, load_settings
-from recorder.db import make_engine, write_sessions
+from recorder.db import SERVICE_SQLITE_CACHE_KIB, make_engine, write_sessions
 from recorder.schema import upgrade_to_head
 from recorder.timespec import TIME_HELP, TimeSpec
 
@@ -137,7 +137,7 @@ def _recorder(settings: Settings) -> Recorder:
     from recorder.spool import Spool, legacy_spool_dir_for, spool_dir_for
 
     client = BinanceFuturesClient.from_settings(settings)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, sqlite_cache_kib=SERVICE_SQLITE_CACHE_KIB)
     upgrade_to_head(engine)
     # The lock first: the spool it guards is then this process's alone (its stale temporary
     # files are a crash's leftovers), and both follow the database, not the URL's spelling.

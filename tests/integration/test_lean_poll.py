@@ -313,3 +313,30 @@ def test_an_unchanged_row_keeps_its_record_and_a_look_alike_row_is_validated_ane
             client.fetch_balances()
     finally:
         client.close()
+
+
+def test_the_service_keeps_a_small_sqlite_page_cache_and_other_writers_the_default(simulator, tmp_path):
+    """A service's connections hold 512 KiB of pages, not SQLite's 2,000 KiB: at the default each
+    connection's cache filled as the database grew (a first ledger sync took a service past 55 MB)."""
+    from recorder.cli.recording import _recorder
+    from recorder.config import load_settings
+    from recorder.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'cache.db'}"
+    settings = load_settings(environ={"BINANCE_API_KEY": SIM_KEY, "BINANCE_API_SECRET": SIM_SECRET,
+                                      "BINANCE_BASE_URL": simulator.base_url, "RECORDER_DATABASE_URL": url,
+                                      "RECORDER_SPOOL_DIR": str(tmp_path / "spool")})
+    recorder = _recorder(settings)
+    try:
+        with recorder.sessions.kw["bind"].connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -512
+    finally:
+        recorder.client.close()
+        recorder.close()
+        recorder.lock.release()
+    other = make_engine(url)
+    try:
+        with other.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA cache_size").scalar() == -2000
+    finally:
+        other.dispose()
