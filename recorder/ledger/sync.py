@@ -360,6 +360,8 @@ class LedgerSync:
                         len(window.entries) == known and all(usable_tran_id(e.tran_id) for e in fetched.entries)):
                     # A server that ignores `page` (it is undocumented, and newer than the endpoint)
                     # answers page 1 again: going on would only repeat it, and stopping would drop the rest.
+                    # A whole page of identical entries without an id, twice, looks the same: refused too,
+                    # since which it is cannot be told.
                     raise BadPayload(f"/fapi/v1/income: page {page} of the {self.page_limit}+ entries at {cursor} "
                                      "repeats entries already read (the server ignores 'page'); not stored")
                 previous = fetched.entries
