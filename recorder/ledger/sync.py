@@ -481,8 +481,9 @@ _CHECK_CHUNK = 500
 def _check_archived(connection: Any, account_id: int, entries: list[IncomeRecord]) -> None:
     """Raise BadPayload if an entry whose key the archive already holds differs from the archived one.
 
-    An API row must match in every field; a file's row holds less (time to the second, no info or
-    trade id), so it is compared on what it has: time to the second and amount.
+    An API row must match in every field; a file's row holds less (time in whole seconds, no info
+    or trade id), so it is compared on what it has: the amount, and the time within a second
+    either way, since whether Binance's export truncates or rounds the milliseconds is unknown.
     """
     c = _entries.c
     for start in range(0, len(entries), _CHECK_CHUNK):
@@ -501,7 +502,7 @@ def _check_archived(connection: Any, account_id: int, entries: list[IncomeRecord
                                       tran_id=row.tran_id, asset=row.asset, income=row.income, symbol=row.symbol,
                                       info=row.info, trade_id=row.trade_id)
                 difference = _difference(stored, entry)
-            elif stored_ms // 1000 != entry.time_ms // 1000:
+            elif abs(entry.time_ms - stored_ms) >= 1000:
                 difference = "time", str(_aware(row.time)), str(entry.time)
             elif row.income != entry.income:
                 difference = "income", str(row.income), str(entry.income)

@@ -192,7 +192,7 @@ def test_a_futures_export_row_is_compared_on_what_it_holds(simulator, sessions, 
                     f"{when:%Y-%m-%d %H:%M:%S},TRANSFER,3,USDT,,78\n")
     with sessions.begin() as session:
         import_file(session, "default", path, recorded_at=when, base_url=simulator.base_url)
-    # 77 matches to the second and the amount (info and ms are not in the file); 78's amount differs.
+    # 77 matches within the second and on the amount (info and ms are not in the file); 78's amount differs.
     simulator.add_income(SIM_KEY, [transfer(now - 5_000, "10", tran_id=77), transfer(now - 5_000, "4", tran_id=78)])
     with pytest.raises(BadPayload, match=r"TRANSFER tranId 78 USDT arrived again with income 4 where the archive "
                                          r"holds 3\S* \(from futures-export\)"):
@@ -238,3 +238,23 @@ def test_migration_0012_rekeys_stored_zero_ids_so_the_next_sync_meets_them(db_ur
         assert len(stored(sessions)) == 4
     finally:
         engine.dispose()
+
+
+def test_a_futures_export_time_is_met_within_a_second_either_way(simulator, sessions, tmp_path):
+    """Whether the export truncates or rounds the milliseconds is unknown: a second either way is one time."""
+    now = simulator.server_time_ms()
+    second = (now - 10_000) // 1000 * 1000
+    path = Path(tmp_path / "export.csv")
+    path.write_text("Date(UTC),type,Amount,Asset,Symbol,Transaction ID\n"
+                    f"{from_ms(second):%Y-%m-%d %H:%M:%S},TRANSFER,10,USDT,,79\n"
+                    f"{from_ms(second):%Y-%m-%d %H:%M:%S},TRANSFER,2,USDT,,80\n")
+    with sessions.begin() as session:
+        import_file(session, "default", path, recorded_at=from_ms(now), base_url=simulator.base_url)
+    simulator.add_income(SIM_KEY, [transfer(second - 400, "10", tran_id=79)])  # the file rounded up
+    assert make_sync(simulator, sessions).sync_once().entries_new == 0
+    simulator.add_income(SIM_KEY, [transfer(second + 1_000, "2", tran_id=80)])
+    with pytest.raises(BadPayload) as caught:
+        make_sync(simulator, sessions).sync_once()
+    assert str(caught.value).startswith("/fapi/v1/income: TRANSFER tranId 80 USDT arrived again with time ")
+    assert "(from futures-export); window not stored" in str(caught.value)
+    assert len(stored(sessions)) == 2
