@@ -174,7 +174,8 @@ def read_file(path: Path) -> tuple[str, list[ParsedEntry], int]:
 
 
 def statement_tran_id(entry: ParsedEntry, occurrence: int) -> int:
-    """The synthetic tran_id of an account-statement row: negative, so it never meets a Binance id.
+    """The synthetic tran_id of an account-statement row: negative and even, so it never meets a
+    Binance id nor an API entry's synthetic id (odd, recorder.ledger.keys).
 
     A hash of (time to the second, income type, asset, amount, occurrence), where occurrence
     counts the rows before it in the file with the same four values: the same file always
@@ -183,7 +184,9 @@ def statement_tran_id(entry: ParsedEntry, occurrence: int) -> int:
     """
     amount = format(entry.income.normalize(), "f")
     key = f"{entry.time:%Y-%m-%dT%H:%M:%S}|{entry.income_type}|{entry.asset}|{amount}|{occurrence}"
-    return -1 - int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % (_BIGINT - 1)
+    tran_id = -1 - int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % (_BIGINT - 1)
+    # Folded onto the even number below: migration 0012 folds ids stored before the split the same way.
+    return tran_id - (tran_id & 1)
 
 
 class _LineError(Exception):

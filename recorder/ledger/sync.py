@@ -7,6 +7,14 @@ its entries (insert-if-absent on the key account, incomeType, tranId, asset) and
 with entries missing; the next sync starts again from the newest covered time and the overlap is
 deduplicated by the key. A failed window gets a `failed` row and ends the attempt.
 
+Entries without a usable tranId (0, or negative: recorder.ledger.keys) are keyed by a synthetic id
+from their content and their occurrence among identical entries. Identical entries in one answer
+are that many movements; the same millisecond asked again (paging, touching windows, OVERLAP)
+shows them again, so a window keeps, per content, the most any one answer held (a multiset union,
+never a sum). An entry with a real key that arrives with other content than the same window or
+the archive holds is a contradiction: the window fails naming the key and the field, nothing of
+it is stored, and each later sync fails on it again until someone looks.
+
 Paging by time (binance-api.md section 6, ledger.md): a full page's last `time` is asked again
 (never skipped: that millisecond may hold more entries than the page showed), and a full page that
 is all one millisecond is read on with Binance's `page` parameter for that millisecond alone.
@@ -29,9 +37,10 @@ import importlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
@@ -42,6 +51,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from recorder import store
 from recorder.db import database_error_line
 from recorder.errors import BadPayload, ExchangeError, StorageError
+from recorder.ledger.keys import api_tran_id, content_key, usable_tran_id
 from recorder.ledger.supersede import supersede_statement_entries
 from recorder.ledger.types import KNOWN_INCOME_TYPES
 from recorder.prepared import Prepared
@@ -79,6 +89,8 @@ MAX_PAUSE_SECONDS = 65.0
 MAX_PAGES_PER_WINDOW = 10_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# As in recorder.exchange, which this module does not import (the lean service loads it only where it polls).
+INCOME_PATH = "/fapi/v1/income"
 _MS = timedelta(milliseconds=1)
 _entries, _syncs = income_entries, ledger_syncs
 
@@ -159,10 +171,32 @@ class _Stopped(Exception):
 class _Window:
     start_ms: int
     end_ms: int
+    # Entries with a real tranId, by Binance's key.
     entries: dict[tuple[str, int, str], IncomeRecord] = field(default_factory=dict)
+    # Entries without one, by content (keys.content_key): one of them, and how many there are.
+    unkeyed: dict[tuple[object, ...], IncomeRecord] = field(default_factory=dict)
+    unkeyed_counts: Counter[tuple[object, ...]] = field(default_factory=Counter)
     requests: int = 0
     pages: int = 0
     used_weight: int | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.entries) + sum(self.unkeyed_counts.values())
+
+    def merge(self, answer: Counter[tuple[object, ...]]) -> None:
+        """One answer's entries without an id: per content, the most any answer held."""
+        for content, count in answer.items():
+            if count > self.unkeyed_counts[content]:
+                self.unkeyed_counts[content] = count
+
+    def records(self) -> list[IncomeRecord]:
+        """Every entry to store, those without an id under their synthetic ids."""
+        records = list(self.entries.values())
+        for content, count in self.unkeyed_counts.items():
+            entry = self.unkeyed[content]
+            records.extend(replace(entry, tran_id=api_tran_id(entry, occurrence)) for occurrence in range(count))
+        return records
 
 
 @dataclass
@@ -251,9 +285,14 @@ class LedgerSync:
                     log.warning("ledger sync failed account=%s error=StorageError ms=%d: %s",
                                 self.account, _elapsed_ms(began), error)
                     raise
+                except ExchangeError as error:
+                    log.warning("ledger sync failed account=%s window=%s..%s error=%s ms=%d: %s",
+                                self.account, from_ms(window.start_ms).isoformat(), from_ms(window.end_ms).isoformat(),
+                                type(error).__name__, _elapsed_ms(began), clean_text(str(error)))
+                    raise
                 windows += 1
                 requests += window.requests
-                fetched += len(window.entries)
+                fetched += window.count
                 new += added
                 covered_until = from_ms(window.end_ms)
                 if window.end_ms >= end_ms:
@@ -309,7 +348,9 @@ class LedgerSync:
         if budget(INCOME_WEIGHT) > 0:
             raise _Paused("this IP's weight budget is still full after waiting")
 
-    def _page(self, window: _Window, start_ms: int, end_ms: int, page: int | None = None) -> FetchedIncome:
+    def _page(self, window: _Window, answer: Counter[tuple[object, ...]], start_ms: int, end_ms: int,
+              page: int | None = None) -> FetchedIncome:
+        """One request; its entries with an id into the window, those without counted into `answer`."""
         if window.requests >= MAX_PAGES_PER_WINDOW:
             raise BadPayload(f"/fapi/v1/income: more than {MAX_PAGES_PER_WINDOW} pages in one window; not stored")
         with self._hold() as held:
@@ -326,39 +367,61 @@ class LedgerSync:
         window.pages += 1
         window.used_weight = fetched.used_weight
         for entry in fetched.entries:
-            window.entries.setdefault(entry.key, entry)
+            if not usable_tran_id(entry.tran_id):
+                content = content_key(entry)
+                window.unkeyed.setdefault(content, entry)
+                answer[content] += 1
+                continue
+            known = window.entries.setdefault(entry.key, entry)
+            difference = _difference(known, entry)
+            if difference is not None:
+                name, before, after = difference
+                raise BadPayload(f"{INCOME_PATH}: {_key_text(entry)} came twice in this window with {name} "
+                                 f"{before} and {after}; not stored")
         return fetched
 
     def _fetch(self, window: _Window) -> None:
         """Every entry of the window into window.entries, paging by time."""
         cursor = window.start_ms
         while True:
-            fetched = self._page(window, cursor, window.end_ms)
+            answer: Counter[tuple[object, ...]] = Counter()
+            fetched = self._page(window, answer, cursor, window.end_ms)
             if len(fetched.entries) < self.page_limit:
+                window.merge(answer)
                 return
             last = max(entry.time_ms for entry in fetched.entries)
             if last - 1 > window.start_ms:
                 # The page holds every entry before its last millisecond: the window ends there,
                 # and the next one (which starts on this one's end) reads that millisecond in full.
                 # So a window holds one page, not a week of a busy account's entries in memory.
+                window.merge(answer)
                 self._end_early(window, last - 1)
                 return
             if last > cursor:
                 # Ask the last millisecond again: more of its entries may follow the page's end.
+                window.merge(answer)
                 cursor = last
                 continue
             # A whole page in one millisecond: time cannot advance, so read that millisecond by page.
+            # Its pages are one answer cut in parts: their counts add up, before the window takes the maximum.
             page = 2
+            previous = fetched.entries
             while True:
                 known = len(window.entries)
-                if len(self._page(window, cursor, cursor, page).entries) < self.page_limit:
+                fetched = self._page(window, answer, cursor, cursor, page)
+                if len(fetched.entries) < self.page_limit:
                     break
-                if len(window.entries) == known:
+                if fetched.entries == previous or (
+                        len(window.entries) == known and all(usable_tran_id(e.tran_id) for e in fetched.entries)):
                     # A server that ignores `page` (it is undocumented, and newer than the endpoint)
                     # answers page 1 again: going on would only repeat it, and stopping would drop the rest.
+                    # A whole page of identical entries without an id, twice, looks the same: refused too,
+                    # since which it is cannot be told.
                     raise BadPayload(f"/fapi/v1/income: page {page} of the {self.page_limit}+ entries at {cursor} "
                                      "repeats entries already read (the server ignores 'page'); not stored")
+                previous = fetched.entries
                 page += 1
+            window.merge(answer)
             if cursor >= window.end_ms:
                 return
             if cursor > window.start_ms:
@@ -375,6 +438,9 @@ class LedgerSync:
         window.end_ms = end_ms
         for key in [key for key, entry in window.entries.items() if entry.time_ms > end_ms]:
             del window.entries[key]
+        for content in [content for content, entry in window.unkeyed.items() if entry.time_ms > end_ms]:
+            del window.unkeyed[content]
+            del window.unkeyed_counts[content]
 
     def _store(self, account_id: int, attempt_id: str, window: _Window, started_at: datetime) -> int:
         """The window's entries (insert-if-absent) and its `ok` row, in one transaction; how many were new.
@@ -382,7 +448,13 @@ class LedgerSync:
         The caller holds the account (hold()) throughout."""
         recorded_at = self.clock()
         rows = []
-        for entry in sorted(window.entries.values(), key=lambda e: (e.time_ms, e.income_type, e.tran_id, e.asset)):
+        records: dict[tuple[str, int, str], IncomeRecord] = {}
+        for entry in window.records():
+            if records.setdefault(entry.key, entry) is not entry:
+                # Two different contents hashed to one synthetic id (odds 2^-62): refused, never merged.
+                raise BadPayload(f"{INCOME_PATH}: two different entries share the synthetic key {_key_text(entry)}; "
+                                 "not stored")
+        for entry in sorted(records.values(), key=lambda e: (e.time_ms, e.income_type, e.tran_id, e.asset)):
             known = entry.income_type in KNOWN_INCOME_TYPES
             if not known and entry.income_type not in self._warned_types:
                 self._warned_types.add(entry.income_type)
@@ -401,6 +473,8 @@ class LedgerSync:
                 connection = session.connection()
                 added = 0
                 if rows:
+                    # Raises inside the transaction: a contradiction stores nothing of the window.
+                    _check_archived(connection, account_id, list(records.values()))
                     added = _insert_entries(connection.dialect.name).executemany(connection, rows)
                     # A statement imported before the API caught up holds these movements without
                     # Binance's key: its copies go in the same transaction, or they would count twice.
@@ -416,6 +490,9 @@ class LedgerSync:
             error = StorageError(f"cannot store the ledger window: {database_error_line(exc)}")
             self._insert_failure(self._failure_row(account_id, attempt_id, window, started_at, error))
             raise error from None
+        except BadPayload as error:
+            self._record_failure(account_id, attempt_id, window, started_at, error)
+            raise
         return added
 
     def _sync_row(self, account_id: int, attempt_id: str, window: _Window, started_at: datetime,
@@ -424,7 +501,7 @@ class LedgerSync:
             "account_id": account_id, "attempt_id": attempt_id, "started_at": started_at,
             "finished_at": max(self.clock(), started_at), "window_start": from_ms(window.start_ms),
             "window_end": from_ms(window.end_ms), "outcome": outcome, "pages": window.pages,
-            "requests": window.requests, "entries_fetched": len(window.entries),
+            "requests": window.requests, "entries_fetched": window.count,
             "used_weight": _storable_weight(window.used_weight),
         }
 
@@ -460,6 +537,67 @@ class LedgerSync:
         except SQLAlchemyError as exc:
             log.error("ledger sync account=%s: cannot record the failed window either: %s",
                       self.account, database_error_line(exc))
+
+
+def _key_text(entry: IncomeRecord) -> str:
+    return f"{entry.income_type} tranId {entry.tran_id} {entry.asset}"
+
+
+def _difference(known: IncomeRecord, entry: IncomeRecord) -> tuple[str, object, object] | None:
+    """The first field in which two entries with one key differ: (its name, known value, new value)."""
+    for name, before, after in (("time", known.time_ms, entry.time_ms), ("income", known.income, entry.income),
+                                ("symbol", known.symbol, entry.symbol), ("info", known.info, entry.info),
+                                ("tradeId", known.trade_id, entry.trade_id)):
+        if before != after:
+            return name, _shown(before), _shown(after)
+    return None
+
+
+def _shown(value: object) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+# Keys per SELECT when comparing a window with the archive: far below any bound-parameter limit.
+_CHECK_CHUNK = 500
+
+
+def _check_archived(connection: Any, account_id: int, entries: list[IncomeRecord]) -> None:
+    """Raise BadPayload if an entry whose key the archive already holds differs from the archived one.
+
+    An API row must match in every field; a file's row holds less (time in whole seconds, no info
+    or trade id), so it is compared on what it has: the amount, and the time within a second
+    either way, since whether Binance's export truncates or rounds the milliseconds is unknown.
+    """
+    c = _entries.c
+    for start in range(0, len(entries), _CHECK_CHUNK):
+        chunk = {entry.key: entry for entry in entries[start:start + _CHECK_CHUNK]}
+        rows = connection.execute(
+            select(c.income_type, c.tran_id, c.asset, c.time, c.income, c.symbol, c.info, c.trade_id, c.source)
+            # The type too, so the lookup walks the unique key's index (account, type, tranId, asset)
+            # instead of every entry of the account.
+            .where(c.account_id == account_id, c.income_type.in_(sorted({key[0] for key in chunk})),
+                   c.tran_id.in_(sorted({key[1] for key in chunk})))
+        ).all()
+        for row in rows:
+            entry = chunk.get((row.income_type, row.tran_id, row.asset))
+            if entry is None:
+                continue
+            stored_ms = to_ms(_aware(row.time))
+            if row.source == "api":
+                stored = IncomeRecord(time=_aware(row.time), time_ms=stored_ms, income_type=row.income_type,
+                                      tran_id=row.tran_id, asset=row.asset, income=row.income, symbol=row.symbol,
+                                      info=row.info, trade_id=row.trade_id)
+                difference = _difference(stored, entry)
+            elif abs(entry.time_ms - stored_ms) >= 1000:
+                difference = "time", str(_aware(row.time)), str(entry.time)
+            elif row.income != entry.income:
+                difference = "income", str(row.income), str(entry.income)
+            else:
+                difference = None
+            if difference is not None:
+                name, before, after = difference
+                raise BadPayload(f"{INCOME_PATH}: {_key_text(entry)} arrived again with {name} {after} where "
+                                 f"the archive holds {before} (from {row.source}); window not stored")
 
 
 def _storable_weight(weight: int | None) -> int | None:

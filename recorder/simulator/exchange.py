@@ -254,6 +254,14 @@ class ExchangeSimulator:
         with self._lock:
             self._accounts[api_key].ledger.withhold_next += count
 
+    def set_transfer_tran_id(self, api_key: str, tran_id: int | None = 0) -> None:
+        """Book the account's TRANSFER entries from now on with this tranId (None: fresh ids again).
+
+        Third parties report Binance sending TRANSFER rows with tranId 0: many entries, one id.
+        """
+        with self._lock:
+            self._accounts[api_key].ledger.transfer_tran_id = tran_id
+
     def withheld_income(self, api_key: str) -> list[dict[str, Any]]:
         """The entries withheld so far, oldest first."""
         with self._lock:

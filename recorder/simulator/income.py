@@ -40,6 +40,8 @@ class _IncomeBook:
     entries: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
     withheld: list[dict[str, Any]] = field(default_factory=list)
     withhold_next: int = 0
+    # Not None: every TRANSFER booked from now on carries this tranId (third parties report 0).
+    transfer_tran_id: int | None = None
     _order: int = 0
     _trade_ids: int = 1_000_000_000
     _big_ids: int = _BIG_TRAN_ID_BASE
@@ -55,6 +57,8 @@ class _IncomeBook:
     def book(self, income_type: str, asset: str, amount: Decimal, time_ms: int, *, tran_id: int,
              symbol: str = "", info: str = "", trade_id: str = "") -> None:
         """Book one entry (the wallet has moved by `amount`), unless it is to be withheld."""
+        if income_type == "TRANSFER" and self.transfer_tran_id is not None:
+            tran_id = self.transfer_tran_id
         row = {"symbol": symbol, "incomeType": income_type, "income": _money(amount), "asset": asset,
                "info": info, "time": time_ms, "tranId": tran_id, "tradeId": trade_id}
         if self.withhold_next > 0:

@@ -129,6 +129,26 @@ def test_statement_tran_id_is_deterministic_and_never_a_binance_id():
     assert statement_tran_id(entry, 0) != statement_tran_id(entry, 1)
 
 
+def test_statement_and_api_synthetic_ids_never_meet():
+    """Statement ids are even, API ids for entries without a tranId odd: apart whatever the hashes."""
+    from recorder.ledger.imports import ParsedEntry
+    from recorder.ledger.keys import api_tran_id, is_api_synthetic
+    from recorder.records import IncomeRecord
+
+    when = datetime(2026, 2, 1, tzinfo=timezone.utc)
+    statement = [statement_tran_id(ParsedEntry(2, when, "TRANSFER", None, "USDT", Decimal(n), "", ""), k)
+                 for n in range(1, 200) for k in range(2)]
+    api = [api_tran_id(IncomeRecord(when, 1_769_904_000_000, "TRANSFER", 0, "USDT", Decimal(n), "", "", ""), k)
+           for n in range(1, 200) for k in range(2)]
+    assert all(i < 0 and i % 2 == 0 and not is_api_synthetic(i) for i in statement)
+    assert all(i < 0 and i % 2 == 1 and is_api_synthetic(i) for i in api)
+    assert len(set(statement)) == len(set(api)) == 398
+    # The content, amount normalized, and the occurrence make the id: the same entry gives the same one.
+    record = IncomeRecord(when, 1_769_904_000_000, "TRANSFER", 0, "USDT", Decimal("5.10"), "", "TRANSFER", "")
+    again = IncomeRecord(when, 1_769_904_000_000, "TRANSFER", 0, "USDT", Decimal("5.1000"), "", "TRANSFER", "")
+    assert api_tran_id(record, 0) == api_tran_id(again, 0) != api_tran_id(record, 1)
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
