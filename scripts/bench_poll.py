@@ -547,22 +547,19 @@ class Polling:
 
     def wait_for(self, polls: int, timeout: float) -> None:
         """Block until `polls` polls were reported; RuntimeError with its last lines if it dies or stalls."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self.polls < polls:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    tail = "\n".join(self.lines[-15:])
-                    raise RuntimeError(f"{self.process.args[:4]} reported {self.polls}/{polls} polls:\n{tail}")
-                self._changed.wait(1.0)
+        self._wait(lambda: self.polls, polls, "polls", timeout)
 
     def wait_for_syncs(self, syncs: int, timeout: float) -> None:
         """Block until `syncs` ledger syncs ended ok; RuntimeError with its last lines if it dies or stalls."""
+        self._wait(lambda: self.syncs, syncs, "ledger syncs", timeout)
+
+    def _wait(self, count: Callable[[], int], wanted: int, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._changed:
-            while self.syncs < syncs:
+            while count() < wanted:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     tail = "\n".join(self.lines[-15:])
-                    raise RuntimeError(f"{self.process.args[:4]} reported {self.syncs}/{syncs} ledger syncs:\n{tail}")
+                    raise RuntimeError(f"{self.process.args[:4]} reported {count()}/{wanted} {what}:\n{tail}")
                 self._changed.wait(1.0)
 
     def stop(self) -> None:
