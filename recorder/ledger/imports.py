@@ -139,7 +139,10 @@ def import_file(session: Session, account: str, path: Path, *, recorded_at: date
         # After the parse: a bad file creates no account either.
         account_id = ensure_account(session, account, base_url, recorded_at).id
     if kind == FUTURES_EXPORT:
-        new, duplicates = _new_by_key(session, account_id, entries)
+        try:
+            new, duplicates = _new_by_key(session, account_id, entries)
+        except _LineError as exc:
+            raise ImportFileError(f"{path}: line {exc.line}: {exc.problem}") from None
     else:
         new, duplicates = _new_by_match(session, account_id, entries)
     session.add_all(
@@ -312,11 +315,11 @@ def _new_by_key(session: Session, account_id: int, entries: list[ParsedEntry]) -
         key = (entry.income_type, entry.tran_id, entry.asset)
         if key in archived:
             time, income, source = archived[key]
-            _refuse_other_content(entry, time, income, f"the archive holds (from {source})")
+            _refuse_other_content(entry, time, income, "the archive holds", f" (from {source})")
             duplicates += 1
         elif key in seen:
             earlier = seen[key]
-            _refuse_other_content(entry, earlier.time, earlier.income, f"line {earlier.line} has")
+            _refuse_other_content(entry, earlier.time, earlier.income, f"line {earlier.line} has", "")
             duplicates += 1
         else:
             seen[key] = entry
@@ -351,7 +354,7 @@ def _archived_by_key(session: Session, account_id: int, entries: list[ParsedEntr
     return archived
 
 
-def _refuse_other_content(entry: ParsedEntry, time: datetime, income: Decimal, holder: str) -> None:
+def _refuse_other_content(entry: ParsedEntry, time: datetime, income: Decimal, holder: str, origin: str) -> None:
     """Raise _LineError if `entry` is not the entry with its key that `holder` has.
 
     The file holds whole seconds, an API entry milliseconds, and whether Binance's export truncates or
@@ -362,10 +365,10 @@ def _refuse_other_content(entry: ParsedEntry, time: datetime, income: Decimal, h
     if abs(entry.time - time) >= timedelta(seconds=1):
         shown = f"{time:%Y-%m-%d %H:%M:%S}" + (f".{time.microsecond // 1000:03d}" if time.microsecond else "")
         raise _LineError(entry.line, f"{key} has Date(UTC) {entry.time:%Y-%m-%d %H:%M:%S} where {holder} "
-                                     f"{shown}; nothing of the file is stored")
+                                     f"{shown}{origin}; nothing of the file is stored")
     if entry.income != income:
         raise _LineError(entry.line, f"{key} has Amount {format(entry.income, 'f')} where {holder} "
-                                     f"{format(income, 'f')}; nothing of the file is stored")
+                                     f"{format(income, 'f')}{origin}; nothing of the file is stored")
 
 
 def _new_by_match(session: Session, account_id: int, entries: list[ParsedEntry], *,
