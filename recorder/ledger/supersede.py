@@ -1,4 +1,4 @@
-"""File-imported entries without Binance's key that an exact entry now also records: dropped in the sync's transaction.
+"""File entries without Binance's key that an exact entry now also records: dropped in the sync's transaction.
 
 An account statement CSV carries no tranId, and a futures export's row with Transaction ID 0 or
 below none that can key it, so such entries get synthetic ids and cannot meet the API's entries on
@@ -19,7 +19,7 @@ from recorder.tables import derived_balances, income_entries
 
 
 def supersede_statement_entries(session: Any, account_id: int, since: datetime, until: datetime) -> int:
-    """Drop file entries without Binance's key that an exact entry (API, or a futures export's keyed row) now also records.
+    """Drop file entries without Binance's key that an exact entry (API, or a keyed export row) now also records.
 
     Those are account-statement entries and futures-export entries whose row had no usable
     Transaction ID (stored under a synthetic, negative id; 0 by imports before that rule).

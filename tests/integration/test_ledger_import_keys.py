@@ -1,4 +1,7 @@
-"""A futures export never drops nor merges an entry: rows without a usable id are matched, a key met with other content refuses the file."""
+"""A futures export never drops nor merges an entry silently.
+
+Rows without a usable id are matched like statement rows; a key met with other content refuses the file.
+"""
 
 from __future__ import annotations
 
