@@ -7,7 +7,10 @@ share of the five asynchronous downloads a month. Two kinds are read, told apart
     futures-export     Futures > Transaction History: `Date(UTC),type,Amount,Asset,Symbol,Transaction ID`,
                        a zip holding one CSV or the bare CSV. `type` is the income type and the
                        Transaction ID its tranId, so an entry has Binance's own key
-                       (income_type, tran_id, asset) and meets an API entry on it.
+                       (income_type, tran_id, asset) and meets an API entry on it; a key archived
+                       with another amount or time refuses the file. A row with Transaction ID 0
+                       or below has no usable key (TRANSFER rows carry 0, third parties report):
+                       it is matched and keyed like a statement row.
     account-statement  the whole-account statement: `User_ID,UTC_Time,Account,Operation,Coin,Change,Remark`.
                        Only futures rows (Account USD-MFutures, USDT-Futures or USD-M Futures) are read;
                        Operation names map to income types by OPERATION_TYPES. It has no transaction
@@ -36,6 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from recorder.errors import RecorderError
+from recorder.ledger.keys import usable_tran_id
 # supersede_statement_entries is the import's match rule run the other way, for the API sync.
 from recorder.ledger.supersede import supersede_statement_entries  # noqa: F401
 from recorder.ledger.types import ACCOUNT_STATEMENT, FUTURES_EXPORT, KNOWN_INCOME_TYPES
@@ -135,7 +139,10 @@ def import_file(session: Session, account: str, path: Path, *, recorded_at: date
         # After the parse: a bad file creates no account either.
         account_id = ensure_account(session, account, base_url, recorded_at).id
     if kind == FUTURES_EXPORT:
-        new, duplicates = _new_by_key(session, account_id, entries)
+        try:
+            new, duplicates = _new_by_key(session, account_id, entries)
+        except _LineError as exc:
+            raise ImportFileError(f"{path}: line {exc.line}: {exc.problem}") from None
     else:
         new, duplicates = _new_by_match(session, account_id, entries)
     session.add_all(
@@ -174,8 +181,12 @@ def read_file(path: Path) -> tuple[str, list[ParsedEntry], int]:
 
 
 def statement_tran_id(entry: ParsedEntry, occurrence: int) -> int:
-    """The synthetic tran_id of an account-statement row: negative and even, so it never meets a
-    Binance id nor an API entry's synthetic id (odd, recorder.ledger.keys).
+    """The synthetic tran_id of a file row without an id (an account-statement row, or a futures-export
+    row with Transaction ID 0 or below): negative and even, so it never meets a Binance id nor an API
+    entry's synthetic id (odd, recorder.ledger.keys).
+
+    Both kinds of file share it: a statement row and an export row of one movement get one key, so
+    the archive's unique key backs the match rule that already takes them as one.
 
     A hash of (time to the second, income type, asset, amount, occurrence), where occurrence
     counts the rows before it in the file with the same four values: the same file always
@@ -292,40 +303,98 @@ def _asset(line: int, text: str) -> str:
 
 
 def _new_by_key(session: Session, account_id: int, entries: list[ParsedEntry]) -> tuple[list[tuple[ParsedEntry, int]], int]:
-    """Futures-export entries whose (type, tranId, asset) is not archived yet, each once."""
-    existing = set(tuple(row) for row in session.execute(
-        select(IncomeEntry.income_type, IncomeEntry.tran_id, IncomeEntry.asset).where(IncomeEntry.account_id == account_id)
-    ))
-    new, duplicates = [], 0
-    for entry in entries:
+    """Futures-export entries not archived yet: by Binance's key where a row has a usable id, else by
+    the match rule. A key archived (or earlier in the file) with another amount or time raises _LineError.
+    """
+    keyed = [entry for entry in entries if usable_tran_id(entry.tran_id)]
+    archived = _archived_by_key(session, account_id, keyed)
+    seen: dict[tuple[str, int, str], ParsedEntry] = {}
+    new: list[tuple[ParsedEntry, int]] = []
+    duplicates = 0
+    for entry in keyed:
         key = (entry.income_type, entry.tran_id, entry.asset)
-        if key in existing:
+        if key in archived:
+            time, income, source = archived[key]
+            _refuse_other_content(entry, time, income, "the archive holds", f" (from {source})")
             duplicates += 1
-            continue
-        existing.add(key)
-        new.append((entry, entry.tran_id))
-    return new, duplicates
+        elif key in seen:
+            earlier = seen[key]
+            _refuse_other_content(entry, earlier.time, earlier.income, f"line {earlier.line} has", "")
+            duplicates += 1
+        else:
+            seen[key] = entry
+            new.append((entry, entry.tran_id))
+    # Archived entries under this file's own keys are accounted for by its keyed rows: a row without
+    # an id that matched one of them would merge two movements the file lists apart.
+    unkeyed = [entry for entry in entries if not usable_tran_id(entry.tran_id)]
+    matched, matched_duplicates = _new_by_match(session, account_id, unkeyed, accounted=set(seen) | set(archived))
+    return new + matched, duplicates + matched_duplicates
 
 
-def _new_by_match(session: Session, account_id: int, entries: list[ParsedEntry]) -> tuple[list[tuple[ParsedEntry, int]], int]:
-    """Statement entries not archived yet, by the match rule.
+# Keys per SELECT when looking a file's keys up in the archive: far below any bound-parameter limit.
+_KEY_CHUNK = 500
+
+
+def _archived_by_key(session: Session, account_id: int, entries: list[ParsedEntry]
+                     ) -> dict[tuple[str, int, str], tuple[datetime, Decimal, str]]:
+    """(time, amount, source) of the archived entries that hold one of these entries' keys."""
+    archived: dict[tuple[str, int, str], tuple[datetime, Decimal, str]] = {}
+    for start in range(0, len(entries), _KEY_CHUNK):
+        keys = {(e.income_type, e.tran_id, e.asset) for e in entries[start:start + _KEY_CHUNK]}
+        # The type and the tranId, so the lookup walks the unique key's index (account, type, tranId, asset).
+        for income_type, tran_id, asset, time, income, source in session.execute(
+            select(IncomeEntry.income_type, IncomeEntry.tran_id, IncomeEntry.asset, IncomeEntry.time,
+                   IncomeEntry.income, IncomeEntry.source)
+            .where(IncomeEntry.account_id == account_id,
+                   IncomeEntry.income_type.in_(sorted({key[0] for key in keys})),
+                   IncomeEntry.tran_id.in_(sorted({key[1] for key in keys})))
+        ):
+            if (income_type, tran_id, asset) in keys:
+                archived[(income_type, tran_id, asset)] = (time, income, source)
+    return archived
+
+
+def _refuse_other_content(entry: ParsedEntry, time: datetime, income: Decimal, holder: str, origin: str) -> None:
+    """Raise _LineError if `entry` is not the entry with its key that `holder` has.
+
+    The file holds whole seconds, an API entry milliseconds, and whether Binance's export truncates or
+    rounds them is unknown: a time less than a second away either way is the same time (as the sync
+    compares a file's row with the API's).
+    """
+    key = f"{entry.income_type} tranId {entry.tran_id} {entry.asset}"
+    if abs(entry.time - time) >= timedelta(seconds=1):
+        shown = f"{time:%Y-%m-%d %H:%M:%S}" + (f".{time.microsecond // 1000:03d}" if time.microsecond else "")
+        raise _LineError(entry.line, f"{key} has Date(UTC) {entry.time:%Y-%m-%d %H:%M:%S} where {holder} "
+                                     f"{shown}{origin}; nothing of the file is stored")
+    if entry.income != income:
+        raise _LineError(entry.line, f"{key} has Amount {format(entry.income, 'f')} where {holder} "
+                                     f"{format(income, 'f')}{origin}; nothing of the file is stored")
+
+
+def _new_by_match(session: Session, account_id: int, entries: list[ParsedEntry], *,
+                  accounted: set[tuple[str, int, str]] | frozenset[tuple[str, int, str]] = frozenset()
+                  ) -> tuple[list[tuple[ParsedEntry, int]], int]:
+    """Entries without an id (statement rows, export rows without a usable id) not archived yet, by the match rule.
 
     Entries match on (income type, asset, time to the second, amount). Of the file's n rows with
     the same four values, as many as the archive already holds are taken as archived (from the
-    API, a futures export or an earlier import of a statement); the rest are added.
+    API, a futures export or an earlier import of a file); the rest are added. Archived entries
+    whose key is in `accounted` are left out of the count.
     """
     if not entries:
         return [], 0
     times = [entry.time for entry in entries]
     archived: Counter[tuple[str, str, datetime, Decimal]] = Counter()
-    for income_type, asset, time, income in session.execute(
-        select(IncomeEntry.income_type, IncomeEntry.asset, IncomeEntry.time, IncomeEntry.income).where(
+    for income_type, tran_id, asset, time, income in session.execute(
+        select(IncomeEntry.income_type, IncomeEntry.tran_id, IncomeEntry.asset, IncomeEntry.time, IncomeEntry.income)
+        .where(
             IncomeEntry.account_id == account_id,
             IncomeEntry.time >= min(times),
             IncomeEntry.time < max(times) + timedelta(seconds=1),
         )
     ):
-        archived[(income_type, asset, time.replace(microsecond=0), income)] += 1
+        if (income_type, tran_id, asset) not in accounted:
+            archived[(income_type, asset, time.replace(microsecond=0), income)] += 1
     seen: Counter[tuple[str, str, datetime, Decimal]] = Counter()
     new, duplicates = [], 0
     for entry in entries:

@@ -5,7 +5,8 @@ positive; the negative half of BIGINT is this recorder's own, split by parity so
 of synthetic id can never meet, whatever their hashes:
 
     odd  negative  an API entry Binance sent with tranId 0 or below (`api_tran_id`)
-    even negative  an account-statement row, which has no id at all (imports.statement_tran_id)
+    even negative  a file row: an account-statement row, which has no id at all, or a futures-export
+                   row with Transaction ID 0 or below (imports.statement_tran_id)
 
 Migration 0012 moved statement ids stored before the split onto even numbers. This module loads
 no ORM: the running service's ledger sync uses it.

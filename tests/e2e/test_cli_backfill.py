@@ -103,3 +103,11 @@ def test_import_cli_reports_counts_and_a_bad_line_in_one_line(cli_env, db_url, t
     failed = recorder("import", str(bad), env=cli_env)
     assert failed.returncode == 1
     assert failed.stderr == f"error: ImportFileError: {bad}: line 3: Amount 'lots' is not a number\n"
+    # A key already archived with another amount: refused the same way, naming the line, the key and the field.
+    conflict = tmp_path / "conflict.csv"
+    conflict.write_text("Date(UTC),type,Amount,Asset,Symbol,Transaction ID\n"
+                        "2026-01-02 08:00:00,FUNDING_FEE,-0.6,USDT,BTCUSDT,11\n", encoding="utf-8")
+    refused = recorder("import", str(conflict), env=cli_env)
+    assert refused.returncode == 1
+    assert refused.stderr == (f"error: ImportFileError: {conflict}: line 2: FUNDING_FEE tranId 11 USDT has Amount -0.6 "
+                              "where the archive holds -0.5 (from futures-export); nothing of the file is stored\n")

@@ -137,7 +137,13 @@ def test_binance_futures_preset_imports_back_as_the_same_entries(ledger, db_url,
                    IncomeEntry.income).join(Account).order_by(IncomeEntry.time, IncomeEntry.income_type)
         ):
             by_account.setdefault(label, []).append(tuple(key))
-    assert by_account["copy"] == by_account["default"]
+    # A Transaction ID of 0 or below keys nothing on import: that row comes back under an even synthetic id.
+    def keyed(rows):
+        return [(time, kind, tran if tran > 0 else None, asset, income) for time, kind, tran, asset, income in rows]
+
+    assert keyed(by_account["copy"]) == keyed(by_account["default"])
+    unkeyed = [tran for _, _, tran, _, _ in by_account["copy"] if tran <= 0]
+    assert len(unkeyed) == 1 and unkeyed[0] < 0 and unkeyed[0] % 2 == 0
 
 
 def test_a_preset_is_only_for_the_ledger(ledger, db_url):
