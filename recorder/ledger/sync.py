@@ -481,7 +481,7 @@ class LedgerSync:
                     superseded = supersede_statement_entries(session, account_id, from_ms(window.start_ms),
                                                              from_ms(window.end_ms + 1))
                     if superseded:
-                        log.info("ledger sync account=%s: %d statement-imported entries superseded by the API's",
+                        log.info("ledger sync account=%s: %d file-imported entries without Binance's id superseded by the API's",
                                  self.account, superseded)
                 connection.execute(_syncs.insert().values(
                     **self._sync_row(account_id, attempt_id, window, started_at, "ok"), entries_new=added,

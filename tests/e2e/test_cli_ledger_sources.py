@@ -50,7 +50,7 @@ def test_api_sync_supersedes_an_imported_statement_everywhere(simulator, cli_env
     assert f"{len(served)} added" in imported.stdout
     synced = recorder("sync-ledger", env=cli_env)
     assert synced.returncode == 0, synced.stderr
-    assert f"{len(served)} statement-imported entries superseded" in synced.stderr
+    assert f"{len(served)} file-imported entries without Binance's id superseded" in synced.stderr
 
     listed = json.loads(recorder("ledger", "--format", "json", env=cli_env).stdout)
     assert movements([{"incomeType": d["income_type"], "asset": d["asset"], "income": d["income"]}
