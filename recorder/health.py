@@ -102,7 +102,8 @@ def judge_ledger(ledger: LedgerFigures | None, *, now: datetime) -> tuple[str, .
     if ledger.failures == 0:
         return (f"{covered}: no attempt failed since (is the ledger sync running?)",)
     last = f", last: {ledger.last_error}" if ledger.last_error else ""
-    return (f"{covered}: {ledger.failures} attempt(s) failed since{last}",)
+    attempts = "1 attempt" if ledger.failures == 1 else f"{ledger.failures} attempts"
+    return (f"{covered}: {attempts} failed since{last}",)
 
 
 def error_line(error_class: str | None, message: str | None) -> str:
