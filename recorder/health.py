@@ -1,6 +1,6 @@
 """Whether each account is being recorded: the rules shared by `recorder status` and /healthz.
 
-An account is healthy while both hold:
+An account is healthy while all of these hold:
 - its last successful poll is within the gap tolerance of the schedule in force
   (recorder.coverage: 1.5 x the declared interval), so the next good poll is not overdue;
 - its spool is empty. A poll replays the spool before it stores itself, so entries still
@@ -125,6 +125,7 @@ def read_ledger(connection: Connection, account_id: int) -> LedgerFigures | None
     ).one()
     if first_attempt_at is None:
         return None
+    covered_until = _aware(covered_until)
     failed = [mine, syncs.outcome == "failed"]
     if covered_until is not None:
         failed.append(syncs.finished_at > covered_until)
@@ -135,7 +136,7 @@ def read_ledger(connection: Connection, account_id: int) -> LedgerFigures | None
             select(syncs.error_class, syncs.error_message).where(*failed).order_by(syncs.finished_at.desc()).limit(1)
         ).one()
         last_error = error_line(latest.error_class, latest.error_message)
-    return LedgerFigures(_aware(covered_until), _aware(first_attempt_at), int(failures), last_error)
+    return LedgerFigures(covered_until, _aware(first_attempt_at), int(failures), last_error)
 
 
 def read_ledger_of(connection: Connection, label: str) -> LedgerFigures | None:
