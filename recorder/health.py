@@ -1,10 +1,19 @@
 """Whether each account is being recorded: the rules shared by `recorder status` and /healthz.
 
-An account is healthy while both hold:
+An account is healthy while all of these hold:
 - its last successful poll is within the gap tolerance of the schedule in force
   (recorder.coverage: 1.5 x the declared interval), so the next good poll is not overdue;
 - its spool is empty. A poll replays the spool before it stores itself, so entries still
-  waiting after a poll mean the database did not take the last write: the spool is growing.
+  waiting after a poll mean the database did not take the last write: the spool is growing;
+- when its income ledger is synced (it has `ledger_syncs` rows; an account run with
+  --no-ledger has none and is not judged on it), the ledger's newest covered time (the latest
+  `window_end` of an `ok` window; before any, its first attempt's start) is within
+  LEDGER_STALE = 3 days. Binance keeps income history 90 days, so an entry not archived by
+  then is lost for good. A sync that fails on every attempt (an entry whose key comes back with
+  other content than the archive holds fails its window until someone looks) must be seen long
+  before that; 3 days stays quiet through a weekend outage of the exchange or the database and
+  through --ledger-interval stretched to once a day for a large fleet (a day and a failed retry),
+  and still leaves ~87 days to fix the cause before entries drop out of Binance's reach.
 
 `status` reads these facts from the database and the spool folder (no running service
 needed); the service's /healthz judges the figures it keeps in memory by the same rules.
@@ -14,15 +23,36 @@ Read side only: nothing here imports requests, APScheduler or Alembic.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
 from recorder import coverage
-from recorder.models import POLL_OK, Account, DatabaseIdentity, Poll
 from recorder.spool import spool_dir_for
+from recorder.storable import clean_text
+# Core tables, not recorder.models: /healthz lives in the service, which never loads the ORM.
+from recorder.tables import POLL_OK, accounts as _accounts, database_identity, ledger_syncs, polls as _polls
+
+# How long the ledger may go uncovered before the account is unhealthy (see the module docstring).
+LEDGER_STALE = timedelta(days=3)
+# The last error's first line, cut: a phrase in a table cell and a /healthz document.
+LEDGER_ERROR_CHARS = 200
+
+
+@dataclass(frozen=True)
+class LedgerFigures:
+    """One account's ledger sync as the rule judges it; only accounts whose ledger is synced have one."""
+
+    # The newest covered time: the latest window_end of an ok window; None before the first.
+    covered_until: datetime | None
+    # When the first attempt started: the reference while nothing is covered yet.
+    first_attempt_at: datetime
+    # Attempts that failed after `covered_until` (all of them while it is None).
+    failures: int
+    # "ErrorClass: first line of the message" of the newest failure, None when none failed since.
+    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -38,6 +68,8 @@ class AccountHealth:
     spool_depth: int
     last_error: str | None
     problems: tuple[str, ...]
+    # None: the account's ledger is not synced (--no-ledger, or no attempt yet), so not judged.
+    ledger: LedgerFigures | None = None
 
     @property
     def healthy(self) -> bool:
@@ -58,6 +90,70 @@ def judge(*, last_ok_at: datetime | None, due_at: datetime | None, spool_depth: 
     return tuple(problems)
 
 
+def judge_ledger(ledger: LedgerFigures | None, *, now: datetime) -> tuple[str, ...]:
+    """The ledger rule's problem for one account, as a phrase; empty when covered recently or not synced."""
+    if ledger is None:
+        return ()
+    since = ledger.covered_until or ledger.first_attempt_at
+    if now - since <= LEDGER_STALE:
+        return ()
+    covered = (f"ledger not covered since {ledger.covered_until.isoformat()}" if ledger.covered_until is not None
+               else f"ledger never covered since its first sync attempt at {ledger.first_attempt_at.isoformat()}")
+    if ledger.failures == 0:
+        return (f"{covered}: no attempt failed since (is the ledger sync running?)",)
+    last = f", last: {ledger.last_error}" if ledger.last_error else ""
+    attempts = "1 attempt" if ledger.failures == 1 else f"{ledger.failures} attempts"
+    return (f"{covered}: {attempts} failed since{last}",)
+
+
+def error_line(error_class: str | None, message: str | None) -> str:
+    """A failure as one short line: the class and the first line of its message."""
+    first = clean_text(message.splitlines()[0]) if message and message.strip() else ""
+    line = f"{error_class}: {first}" if first else str(error_class)
+    return line if len(line) <= LEDGER_ERROR_CHARS else line[: LEDGER_ERROR_CHARS - 3] + "..."
+
+
+def read_ledger(connection: Connection, account_id: int) -> LedgerFigures | None:
+    """One account's ledger figures from `ledger_syncs`; None when its ledger was never synced."""
+    syncs = ledger_syncs.c
+    mine = syncs.account_id == account_id
+    covered_until, first_attempt_at = connection.execute(
+        select(
+            func.max(syncs.window_end).filter(syncs.outcome == "ok"),
+            func.min(syncs.started_at),
+        ).where(mine)
+    ).one()
+    if first_attempt_at is None:
+        return None
+    covered_until = _aware(covered_until)
+    failed = [mine, syncs.outcome == "failed"]
+    if covered_until is not None:
+        failed.append(syncs.finished_at > covered_until)
+    failures = connection.execute(select(func.count(func.distinct(syncs.attempt_id))).where(*failed)).scalar_one()
+    last_error = None
+    if failures:
+        latest = connection.execute(
+            select(syncs.error_class, syncs.error_message).where(*failed).order_by(syncs.finished_at.desc()).limit(1)
+        ).one()
+        last_error = error_line(latest.error_class, latest.error_message)
+    return LedgerFigures(covered_until, _aware(first_attempt_at), int(failures), last_error)
+
+
+def read_ledger_of(connection: Connection, label: str) -> LedgerFigures | None:
+    """read_ledger() by account label; None for an account not in the database."""
+    account_id = connection.execute(select(_accounts.c.id).where(_accounts.c.label == label)).scalar_one_or_none()
+    return None if account_id is None else read_ledger(connection, account_id)
+
+
+def _aware(value: datetime | str | None) -> datetime | None:
+    """An aggregate over a UtcDateTime column can come back untyped on SQLite (text): an aware datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 def spool_depth(directory: Path) -> int:
     """Polls waiting in one spool folder (the entries, not the set-aside ones); 0 when it does not exist."""
     try:
@@ -71,8 +167,8 @@ def read_health(
     connection: Connection, *, now: datetime, spool_base: str, accounts: tuple[str, ...] = ()
 ) -> list[AccountHealth]:
     """Every recorded account's health (or only `accounts`; a label never recorded is unhealthy)."""
-    database_id = connection.execute(select(DatabaseIdentity.database_id)).scalar_one_or_none()
-    rows = connection.execute(select(Account.id, Account.label).order_by(Account.label)).all()
+    database_id = connection.execute(select(database_identity.c.database_id)).scalar_one_or_none()
+    rows = connection.execute(select(_accounts.c.id, _accounts.c.label).order_by(_accounts.c.label)).all()
     known = {row.label: row.id for row in rows}
     labels = list(accounts) if accounts else list(known)
     found = []
@@ -87,14 +183,14 @@ def read_health(
 
 
 def _account_health(connection: Connection, account_id: int, label: str, now: datetime, depth: int) -> AccountHealth:
-    polls = Poll.__table__.c
+    polls = _polls.c
     last_ok_at = connection.execute(
         select(func.max(polls.finished_at)).where(polls.account_id == account_id, polls.outcome == POLL_OK)
     ).scalar_one_or_none()
     since = [polls.account_id == account_id]
     if last_ok_at is not None:
         since.append(polls.finished_at > last_ok_at)
-    failures = connection.execute(select(func.count()).select_from(Poll.__table__).where(*since)).scalar_one()
+    failures = connection.execute(select(func.count()).select_from(_polls).where(*since)).scalar_one()
     latest = connection.execute(
         select(polls.used_weight, polls.error_class, polls.error_message, polls.outcome)
         .where(polls.account_id == account_id)
@@ -108,6 +204,7 @@ def _account_health(connection: Connection, account_id: int, label: str, now: da
     last_error = None
     if latest is not None and latest.outcome != POLL_OK:
         last_error = f"{latest.error_class}: {latest.error_message}" if latest.error_message else latest.error_class
+    ledger = read_ledger(connection, account_id)
     return AccountHealth(
         account=label,
         last_ok_at=last_ok_at,
@@ -116,7 +213,9 @@ def _account_health(connection: Connection, account_id: int, label: str, now: da
         used_weight=None if latest is None else latest.used_weight,
         spool_depth=depth,
         last_error=last_error,
-        problems=judge(last_ok_at=last_ok_at, due_at=due_at, spool_depth=depth, now=now),
+        problems=judge(last_ok_at=last_ok_at, due_at=due_at, spool_depth=depth, now=now)
+        + judge_ledger(ledger, now=now),
+        ledger=ledger,
     )
 
 
@@ -142,8 +241,15 @@ def health_document(accounts: list[AccountHealth]) -> dict[str, Any]:
                 "used_weight": health.used_weight,
                 "spool_depth": health.spool_depth,
                 "last_error": health.last_error,
+                "ledger_covered_until": _iso(health.ledger.covered_until) if health.ledger else None,
+                "ledger_failures": health.ledger.failures if health.ledger else None,
+                "ledger_last_error": health.ledger.last_error if health.ledger else None,
                 "problems": list(health.problems),
             }
             for health in accounts
         ],
     }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None

@@ -2,6 +2,10 @@
 
 `PollMetrics.observe` is the one seam the service reports to (`Recorder.observer`): it is
 called after every poll, on the polling thread, and only updates numbers under short locks.
+`observe_ledger` is the ledger job's seam (recorder.cli.ledger_job): told each sync's result
+or error, it keeps the ledger's covered time and failures, which /healthz judges by
+recorder.health's ledger rule; `watch_ledger` seeds them from the database once at start, so
+a ledger stuck before a restart is reported at once rather than only after the next sync.
 `MetricsServer` answers HTTP on its own threads; it reads those numbers and never touches the
 exchange or the database, so a scrape can neither block nor slow a poll.
 
@@ -30,7 +34,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from recorder.config import metrics_address
 from recorder.errors import ConfigError
-from recorder.health import AccountHealth, health_document, judge, spool_depth, tolerance_for
+from recorder.health import (AccountHealth, LedgerFigures, error_line, health_document, judge, judge_ledger,
+                             spool_depth, tolerance_for)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,10 @@ class _AccountState:
     used_weight: int | None = None
     spool_depth: int = 0
     last_error: str | None = None
+    # The ledger's figures once it has a sync attempt (seeded or seen); None: not judged.
+    ledger: LedgerFigures | None = None
+    # Whether this process syncs the account's ledger (watch_ledger was called).
+    ledger_watched: bool = False
 
 
 class PollMetrics:
@@ -84,6 +93,15 @@ class PollMetrics:
             "recorder_rows_written", "Balance rows written (one per asset whose state changed).", labels, registry=self.registry
         )
         self._polls = Counter("recorder_polls", "Polls by outcome.", ["account", "outcome"], registry=self.registry)
+        self._ledger_covered = Gauge(
+            "recorder_ledger_covered_until_seconds",
+            "Unix time up to which the income ledger is archived (the newest ok sync window's end).",
+            labels, registry=self.registry,
+        )
+        self._ledger_failures = Gauge(
+            "recorder_ledger_consecutive_failures", "Ledger sync attempts failed since the ledger was last covered.",
+            labels, registry=self.registry,
+        )
         self._healthy = Gauge("recorder_healthy", "1 when the account passes the /healthz rules.", labels, registry=self.registry)
         self._accounts: dict[str, _AccountState] = {}
         self._lock = threading.Lock()
@@ -105,11 +123,53 @@ class PollMetrics:
             known = self._accounts.pop(account, None) is not None
         if known:
             for figure in (self._last_ok, self._failures, self._latency, self._weight, self._spool, self._rows,
-                           self._healthy):
+                           self._ledger_covered, self._ledger_failures, self._healthy):
                 try:
                     figure.remove(account)
                 except KeyError:
                     pass  # a figure this account never had a value for
+
+    def watch_ledger(self, account: str, figures: LedgerFigures | None) -> None:
+        """Judge `account`'s ledger too, from `figures` (recorder.health.read_ledger at start; None: none yet)."""
+        with self._lock:
+            state = self._accounts.get(account)
+            if state is None:
+                return
+            state.ledger_watched, state.ledger = True, figures
+        self._ledger_failures.labels(account).set(figures.failures if figures else 0)
+        if figures is not None and figures.covered_until is not None:
+            self._ledger_covered.labels(account).set(figures.covered_until.timestamp())
+
+    def observe_ledger(self, account: str, result: Any, error: BaseException | None) -> None:
+        """Take one ledger sync's result (a SyncResult) or the error it raised."""
+        now = self.clock()
+        with self._lock:
+            state = self._accounts.get(account)
+            if state is None or not state.ledger_watched:
+                return
+            before = state.ledger
+            if error is not None:
+                state.ledger = LedgerFigures(
+                    before.covered_until if before else None,
+                    before.first_attempt_at if before else now,
+                    (before.failures if before else 0) + 1,
+                    error_line(type(error).__name__, str(error)),
+                )
+            else:
+                covered_until = getattr(result, "covered_until", None)
+                if before is not None and (covered_until is None or
+                                           (before.covered_until is not None and covered_until <= before.covered_until)):
+                    # A paused attempt that covered nothing new: the failures before it still stand.
+                    covered_until = before.covered_until
+                    failures, last_error = before.failures, before.last_error
+                else:
+                    failures, last_error = 0, None
+                state.ledger = LedgerFigures(covered_until, before.first_attempt_at if before else now,
+                                             failures, last_error)
+            ledger = state.ledger
+        self._ledger_failures.labels(account).set(ledger.failures)
+        if ledger.covered_until is not None:
+            self._ledger_covered.labels(account).set(ledger.covered_until.timestamp())
 
     def observe(self, account: str, outcome: Any, error: BaseException | None, seconds: float) -> None:
         """Take one poll's result (a PollOutcome, or the error it raised) and how long it took."""
@@ -153,10 +213,11 @@ class PollMetrics:
             # Before the first success, the start plays the last good poll's part.
             due_at = (state.last_ok_at or state.started_at) + state.tolerance
             problems = judge(last_ok_at=state.last_ok_at, due_at=due_at, spool_depth=state.spool_depth, now=now)
+            problems += judge_ledger(state.ledger, now=now)
             self._healthy.labels(account).set(0 if problems else 1)
             found.append(
                 AccountHealth(account, state.last_ok_at, due_at, state.failures, state.used_weight,
-                              state.spool_depth, state.last_error, problems)
+                              state.spool_depth, state.last_error, problems, state.ledger)
             )
         return found
 

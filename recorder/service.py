@@ -65,6 +65,9 @@ class Recorder:
     lock: WriterLock | None = None
     # Told of every poll: (account, PollOutcome or None, the error raised or None, seconds).
     observer: Callable[[str, PollOutcome | None, BaseException | None, float], None] | None = None
+    # Told of every ledger sync the run loop makes for the account: (account, SyncResult or None, the
+    # error raised or None); recorder.cli.ledger_job reads it at each sync, so it may be set later.
+    ledger_observer: Callable[[str, Any, BaseException | None], None] | None = None
     # Whether this process still holds the account, held through the poll's writes (run --config's
     # lease, LeaseBook.holding); None: always (one process per account, the writer lock's job).
     hold: Callable[[], AbstractContextManager[bool]] | None = None
@@ -813,6 +816,8 @@ def run_accounts_file(path: str, environ: Mapping[str, str], overrides: Mapping[
                 label = member.recorder.account
                 metrics.watch(label, member.slot.interval, spool_dir_for(process.spool_dir, identity, label))
                 member.recorder.observer = metrics.observe
+                if jobs_for is not None:
+                    watch_ledger(metrics, member.recorder)
 
         def on_lease(member: Member, held: bool) -> None:
             # The lease, not a folder lock, makes this process the account's only writer now.
@@ -869,6 +874,23 @@ def _check_keys(settings: list[Settings]) -> None:
     with ThreadPoolExecutor(max_workers=POLL_WORKERS, thread_name_prefix="recorder-keycheck") as pool:
         for future in [pool.submit(check, one) for one in settings]:
             future.result()
+
+
+def watch_ledger(metrics: Any, recorder: Recorder) -> None:
+    """Have `metrics` (a PollMetrics) judge the recorder's ledger: seeded from the database now (one
+    read per account), then fed by each sync of the run loop's ledger job."""
+    from recorder.health import read_ledger_of
+
+    try:
+        with recorder.sessions.kw["bind"].connect() as connection:
+            figures = read_ledger_of(connection, recorder.account)
+    except SQLAlchemyError as exc:
+        # Judged from the first sync on, as for an account never synced.
+        log.warning("cannot read the ledger's coverage of account=%s for /healthz yet: %s",
+                    recorder.account, database_error_line(exc))
+        figures = None
+    metrics.watch_ledger(recorder.account, figures)
+    recorder.ledger_observer = metrics.observe_ledger
 
 
 def _poll_metrics(process: Settings) -> Any:

@@ -63,11 +63,13 @@ def ledger_jobs(recorder: Recorder, settings: Settings, *, enabled: bool, since:
         return []
     sync = ledger_sync_for(recorder, since, may_pause=False, budget=budget, leave=leave, hold=hold)
     lock = LedgerLock(recorder.sessions.kw["bind"], recorder.account)
-    return [PeriodicJob("ledger", interval or settings.ledger_interval, partial(_locked_sync, sync, lock), phase)]
+    return [PeriodicJob("ledger", interval or settings.ledger_interval,
+                        partial(_locked_sync, sync, lock, recorder), phase)]
 
 
-def _locked_sync(sync: LedgerSync, lock: LedgerLock) -> object:
-    """One sync holding the account's ledger lock; skipped while a `sync-ledger` holds it."""
+def _locked_sync(sync: LedgerSync, lock: LedgerLock, recorder: Recorder | None = None) -> object:
+    """One sync holding the account's ledger lock, told to the recorder's ledger observer; skipped
+    while a `sync-ledger` holds it."""
     from recorder.locks import LockHeld
 
     try:
@@ -76,6 +78,22 @@ def _locked_sync(sync: LedgerSync, lock: LedgerLock) -> object:
         log.info("ledger sync account=%s skipped this time: %s", sync.account, held)
         return None
     try:
-        return sync.sync_once()
+        result = sync.sync_once()
+    except BaseException as error:
+        _tell(recorder, None, error)
+        raise
     finally:
         lock.release()
+    # A sync stopped at a handover is the account's new holder's to count, as a handed-over poll is.
+    if not result.stopped:
+        _tell(recorder, result, None)
+    return result
+
+
+def _tell(recorder: Recorder | None, result: object, error: BaseException | None) -> None:
+    if recorder is None or recorder.ledger_observer is None:
+        return
+    try:
+        recorder.ledger_observer(recorder.account, result, error)
+    except Exception:  # noqa: BLE001 - figures are a side show: the sync's result stands
+        log.exception("the ledger sync observer failed")

@@ -256,7 +256,7 @@ def run_command(no_ledger: bool, ledger_since: Any, **values: Any) -> None:
         log.warning("%s", announcement)
     _check_key(settings)
     recorder = _recorder(settings)
-    server = _serve_metrics(settings, recorder)
+    server = _serve_metrics(settings, recorder, ledger=not no_ledger)
     # One budget for the polls and the ledger sync; the sync leaves the polls' minute share free.
     budget = WeightBudget(settings.weight_limit)
     leave = plan.polls_share(budget, ledger_weight)
@@ -297,16 +297,20 @@ def _check_key(settings: Settings) -> None:
         client.close()
 
 
-def _serve_metrics(settings: Settings, recorder: Recorder) -> Any:
-    """Start /metrics and /healthz when asked for, reporting the recorder's polls; the server, or None."""
+def _serve_metrics(settings: Settings, recorder: Recorder, *, ledger: bool) -> Any:
+    """Start /metrics and /healthz when asked for, reporting the recorder's polls (and ledger syncs
+    with `ledger`); the server, or None."""
     if settings.metrics_addr is None:
         return None
     from recorder.metrics import PollMetrics, serve_metrics
+    from recorder.service import watch_ledger
 
     metrics = PollMetrics()
     metrics.watch(recorder.account, settings.interval, recorder.spool.directory if recorder.spool else None)
     recorder.observer = metrics.observe
     try:
+        if ledger:
+            watch_ledger(metrics, recorder)
         return serve_metrics(metrics, settings.metrics_addr)
     except BaseException:
         recorder.client.close()

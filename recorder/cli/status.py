@@ -23,7 +23,8 @@ from recorder.schema import require_current_schema
 
 # The writer's settings: a reader's own interval, metrics or key-check settings change no answer.
 STATUS_IGNORES = READER_IGNORES
-COLUMNS = ("account", "health", "last_ok_at", "due_at", "failures", "used_weight", "spool", "problems")
+COLUMNS = ("account", "health", "last_ok_at", "due_at", "failures", "used_weight", "spool", "ledger_covered_until",
+           "ledger_failures", "problems")
 
 
 @cli.command()
@@ -42,12 +43,12 @@ COLUMNS = ("account", "health", "last_ok_at", "due_at", "failures", "used_weight
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="Output format.")
 def status(database_url: str | None, accounts: tuple[str, ...], spool_dir: str | None, fmt: str) -> None:
-    """Each account's last good poll, failures, weight and spool; exit 1 when one is unhealthy.
+    """Each account's last good poll, failures, weight, spool and ledger; exit 1 when one is unhealthy.
 
     Reads the database (read-only, never migrates) and the spool folder, so it works without
     a running service. Unhealthy: the last successful poll is older than the gap tolerance of
-    the account's schedule, or polls wait in the spool. Exit 0 healthy, 1 unhealthy or the
-    database unreadable, 2 usage error.
+    the account's schedule, or polls wait in the spool, or the income ledger (when synced) has
+    not been covered for 3 days. Exit 0 healthy, 1 unhealthy or the database unreadable, 2 usage error.
     """
     settings = load_settings({"database_url": database_url, "spool_dir": spool_dir}, ignore=STATUS_IGNORES)
     _require_existing_sqlite_file(settings.database_url)
@@ -86,6 +87,8 @@ def _write_table(document: dict[str, Any]) -> None:
             "failures": item["consecutive_failures"],
             "used_weight": item["used_weight"],
             "spool": item["spool_depth"],
+            "ledger_covered_until": item["ledger_covered_until"],
+            "ledger_failures": item["ledger_failures"],
             "problems": "; ".join(item["problems"]) or None,
         }
         for item in document["accounts"]

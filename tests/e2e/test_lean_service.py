@@ -22,15 +22,16 @@ atexit.register(lambda: print("imported:", imported("sqlalchemy.orm") + imported
 dialects = lambda: sorted({name.split(".")[2] for name in sys.modules
                            if name.startswith("sqlalchemy.dialects.") and not name.split(".")[2].startswith("_")})
 atexit.register(lambda: print("dialects:", dialects(), flush=True))
-sys.argv = ["recorder", "run", "--interval", "1"]
+# With the metrics endpoint: /healthz judges the ledger too (recorder.health), and must not bring the ORM.
+sys.argv = ["recorder", "run", "--interval", "1", "--metrics-addr", "127.0.0.1:0"]
 from recorder.cli import main
 main()
 """
 
 
 def test_run_polls_and_syncs_the_ledger_without_the_orm(simulator, cli_env, engine):
-    """The write path is Core only (recorder.tables) and loads one dialect: a service never carries the
-    ORM's memory, nor the other database's dialect."""
+    """The write path and the metrics endpoint are Core only (recorder.tables) and load one dialect: a
+    service never carries the ORM's memory, nor the other database's dialect."""
     result = subprocess.run(
         [sys.executable, "-c", _RUN_UNTIL_LEDGER_SYNCED], env=cli_env, capture_output=True, text=True, timeout=120
     )

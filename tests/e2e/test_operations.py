@@ -160,7 +160,8 @@ def test_status_is_healthy_after_a_poll_then_unhealthy_past_the_tolerance(simula
     table = recorder("status", env=cli_env)
     assert table.returncode == 0
     assert table.stdout.splitlines()[0].split() == ["account", "health", "last_ok_at", "due_at", "failures",
-                                                    "used_weight", "spool", "problems"]
+                                                    "used_weight", "spool", "ledger_covered_until",
+                                                    "ledger_failures", "problems"]
     assert table.stdout.splitlines()[2].split()[:2] == ["default", "ok"]
     assert recorder("status", "--account", "ghost", env=cli_env).stdout.splitlines()[2].split()[:2] == [
         "ghost", "UNHEALTHY"]
