@@ -80,3 +80,16 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
+
+
+def aware_utc(value: datetime | str | None) -> datetime | None:
+    """A value read from a UtcDateTime column as an aware UTC datetime.
+
+    An aggregate over the column (max(), min()) comes back untyped on SQLite (ISO text, no
+    offset); the column's own values come back aware already.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

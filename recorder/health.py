@@ -23,13 +23,14 @@ Read side only: nothing here imports requests, APScheduler or Alembic.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
 from recorder import coverage
+from recorder.db_types import aware_utc
 from recorder.spool import spool_dir_for
 from recorder.storable import clean_text
 # Core tables, not recorder.models: /healthz lives in the service, which never loads the ORM.
@@ -125,7 +126,7 @@ def read_ledger(connection: Connection, account_id: int) -> LedgerFigures | None
     ).one()
     if first_attempt_at is None:
         return None
-    covered_until = _aware(covered_until)
+    covered_until = aware_utc(covered_until)
     failed = [mine, syncs.outcome == "failed"]
     if covered_until is not None:
         failed.append(syncs.finished_at > covered_until)
@@ -136,22 +137,13 @@ def read_ledger(connection: Connection, account_id: int) -> LedgerFigures | None
             select(syncs.error_class, syncs.error_message).where(*failed).order_by(syncs.finished_at.desc()).limit(1)
         ).one()
         last_error = error_line(latest.error_class, latest.error_message)
-    return LedgerFigures(covered_until, _aware(first_attempt_at), int(failures), last_error)
+    return LedgerFigures(covered_until, aware_utc(first_attempt_at), int(failures), last_error)
 
 
 def read_ledger_of(connection: Connection, label: str) -> LedgerFigures | None:
     """read_ledger() by account label; None for an account not in the database."""
     account_id = connection.execute(select(_accounts.c.id).where(_accounts.c.label == label)).scalar_one_or_none()
     return None if account_id is None else read_ledger(connection, account_id)
-
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    """An aggregate over a UtcDateTime column can come back untyped on SQLite (text): an aware datetime."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def spool_depth(directory: Path) -> int:

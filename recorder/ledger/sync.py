@@ -50,6 +50,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from recorder import store
 from recorder.db import database_error_line
+from recorder.db_types import aware_utc
 from recorder.errors import BadPayload, ExchangeError, StorageError
 from recorder.ledger.keys import api_tran_id, content_key, usable_tran_id
 from recorder.ledger.supersede import supersede_statement_entries
@@ -334,7 +335,7 @@ class LedgerSync:
                     ).scalar_one()
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot read the ledger's coverage: {database_error_line(exc)}") from None
-        return account.id, _aware(newest)
+        return account.id, aware_utc(newest)
 
     def _wait_for_budget(self) -> None:
         budget = self.weight_budget or self.client.weight_wait
@@ -582,14 +583,14 @@ def _check_archived(connection: Any, account_id: int, entries: list[IncomeRecord
             entry = chunk.get((row.income_type, row.tran_id, row.asset))
             if entry is None:
                 continue
-            stored_ms = to_ms(_aware(row.time))
+            stored_ms = to_ms(aware_utc(row.time))
             if row.source == "api":
-                stored = IncomeRecord(time=_aware(row.time), time_ms=stored_ms, income_type=row.income_type,
+                stored = IncomeRecord(time=aware_utc(row.time), time_ms=stored_ms, income_type=row.income_type,
                                       tran_id=row.tran_id, asset=row.asset, income=row.income, symbol=row.symbol,
                                       info=row.info, trade_id=row.trade_id)
                 difference = _difference(stored, entry)
             elif abs(entry.time_ms - stored_ms) >= 1000:
-                difference = "time", str(_aware(row.time)), str(entry.time)
+                difference = "time", str(aware_utc(row.time)), str(entry.time)
             elif row.income != entry.income:
                 difference = "income", str(row.income), str(entry.income)
             else:
@@ -608,15 +609,6 @@ def _storable_weight(weight: int | None) -> int | None:
 def _bounded(value: int | None, low: int, high: int) -> int | None:
     # Compared, never `in range(...)`: a None there would make range scan all of itself.
     return value if isinstance(value, int) and low <= value <= high else None
-
-
-def _aware(value: datetime | str | None) -> datetime | None:
-    """max() over a UtcDateTime column comes back untyped on SQLite (text); make it an aware datetime."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def _elapsed_ms(began: float) -> int:
