@@ -136,9 +136,7 @@ class PollMetrics:
             if state is None:
                 return
             state.ledger_watched, state.ledger = True, figures
-        self._ledger_failures.labels(account).set(figures.failures if figures else 0)
-        if figures is not None and figures.covered_until is not None:
-            self._ledger_covered.labels(account).set(figures.covered_until.timestamp())
+        self._publish_ledger(account, figures)
 
     def observe_ledger(self, account: str, result: Any, error: BaseException | None) -> None:
         """Take one ledger sync's result (a SyncResult) or the error it raised."""
@@ -167,8 +165,11 @@ class PollMetrics:
                 state.ledger = LedgerFigures(covered_until, before.first_attempt_at if before else now,
                                              failures, last_error)
             ledger = state.ledger
-        self._ledger_failures.labels(account).set(ledger.failures)
-        if ledger.covered_until is not None:
+        self._publish_ledger(account, ledger)
+
+    def _publish_ledger(self, account: str, ledger: LedgerFigures | None) -> None:
+        self._ledger_failures.labels(account).set(ledger.failures if ledger else 0)
+        if ledger is not None and ledger.covered_until is not None:
             self._ledger_covered.labels(account).set(ledger.covered_until.timestamp())
 
     def observe(self, account: str, outcome: Any, error: BaseException | None, seconds: float) -> None:

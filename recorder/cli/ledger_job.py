@@ -67,7 +67,7 @@ def ledger_jobs(recorder: Recorder, settings: Settings, *, enabled: bool, since:
                         partial(_locked_sync, sync, lock, recorder), phase)]
 
 
-def _locked_sync(sync: LedgerSync, lock: LedgerLock, recorder: Recorder | None = None) -> object:
+def _locked_sync(sync: LedgerSync, lock: LedgerLock, recorder: Recorder) -> object:
     """One sync holding the account's ledger lock, told to the recorder's ledger observer; skipped
     while a `sync-ledger` holds it."""
     from recorder.locks import LockHeld
@@ -90,8 +90,8 @@ def _locked_sync(sync: LedgerSync, lock: LedgerLock, recorder: Recorder | None =
     return result
 
 
-def _tell(recorder: Recorder | None, result: object, error: BaseException | None) -> None:
-    if recorder is None or recorder.ledger_observer is None:
+def _tell(recorder: Recorder, result: object, error: BaseException | None) -> None:
+    if recorder.ledger_observer is None:
         return
     try:
         recorder.ledger_observer(recorder.account, result, error)

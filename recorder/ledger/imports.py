@@ -39,7 +39,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from recorder.errors import RecorderError
-from recorder.ledger.keys import usable_tran_id
+from recorder.ledger.keys import archived_with_keys, usable_tran_id
 # supersede_statement_entries is the import's match rule run the other way, for the API sync.
 from recorder.ledger.supersede import supersede_statement_entries  # noqa: F401
 from recorder.ledger.types import ACCOUNT_STATEMENT, FUTURES_EXPORT, KNOWN_INCOME_TYPES
@@ -307,15 +307,15 @@ def _new_by_key(session: Session, account_id: int, entries: list[ParsedEntry]) -
     the match rule. A key archived (or earlier in the file) with another amount or time raises _LineError.
     """
     keyed = [entry for entry in entries if usable_tran_id(entry.tran_id)]
-    archived = _archived_by_key(session, account_id, keyed)
+    archived = archived_with_keys(session, account_id, ((e.income_type, e.tran_id, e.asset) for e in keyed))
     seen: dict[tuple[str, int, str], ParsedEntry] = {}
     new: list[tuple[ParsedEntry, int]] = []
     duplicates = 0
     for entry in keyed:
         key = (entry.income_type, entry.tran_id, entry.asset)
         if key in archived:
-            time, income, source = archived[key]
-            _refuse_other_content(entry, time, income, "the archive holds", f" (from {source})")
+            row = archived[key]
+            _refuse_other_content(entry, row.time, row.income, "the archive holds", f" (from {row.source})")
             duplicates += 1
         elif key in seen:
             earlier = seen[key]
@@ -329,29 +329,6 @@ def _new_by_key(session: Session, account_id: int, entries: list[ParsedEntry]) -
     unkeyed = [entry for entry in entries if not usable_tran_id(entry.tran_id)]
     matched, matched_duplicates = _new_by_match(session, account_id, unkeyed, accounted=set(seen) | set(archived))
     return new + matched, duplicates + matched_duplicates
-
-
-# Keys per SELECT when looking a file's keys up in the archive: far below any bound-parameter limit.
-_KEY_CHUNK = 500
-
-
-def _archived_by_key(session: Session, account_id: int, entries: list[ParsedEntry]
-                     ) -> dict[tuple[str, int, str], tuple[datetime, Decimal, str]]:
-    """(time, amount, source) of the archived entries that hold one of these entries' keys."""
-    archived: dict[tuple[str, int, str], tuple[datetime, Decimal, str]] = {}
-    for start in range(0, len(entries), _KEY_CHUNK):
-        keys = {(e.income_type, e.tran_id, e.asset) for e in entries[start:start + _KEY_CHUNK]}
-        # The type and the tranId, so the lookup walks the unique key's index (account, type, tranId, asset).
-        for income_type, tran_id, asset, time, income, source in session.execute(
-            select(IncomeEntry.income_type, IncomeEntry.tran_id, IncomeEntry.asset, IncomeEntry.time,
-                   IncomeEntry.income, IncomeEntry.source)
-            .where(IncomeEntry.account_id == account_id,
-                   IncomeEntry.income_type.in_(sorted({key[0] for key in keys})),
-                   IncomeEntry.tran_id.in_(sorted({key[1] for key in keys})))
-        ):
-            if (income_type, tran_id, asset) in keys:
-                archived[(income_type, tran_id, asset)] = (time, income, source)
-    return archived
 
 
 def _refuse_other_content(entry: ParsedEntry, time: datetime, income: Decimal, holder: str, origin: str) -> None:

@@ -16,8 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select
 
 from recorder.records import IncomeRecord
+from recorder.tables import income_entries
+
+Key = tuple[str, int, str]  # (income type, tran_id, asset), with the account the archive's key
+
+# Keys per SELECT when looking keys up in the archive: far below any bound-parameter limit.
+_LOOKUP_CHUNK = 500
 
 _BIGINT = 2**63
 
@@ -57,3 +67,25 @@ def api_tran_id(entry: IncomeRecord, occurrence: int) -> int:
 def is_api_synthetic(tran_id: int) -> bool:
     """Whether a stored tran_id is an API entry's synthetic id (odd and negative)."""
     return tran_id < 0 and tran_id % 2 == 1
+
+
+def archived_with_keys(connection: Any, account_id: int, keys: Iterable[Key]) -> dict[Key, Any]:
+    """The archived rows (time, income, symbol, info, trade_id, source) holding any of `keys`, by key.
+
+    `connection`: a Connection or a Session. The type is asked too, so the lookup walks the unique
+    key's index (account, type, tran_id, asset) instead of every entry of the account.
+    """
+    c = income_entries.c
+    wanted = list(dict.fromkeys(keys))
+    found: dict[Key, Any] = {}
+    for start in range(0, len(wanted), _LOOKUP_CHUNK):
+        chunk = set(wanted[start:start + _LOOKUP_CHUNK])
+        for row in connection.execute(
+            select(c.income_type, c.tran_id, c.asset, c.time, c.income, c.symbol, c.info, c.trade_id, c.source)
+            .where(c.account_id == account_id, c.income_type.in_(sorted({key[0] for key in chunk})),
+                   c.tran_id.in_(sorted({key[1] for key in chunk})))
+        ):
+            key = (row.income_type, row.tran_id, row.asset)
+            if key in chunk:
+                found[key] = row
+    return found

@@ -52,7 +52,8 @@ from recorder import store
 from recorder.db import database_error_line
 from recorder.db_types import aware_utc
 from recorder.errors import BadPayload, ExchangeError, StorageError
-from recorder.ledger.keys import api_tran_id, content_key, usable_tran_id
+from recorder.exchange import INCOME_PATH
+from recorder.ledger.keys import api_tran_id, archived_with_keys, content_key, usable_tran_id
 from recorder.ledger.supersede import supersede_statement_entries
 from recorder.ledger.types import KNOWN_INCOME_TYPES
 from recorder.prepared import Prepared
@@ -90,8 +91,6 @@ MAX_PAUSE_SECONDS = 65.0
 MAX_PAGES_PER_WINDOW = 10_000
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-# As in recorder.exchange, which this module does not import (the lean service loads it only where it polls).
-INCOME_PATH = "/fapi/v1/income"
 _MS = timedelta(milliseconds=1)
 _entries, _syncs = income_entries, ledger_syncs
 
@@ -558,10 +557,6 @@ def _shown(value: object) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-# Keys per SELECT when comparing a window with the archive: far below any bound-parameter limit.
-_CHECK_CHUNK = 500
-
-
 def _check_archived(connection: Any, account_id: int, entries: list[IncomeRecord]) -> None:
     """Raise BadPayload if an entry whose key the archive already holds differs from the archived one.
 
@@ -569,36 +564,25 @@ def _check_archived(connection: Any, account_id: int, entries: list[IncomeRecord
     or trade id), so it is compared on what it has: the amount, and the time within a second
     either way, since whether Binance's export truncates or rounds the milliseconds is unknown.
     """
-    c = _entries.c
-    for start in range(0, len(entries), _CHECK_CHUNK):
-        chunk = {entry.key: entry for entry in entries[start:start + _CHECK_CHUNK]}
-        rows = connection.execute(
-            select(c.income_type, c.tran_id, c.asset, c.time, c.income, c.symbol, c.info, c.trade_id, c.source)
-            # The type too, so the lookup walks the unique key's index (account, type, tranId, asset)
-            # instead of every entry of the account.
-            .where(c.account_id == account_id, c.income_type.in_(sorted({key[0] for key in chunk})),
-                   c.tran_id.in_(sorted({key[1] for key in chunk})))
-        ).all()
-        for row in rows:
-            entry = chunk.get((row.income_type, row.tran_id, row.asset))
-            if entry is None:
-                continue
-            stored_ms = to_ms(aware_utc(row.time))
-            if row.source == "api":
-                stored = IncomeRecord(time=aware_utc(row.time), time_ms=stored_ms, income_type=row.income_type,
-                                      tran_id=row.tran_id, asset=row.asset, income=row.income, symbol=row.symbol,
-                                      info=row.info, trade_id=row.trade_id)
-                difference = _difference(stored, entry)
-            elif abs(entry.time_ms - stored_ms) >= 1000:
-                difference = "time", str(aware_utc(row.time)), str(entry.time)
-            elif row.income != entry.income:
-                difference = "income", str(row.income), str(entry.income)
-            else:
-                difference = None
-            if difference is not None:
-                name, before, after = difference
-                raise BadPayload(f"{INCOME_PATH}: {_key_text(entry)} arrived again with {name} {after} where "
-                                 f"the archive holds {before} (from {row.source}); window not stored")
+    by_key = {entry.key: entry for entry in entries}
+    for key, row in archived_with_keys(connection, account_id, by_key).items():
+        entry = by_key[key]
+        stored_ms = to_ms(aware_utc(row.time))
+        if row.source == "api":
+            stored = IncomeRecord(time=aware_utc(row.time), time_ms=stored_ms, income_type=row.income_type,
+                                  tran_id=row.tran_id, asset=row.asset, income=row.income, symbol=row.symbol,
+                                  info=row.info, trade_id=row.trade_id)
+            difference = _difference(stored, entry)
+        elif abs(entry.time_ms - stored_ms) >= 1000:
+            difference = "time", str(aware_utc(row.time)), str(entry.time)
+        elif row.income != entry.income:
+            difference = "income", str(row.income), str(entry.income)
+        else:
+            difference = None
+        if difference is not None:
+            name, before, after = difference
+            raise BadPayload(f"{INCOME_PATH}: {_key_text(entry)} arrived again with {name} {after} where "
+                             f"the archive holds {before} (from {row.source}); window not stored")
 
 
 def _storable_weight(weight: int | None) -> int | None:
