@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from recorder.db import make_engine, make_sessions
 from recorder.models import DatabaseIdentity
 from recorder.schema import upgrade_to_head
+from tests.connections import close_pooled_connections_left_open
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "RECORDER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -220,6 +221,13 @@ def engine(request: pytest.FixtureRequest, db_url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def close_connections_left_open() -> Iterator[None]:
+    """Close the database connections the test left open, when it ends (tests/connections.py)."""
+    yield
+    close_pooled_connections_left_open()
 
 
 @pytest.fixture

@@ -334,6 +334,7 @@ def test_the_service_keeps_a_small_sqlite_page_cache_and_other_writers_the_defau
         recorder.client.close()
         recorder.close()
         recorder.lock.release()
+        recorder.sessions.kw["bind"].dispose()
     other = make_engine(url)
     try:
         with other.connect() as connection:
