@@ -118,6 +118,74 @@ def test_a_poll_of_an_account_forgotten_meanwhile_is_not_judged(served):
     assert 'account="beta"' not in text.decode()
 
 
+def test_a_forgotten_account_leaves_no_series_behind(served):
+    """Handed over after its polls: none of its series stays, its poll counts included."""
+    metrics, server = served
+    metrics.watch("alpha", 60.0)
+    metrics.watch("beta", 60.0)
+
+    class Outcome:
+        used_weight, changed_count = 15, 3
+
+    metrics.observe("beta", Outcome(), None, 0.02)
+    metrics.observe("beta", None, StorageError("down"), 0.5)
+    assert 'recorder_polls_total{account="beta",outcome="failed"} 1.0' in get(server.url + "/metrics")[1].decode()
+    metrics.forget("beta")
+    text = get(server.url + "/metrics")[1].decode()
+    assert 'account="beta"' not in text
+    assert 'recorder_consecutive_failures{account="alpha"} 0.0' in text
+
+
+class _CountThenWait:
+    """recorder_polls as PollMetrics uses it, pausing each poll right after its count until released."""
+
+    def __init__(self, counter) -> None:
+        self.counter, self.counted, self.release = counter, threading.Event(), threading.Event()
+
+    def labels(self, *labels: str):
+        child, pause = self.counter.labels(*labels), self
+
+        class Child:
+            def inc(self, amount: float = 1) -> None:
+                child.inc(amount)
+                pause.counted.set()
+                assert pause.release.wait(60), "never released"
+
+        return Child()
+
+    def remove(self, *labels: str) -> None:
+        self.counter.remove(*labels)
+
+
+def test_a_scrape_sees_a_poll_whole_or_not_at_all(served):
+    """A scrape between a poll's count and its time saw an ok poll without a last good poll time
+    (CI, under load). A scrape now waits for the poll's figures to be published together."""
+    metrics, server = served
+    metrics.watch("alpha", 60.0)
+    pause = metrics._polls = _CountThenWait(metrics._polls)
+
+    class Outcome:
+        used_weight, changed_count = 15, 3
+
+    poll = threading.Thread(target=metrics.observe, args=("alpha", Outcome(), None, 0.02))
+    poll.start()
+    assert pause.counted.wait(60)
+    scraped: list[bytes] = []
+    scrape = threading.Thread(target=lambda: scraped.append(get(server.url + "/metrics")[1]))
+    scrape.start()
+    # The scrape waits for the poll; before the fix it answered at once with half the poll.
+    scrape.join(1.0)
+    assert scrape.is_alive(), scraped[0].decode()
+    pause.release.set()
+    poll.join()
+    scrape.join()
+    (text,) = scraped
+    assert metric(text, 'recorder_polls_total{account="alpha",outcome="ok"}') == 1
+    assert metric(text, 'recorder_last_good_poll_timestamp_seconds{account="alpha"}') > 0
+    assert metric(text, 'recorder_rows_written_total{account="alpha"}') == 3
+    assert metric(text, 'recorder_used_weight{account="alpha"}') == 15
+
+
 def _voluntary_switches(native_id: int) -> int:
     status = Path(f"/proc/self/task/{native_id}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")))
