@@ -8,7 +8,10 @@ An account is healthy while all of these hold:
 - when its income ledger is synced (it has `ledger_syncs` rows; an account run with
   --no-ledger has none and is not judged on it), the ledger's newest covered time (the latest
   `window_end` of an `ok` window; before any, its first attempt's start) is within
-  LEDGER_STALE = 3 days. Binance keeps income history 90 days, so an entry not archived by
+  LEDGER_STALE = 3 days, or an ok window finished within LEDGER_STALE: a ledger catching up
+  (a first sync of 90 days, or one back after an outage, paused between attempts for the
+  shared weight budget) is moving and not stale, while one that stops moving is flagged 3 days
+  after its last window. Binance keeps income history 90 days, so an entry not archived by
   then is lost for good. A sync that fails on every attempt (an entry whose key comes back with
   other content than the archive holds fails its window until someone looks) must be seen long
   before that; 3 days stays quiet through a weekend outage of the exchange or the database and
@@ -54,6 +57,8 @@ class LedgerFigures:
     failures: int
     # "ErrorClass: first line of the message" of the newest failure, None when none failed since.
     last_error: str | None
+    # When the newest ok window was stored (the ledger last moved); None before the first.
+    progressed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,8 @@ def judge_ledger(ledger: LedgerFigures | None, *, now: datetime) -> tuple[str, .
     since = ledger.covered_until or ledger.first_attempt_at
     if now - since <= LEDGER_STALE:
         return ()
+    if ledger.progressed_at is not None and now - ledger.progressed_at <= LEDGER_STALE:
+        return ()  # catching up: behind, but a window was stored lately
     covered = (f"ledger not covered since {ledger.covered_until.isoformat()}" if ledger.covered_until is not None
                else f"ledger never covered since its first sync attempt at {ledger.first_attempt_at.isoformat()}")
     if ledger.failures == 0:
@@ -118,10 +125,11 @@ def read_ledger(connection: Connection, account_id: int) -> LedgerFigures | None
     """One account's ledger figures from `ledger_syncs`; None when its ledger was never synced."""
     syncs = ledger_syncs.c
     mine = syncs.account_id == account_id
-    covered_until, first_attempt_at = connection.execute(
+    covered_until, first_attempt_at, progressed_at = connection.execute(
         select(
             func.max(syncs.window_end).filter(syncs.outcome == "ok"),
             func.min(syncs.started_at),
+            func.max(syncs.finished_at).filter(syncs.outcome == "ok"),
         ).where(mine)
     ).one()
     if first_attempt_at is None:
@@ -137,7 +145,7 @@ def read_ledger(connection: Connection, account_id: int) -> LedgerFigures | None
             select(syncs.error_class, syncs.error_message).where(*failed).order_by(syncs.finished_at.desc()).limit(1)
         ).one()
         last_error = error_line(latest.error_class, latest.error_message)
-    return LedgerFigures(covered_until, aware_utc(first_attempt_at), int(failures), last_error)
+    return LedgerFigures(covered_until, aware_utc(first_attempt_at), int(failures), last_error, aware_utc(progressed_at))
 
 
 def read_ledger_of(connection: Connection, label: str) -> LedgerFigures | None:

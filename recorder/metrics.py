@@ -158,12 +158,14 @@ class PollMetrics:
                 if state is None or not state.ledger_watched:
                     return
                 before = state.ledger
+                progressed_at = before.progressed_at if before else None
                 if error is not None:
                     state.ledger = LedgerFigures(
                         before.covered_until if before else None,
                         before.first_attempt_at if before else now,
                         (before.failures if before else 0) + 1,
                         error_line(type(error).__name__, str(error)),
+                        progressed_at,
                     )
                 else:
                     covered_until = getattr(result, "covered_until", None)
@@ -174,8 +176,10 @@ class PollMetrics:
                         failures, last_error = before.failures, before.last_error
                     else:
                         failures, last_error = 0, None
+                        if covered_until is not None:
+                            progressed_at = now
                     state.ledger = LedgerFigures(covered_until, before.first_attempt_at if before else now,
-                                                 failures, last_error)
+                                                 failures, last_error, progressed_at)
                 ledger = state.ledger
             self._publish_ledger(account, ledger)
 

@@ -13,6 +13,7 @@ from sqlalchemy import insert, select
 from recorder.cli.ledger_job import ledger_jobs
 from recorder.errors import BadPayload
 from recorder.health import LEDGER_STALE, read_ledger_of
+from recorder.ledger.sync import SyncResult
 from recorder.metrics import MetricsServer, PollMetrics
 from recorder.service import declare_schedule, watch_ledger
 from recorder.tables import accounts, ledger_syncs
@@ -218,3 +219,43 @@ def test_healthz_is_seeded_from_the_database_at_start(simulator, engine, tmp_pat
     assert metric(text, 'recorder_ledger_covered_until_seconds{account="default"}') == covered_until.timestamp()
     assert metric(text, 'recorder_ledger_consecutive_failures{account="default"}') == 2
     recorder.client.close()
+
+
+def test_status_a_ledger_catching_up_is_healthy_until_it_stops_moving(simulator, engine, cli_env, tmp_path):
+    """A first sync of 90 days paused between attempts for the weight budget is far behind but moving:
+    healthy while a window was stored within LEDGER_STALE, flagged once none was for longer."""
+    polled(simulator, engine, tmp_path).client.close()
+    now = datetime.now(timezone.utc)
+    covered_until = (now - 60 * DAY).replace(microsecond=0)
+    attempt = str(uuid.uuid4())
+    sync_row(engine, "default", attempt=attempt, started_at=now - timedelta(hours=1), window_end=covered_until, outcome="ok")
+    exit_code, document = status(cli_env)
+    assert exit_code == 0 and document["status"] == "healthy"
+    assert document["accounts"][0]["ledger_covered_until"] == covered_until.isoformat()
+
+    with engine.begin() as connection:
+        connection.execute(ledger_syncs.update().values(started_at=now - 4 * DAY, finished_at=now - 4 * DAY))
+    exit_code, document = status(cli_env)
+    assert exit_code == 1 and document["accounts"][0]["problems"] == [
+        f"ledger not covered since {covered_until.isoformat()}: no attempt failed since (is the ledger sync running?)"
+    ]
+
+
+def test_healthz_a_ledger_catching_up_is_healthy_until_it_stops_moving(served_at):
+    metrics, server, clock = served_at
+    metrics.watch("default", 10 * 86400.0)
+    metrics.watch_ledger("default", None)
+    behind = (datetime.now(timezone.utc) - 60 * DAY).replace(microsecond=0)
+    metrics.observe_ledger("default", SyncResult("a", 1, 1, 0, 0, behind, paused=True), None)
+    code, document = healthz(server)
+    assert code == 200 and document["accounts"][0]["ledger_covered_until"] == behind.isoformat()
+
+    # Two days on, an attempt that covered nothing new: the ledger last moved two days ago.
+    clock.ahead = 2 * DAY
+    metrics.observe_ledger("default", SyncResult("b", 0, 0, 0, 0, behind, paused=True), None)
+    assert healthz(server)[0] == 200
+    clock.ahead = LEDGER_STALE + timedelta(seconds=1)
+    code, document = healthz(server)
+    assert code == 503 and document["accounts"][0]["problems"] == [
+        f"ledger not covered since {behind.isoformat()}: no attempt failed since (is the ledger sync running?)"
+    ]
