@@ -32,6 +32,12 @@ def metric(body: bytes, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
+class Outcome:
+    """A poll's outcome as PollMetrics reads it: the IP's used weight and the rows it changed."""
+
+    used_weight, changed_count = 15, 3
+
+
 @pytest.fixture
 def served(tmp_path):
     metrics = PollMetrics()
@@ -82,9 +88,6 @@ def test_metrics_are_per_account_and_failures_count_until_a_success(served):
     metrics.watch("alpha", 60.0)
     metrics.watch("beta", 60.0)
 
-    class Outcome:
-        used_weight, changed_count = 15, 3
-
     metrics.observe("alpha", Outcome(), None, 0.02)
     for _ in range(3):
         metrics.observe("beta", None, StorageError("down"), 0.5)
@@ -107,9 +110,6 @@ def test_a_poll_of_an_account_forgotten_meanwhile_is_not_judged(served):
     metrics.watch("beta", 60.0)
     metrics.forget("beta")
 
-    class Outcome:
-        used_weight, changed_count = 15, 3
-
     metrics.observe("beta", Outcome(), None, 0.02)
     metrics.observe("beta", None, StorageError("down"), 0.5)
     status, body = get(server.url + "/healthz")
@@ -123,9 +123,6 @@ def test_a_forgotten_account_leaves_no_series_behind(served):
     metrics, server = served
     metrics.watch("alpha", 60.0)
     metrics.watch("beta", 60.0)
-
-    class Outcome:
-        used_weight, changed_count = 15, 3
 
     metrics.observe("beta", Outcome(), None, 0.02)
     metrics.observe("beta", None, StorageError("down"), 0.5)
@@ -163,9 +160,6 @@ def test_a_scrape_sees_a_poll_whole_or_not_at_all(served):
     metrics, server = served
     metrics.watch("alpha", 60.0)
     pause = metrics._polls = _CountThenWait(metrics._polls)
-
-    class Outcome:
-        used_weight, changed_count = 15, 3
 
     poll = threading.Thread(target=metrics.observe, args=("alpha", Outcome(), None, 0.02))
     poll.start()
